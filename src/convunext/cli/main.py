@@ -1,0 +1,54 @@
+"""Entry point of the ``convunext`` command.
+
+Each sub-command lives in its own module of this package and exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` (called with the parsed arguments, returns the exit code). User errors
+(:class:`~convunext.errors.ConvUNeXtError`, ``ValueError`` from argument checks, missing files) are printed as
+one line on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import ConvUNeXtError
+
+SUBCOMMAND_MODULES = ("models",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``convunext`` argument parser with every sub-command registered."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="convunext",
+        description="ConvUNeXt and its baselines for 2D medical image segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"convunext {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module_name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``convunext`` command with ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except (ConvUNeXtError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        print(f"convunext {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convunext {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``convunext models``: every registered model with its parameters, GFLOPs and size relative to UNet."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..models import create_model, list_models
+from ..utils.flops import count_flops, count_parameters
+from ..utils.table import markdown_table
+
+
+def model_summary(size: int = 480, in_channels: int = 3, num_classes: int = 2) -> list[dict[str, object]]:
+    """One row per registered model: ``name``, ``params``, ``gflops`` (one ``in_channels x size x size`` image)
+    and ``params_vs_unet`` (its parameters over UNet's at the same arguments)."""
+    rows = []
+    for name in list_models():
+        model = create_model(name, in_channels=in_channels, num_classes=num_classes)
+        params = count_parameters(model)
+        gflops = count_flops(model, (1, in_channels, size, size)) / 1e9
+        rows.append({"name": name, "params": params, "gflops": gflops})
+    unet_params = next((row["params"] for row in rows if row["name"] == "unet"), None)
+    for row in rows:
+        row["params_vs_unet"] = row["params"] / unet_params if unet_params else float("nan")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = model_summary(args.size, args.in_channels, args.num_classes)
+    headers = ["model", "params", f"GFLOPs ({args.in_channels}x{args.size}x{args.size})", "params / UNet"]
+    table = [[r["name"], f"{r['params']:,}", f"{r['gflops']:.1f}", f"{r['params_vs_unet']:.2f}"] for r in rows]
+    print(markdown_table(headers, table))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="list the registered models with parameters and GFLOPs")
+    parser.add_argument("--size", type=int, default=480, help="image side for the GFLOPs column (default 480)")
+    parser.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    parser.add_argument("--num-classes", type=int, default=2, help="output classes, background included (default 2)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,259 @@
+"""Building blocks shared by the models of this package.
+
+Every module here works on NCHW tensors. The ConvUNeXt pieces (:class:`ConvNeXtBlock`,
+:class:`DownStage`, :class:`GatedUpStage`) expose the ablation knobs of the paper's Section 3 through
+one :class:`BlockOptions` value, so a whole network can be re-configured from its constructor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ActivationName = Literal["gelu", "relu"]
+NormName = Literal["bn", "ln"]
+ResidualStyle = Literal["resnet", "convnext"]
+DownsampleName = Literal["conv", "maxpool"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+NORMS = ("bn", "ln")
+RESIDUAL_STYLES = ("resnet", "convnext")
+DOWNSAMPLES = ("conv", "maxpool")
+
+
+def check_choice(name: str, value: object, choices: tuple[object, ...] | list[object]) -> None:
+    """Raise ``ValueError`` naming ``name`` and the valid ``choices`` when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an ``N x C x H x W`` tensor (the "channels first" LayerNorm of ConvNeXt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """``BatchNorm2d`` for ``"bn"``, channels-first ``LayerNorm`` for ``"ln"``."""
+    check_choice("norm", kind, NORMS)
+    return nn.BatchNorm2d(channels) if kind == "bn" else LayerNorm2d(channels, eps=1e-6)
+
+
+def make_activation(kind: str) -> nn.Module:
+    """A fresh activation module: ``"gelu"`` or ``"relu"``."""
+    check_choice("act", kind, tuple(ACTIVATIONS))
+    return ACTIVATIONS[kind]()
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """The per-block ablation knobs of ConvUNeXt (paper Section 3). Defaults are the paper's choices.
+
+    Attributes:
+        kernel_size: spatial kernel of the block's large convolution (paper tried 3/5/7/9; odd only).
+        depthwise: depthwise (groups = channels) large convolution; ``False`` makes it a dense convolution.
+        expansion: width multiplier of the inverted bottleneck MLP; ``1`` turns the inverted bottleneck off.
+        act: ``"gelu"`` or ``"relu"``.
+        norm: ``"bn"`` (BatchNorm) or ``"ln"`` (channels-first LayerNorm).
+        residual: ``"resnet"`` (activation after the sum) or ``"convnext"`` (plain sum).
+    """
+
+    kernel_size: int = 7
+    depthwise: bool = True
+    expansion: int = 4
+    act: ActivationName = "gelu"
+    norm: NormName = "bn"
+    residual: ResidualStyle = "resnet"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size={self.kernel_size!r} is not valid; use an odd positive integer (3, 5, 7, 9)")
+        if not isinstance(self.expansion, int) or self.expansion < 1:
+            raise ValueError(f"expansion={self.expansion!r} is not valid; use a positive integer (4 = paper, 1 = off)")
+        check_choice("act", self.act, tuple(ACTIVATIONS))
+        check_choice("norm", self.norm, NORMS)
+        check_choice("residual", self.residual, RESIDUAL_STYLES)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvUNeXt's basic unit: large-kernel conv, norm, inverted-bottleneck MLP, norm, residual.
+
+    ``x -> dwconv(k x k, reflect) -> norm1 -> pwconv1 (dim -> e*dim) -> act -> pwconv2 (e*dim -> dim) -> norm2``,
+    then ``act(x + input)`` (ResNet style, the paper's choice) or ``x + input`` (ConvNeXt style).
+    The 1x1 layers are convolutions, so the block stays NCHW end to end.
+
+    Shape: ``N x dim x H x W -> N x dim x H x W``.
+    """
+
+    def __init__(self, dim: int, options: BlockOptions = BlockOptions()) -> None:
+        super().__init__()
+        k = options.kernel_size
+        hidden = dim * options.expansion
+        self.dwconv = nn.Conv2d(
+            dim, dim, k, padding=k // 2, padding_mode="reflect", groups=dim if options.depthwise else 1
+        )
+        self.norm1 = make_norm(options.norm, dim)
+        self.pwconv1 = nn.Conv2d(dim, hidden, 1)
+        self.act = make_activation(options.act)
+        self.pwconv2 = nn.Conv2d(hidden, dim, 1)
+        self.norm2 = make_norm(options.norm, dim)
+        self.out_act = make_activation(options.act) if options.residual == "resnet" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(self.dwconv(x))
+        y = self.norm2(self.pwconv2(self.act(self.pwconv1(y))))
+        return self.out_act(y + x)
+
+
+def make_blocks(dim: int, depth: int, options: BlockOptions) -> nn.Sequential:
+    """``depth`` consecutive :class:`ConvNeXtBlock` of width ``dim``."""
+    return nn.Sequential(*(ConvNeXtBlock(dim, options) for _ in range(depth)))
+
+
+class Stem(nn.Module):
+    """ConvUNeXt's input stage: ``conv k x k (reflect) -> norm -> act -> ConvNeXtBlock``.
+
+    Shape: ``N x in_channels x H x W -> N x width x H x W``.
+    """
+
+    def __init__(self, in_channels: int, width: int, options: BlockOptions = BlockOptions()) -> None:
+        super().__init__()
+        k = options.kernel_size
+        self.conv = nn.Conv2d(in_channels, width, k, padding=k // 2, padding_mode="reflect")
+        self.norm = make_norm(options.norm, width)
+        self.act = make_activation(options.act)
+        self.block = ConvNeXtBlock(width, options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.act(self.norm(self.conv(x))))
+
+
+class DownStage(nn.Module):
+    """Halve the resolution, change the width, then run ``depth`` blocks.
+
+    ``norm(in) -> conv 2x2 stride 2 (in -> out)`` (the paper's choice) or, with ``downsample="maxpool"``,
+    ``norm(in) -> max-pool 2x2 -> conv 1x1 (in -> out)``; then ``depth`` x :class:`ConvNeXtBlock`.
+
+    Shape: ``N x in_channels x H x W -> N x out_channels x floor(H/2) x floor(W/2)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        depth: int,
+        options: BlockOptions = BlockOptions(),
+        downsample: DownsampleName = "conv",
+    ) -> None:
+        super().__init__()
+        check_choice("downsample", downsample, DOWNSAMPLES)
+        self.norm = make_norm(options.norm, in_channels)
+        if downsample == "conv":
+            self.reduce: nn.Module = nn.Conv2d(in_channels, out_channels, 2, stride=2)
+        else:
+            self.reduce = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(in_channels, out_channels, 1))
+        self.blocks = make_blocks(out_channels, depth, options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.reduce(self.norm(x)))
+
+
+def upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Upsample ``x`` by 2 (bilinear, ``align_corners=True``) and zero-pad it to ``reference``'s H, W.
+
+    The zero padding is split evenly, extra pixel at the bottom/right, as in UNet; it handles the odd sizes
+    the encoder produces by flooring at each stride-2 step. Shape: ``N x C x h x w -> N x C x H x W``.
+    """
+    x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    dy = reference.shape[-2] - x.shape[-2]
+    dx = reference.shape[-1] - x.shape[-1]
+    if dy or dx:
+        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+    return x
+
+
+class SkipGate(nn.Module):
+    """ConvUNeXt's LSTM-inspired attention gate on a skip connection (all "linear" layers are 1x1 convs).
+
+    With the upsampled deep features ``x1`` and the skip ``x2`` (both ``N x c x H x W``)::
+
+        g1, g2, g3 = split(W_gate x1, 3)
+        x2 = sigmoid(W_forget (g1 + x2)) * x2 + sigmoid(g2) * tanh(g3)
+        return W_out x2
+
+    Shape: ``(N x c x H x W, N x c x H x W) -> N x c x H x W``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gate = nn.Conv2d(channels, 3 * channels, 1)
+        self.forget = nn.Conv2d(channels, channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        g1, g2, g3 = self.gate(x1).chunk(3, dim=1)
+        x2 = torch.sigmoid(self.forget(g1 + x2)) * x2 + torch.sigmoid(g2) * torch.tanh(g3)
+        return self.out(x2)
+
+
+class GatedUpStage(nn.Module):
+    """ConvUNeXt's decoder stage: upsample the deep input, gate the skip, fuse, one block.
+
+    ``x1 <- upsample_to(norm(x1), x2)``; ``x2 <- SkipGate(x1, x2)`` (or unchanged with ``attention_gate=False``);
+    ``concat[x2, x1] -> conv 1x1 (in -> out) -> ConvNeXtBlock(out)``.
+
+    Shape: deep ``N x in/2 x h x w`` and skip ``N x in/2 x H x W`` -> ``N x out_channels x H x W``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        options: BlockOptions = BlockOptions(),
+        attention_gate: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels % 2:
+            raise ValueError(f"in_channels={in_channels} must be even (deep input and skip have in_channels/2 each)")
+        half = in_channels // 2
+        self.norm = make_norm(options.norm, half)
+        self.gate = SkipGate(half) if attention_gate else None
+        self.fuse = nn.Conv2d(in_channels, out_channels, 1)
+        self.block = ConvNeXtBlock(out_channels, options)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        x1 = upsample_to(self.norm(x1), x2)
+        if self.gate is not None:
+            x2 = self.gate(x1, x2)
+        return self.block(self.fuse(torch.cat([x2, x1], dim=1)))
+
+
+class DoubleConv(nn.Sequential):
+    """UNet's unit: ``(conv 3x3 -> BN -> ReLU) x 2``; the middle width defaults to ``out_channels``.
+
+    Shape: ``N x in_channels x H x W -> N x out_channels x H x W``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None) -> None:
+        mid = mid_channels or out_channels
+        super().__init__(
+            nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def check_channels(name: str, value: int) -> None:
+    """Reject a non-positive or non-integer channel count with a ``ValueError`` naming the argument."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} is not valid; use a positive integer")

@@ -1,0 +1,1 @@
+"""Small helpers shared across the package (tables, FLOP counting, atomic file writes)."""
