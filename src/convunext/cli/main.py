@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import ConvUNeXtError
 
-SUBCOMMAND_MODULES = ("models",)
+SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

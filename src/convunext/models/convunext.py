@@ -131,7 +131,7 @@ def _rename_reference_key(key: str) -> str:
     if stage.startswith("up"):
         for old, new in _REFERENCE_UP_RENAMES:
             if rest.startswith(old):
-                return f"{stage}.{new}{rest[len(old):]}"
+                return f"{stage}.{new}{rest[len(old) :]}"
     raise KeyError(f"unexpected key {key!r} in a reference ConvUNeXt state_dict")
 
 
@@ -167,4 +167,3 @@ def load_reference_state_dict(model: ConvUNeXt, reference: Mapping[str, torch.Te
     """
     model.load_state_dict(convert_reference_state_dict(reference), strict=True)
     return model
-

@@ -1,0 +1,199 @@
+"""What every dataset returns (:data:`Sample`), what it describes about itself (:class:`DatasetInfo`), and the
+file-backed base class the DRIVE, GlaS, HRF and folder readers share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConvUNeXtError
+from .io import IGNORE_INDEX, image_channels, image_size, read_fov, read_image, read_mask
+
+SPLITS = ("train", "val", "test", "trainval")
+
+Sample = dict[str, Any]
+"""One item of a dataset, a plain dict:
+
+* ``"image"``: float32 tensor ``C x H x W``, values in ``[0, 1]`` (not normalised);
+* ``"mask"``: int64 tensor ``H x W`` of class ids (255 = ignore);
+* ``"fov"``: bool tensor ``H x W``, True inside the field of view (all True when the dataset has none);
+* ``"name"``: str, the image's file stem.
+
+Transforms (:mod:`convunext.data.transforms`) take and return the same dict with ``"image"`` normalised.
+"""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a trainer need to know about a dataset.
+
+    Attributes:
+        name: dataset name (``"drive"``, ``"glas"``, ``"hrf"``, ``"synthetic"`` or the folder's own name).
+        class_names: one name per class, background first; ``len(class_names)`` is the model's ``num_classes``.
+        in_channels: channels of ``Sample["image"]``.
+        mean: per-channel mean of the training images (values in ``[0, 1]``; inside the FOV where there is one).
+        std: per-channel standard deviation, same pixels.
+        has_fov: whether the dataset ships field-of-view masks (retinal datasets).
+        ignore_index: the mask value that losses and metrics skip.
+    """
+
+    name: str
+    class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    has_fov: bool = False
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, background included."""
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (lists instead of tuples)."""
+        data = asdict(self)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+
+@dataclass(frozen=True)
+class Record:
+    """Files of one item of a file-backed dataset (``fov`` is None where the dataset has none)."""
+
+    name: str
+    image: Path
+    mask: Path
+    fov: Path | None = None
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is one of :data:`SPLITS`, else raise a one-line error."""
+    if split not in SPLITS:
+        raise ConvUNeXtError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return split
+
+
+def load_split_file(dataset: str) -> dict[str, Any]:
+    """The fixed split lists shipped with the package for ``dataset`` (``drive``, ``glas``, ``hrf``)."""
+    text = resources.files("convunext.data").joinpath("splits", f"{dataset}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def to_sample(image: np.ndarray, mask: np.ndarray, fov: np.ndarray | None, name: str) -> Sample:
+    """Numpy arrays (``H x W x C`` float image, ``H x W`` int mask, ``H x W`` bool fov or None) -> :data:`Sample`."""
+    image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+    if fov is None:
+        fov_tensor = torch.ones(mask_tensor.shape, dtype=torch.bool)
+    else:
+        fov_tensor = torch.from_numpy(np.ascontiguousarray(fov, dtype=bool))
+    return {"image": image_tensor, "mask": mask_tensor, "fov": fov_tensor, "name": name}
+
+
+class FileDataset(Dataset):
+    """A dataset of image / mask (/ FOV) files listed by :class:`Record`.
+
+    Construction checks that every file exists and, from the headers only, that image, mask and FOV have the
+    same size; decoding happens in ``__getitem__``, which raises a one-line :class:`ConvUNeXtError` naming the
+    file for an unreadable/truncated image or bad mask values. :meth:`validate` decodes everything up front.
+
+    Subclasses set ``info`` and call ``super().__init__(records, ...)``.
+    """
+
+    info: DatasetInfo
+
+    def __init__(
+        self,
+        records: list[Record],
+        info: DatasetInfo,
+        split: str,
+        root: Path,
+        instances: bool = False,
+        check_sizes: bool = True,
+    ) -> None:
+        self.records = list(records)
+        self.info = info
+        self.split = split
+        self.root = Path(root)
+        self.instances = instances
+        if not self.records:
+            raise ConvUNeXtError(f"{self.root}: no images for split {split!r}")
+        if check_sizes:
+            for record in self.records:
+                self._check_sizes(record)
+
+    @staticmethod
+    def _check_sizes(record: Record) -> None:
+        size = image_size(record.image)
+        for other in (record.mask, record.fov):
+            if other is None:
+                continue
+            other_size = image_size(other)
+            if other_size != size:
+                raise ConvUNeXtError(
+                    f"{other}: size {other_size[1]}x{other_size[0]} does not match its image {record.image.name} "
+                    f"({size[1]}x{size[0]})"
+                )
+
+    @property
+    def names(self) -> list[str]:
+        """Item names (file stems) in dataset order."""
+        return [record.name for record in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read_arrays(self, index: int, reduce: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image (``H x W x C`` float) and FOV (``H x W`` bool or None) of item ``index`` without the mask,
+        optionally subsampled by ``reduce`` (for statistics)."""
+        record = self.records[index]
+        image = read_image(record.image, channels=self.info.in_channels, reduce=reduce)
+        fov = None
+        if record.fov is not None:
+            fov = read_fov(record.fov)
+            if reduce > 1:
+                fov = fov[::reduce, ::reduce]
+                if fov.shape != image.shape[:2]:  # JPEG draft sizes can differ by a pixel
+                    rows = np.minimum(np.arange(image.shape[0]) * fov.shape[0] // image.shape[0], fov.shape[0] - 1)
+                    cols = np.minimum(np.arange(image.shape[1]) * fov.shape[1] // image.shape[1], fov.shape[1] - 1)
+                    fov = fov[rows][:, cols]
+        return image, fov
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        record = self.records[index]
+        image = read_image(record.image, channels=self.info.in_channels)
+        mask = read_mask(record.mask, num_classes=self.info.num_classes, instances=self.instances)
+        fov = read_fov(record.fov) if record.fov is not None else None
+        for path, array in ((record.mask, mask), (record.fov, fov)):
+            if array is not None and array.shape != image.shape[:2]:
+                raise ConvUNeXtError(
+                    f"{path}: size {array.shape[1]}x{array.shape[0]} does not match its image {record.image.name} "
+                    f"({image.shape[1]}x{image.shape[0]})"
+                )
+        return to_sample(image, mask, fov, record.name)
+
+    def validate(self) -> None:
+        """Decode every item once; raises :class:`ConvUNeXtError` naming the first bad file."""
+        for index in range(len(self)):
+            self[index]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, items={len(self)})"
+
+
+def infer_in_channels(path: Path) -> int:
+    """Channels the first image of a dataset decodes to (1 grey, 3 colour)."""
+    return image_channels(path)

@@ -1,0 +1,176 @@
+"""Segment new images with a trained checkpoint: the Python API behind ``convunext predict``.
+
+>>> predictor = Predictor.from_checkpoint("runs/my-run")           # doctest: +SKIP
+>>> result = predictor.predict(image)   # H x W x C array in [0, 1] or uint8, or a C x H x W tensor
+>>> result.mask.shape, result.probabilities.shape                  # (H, W), (K, H, W)
+
+Large images go through sliding windows (``tile_size``/``overlap``, Gaussian blending) in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.io import is_image_file, read_image
+from ..errors import ConvUNeXtError
+from ..training.checkpoint import Checkpoint, load_checkpoint
+from .sliding_window import predict_probabilities
+
+# Overlay colours for classes 1..K-1 (class 0, background, is not tinted).
+PALETTE = np.array(
+    [[255, 64, 64], [64, 200, 255], [255, 220, 0], [80, 255, 120], [255, 120, 255], [255, 160, 60]], dtype=np.float32
+)
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``probabilities`` ``K x H x W`` float32 (softmax) and ``mask`` ``H x W`` uint8 class ids."""
+
+    probabilities: np.ndarray
+    mask: np.ndarray
+
+
+class Predictor:
+    """A model plus its normalisation and inference settings.
+
+    Args:
+        model: a registry model (eval mode is set here).
+        mean, std: per-channel normalisation the model was trained with.
+        tile_size: sliding-window tile side; ``None`` runs every image whole.
+        overlap: fraction of a tile shared with its neighbour (sliding windows only).
+        tta: average the predictions of the image and its horizontal / vertical flips.
+        batch_size: tiles per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        class_names: names of the output classes (background first).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        tile_size: int | None = 480,
+        overlap: float = 0.25,
+        tta: bool = False,
+        batch_size: int = 4,
+        device: str | torch.device = "auto",
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        from ..training.trainer import resolve_device
+
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.in_channels = len(mean)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.tile_size, self.overlap, self.tta, self.batch_size = tile_size, overlap, tta, batch_size
+        self.class_names = list(class_names) if class_names else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | Checkpoint, **kwargs: object) -> Predictor:
+        """Build a predictor from a checkpoint (run folder, ``.json`` or ``.safetensors``) alone."""
+        checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+        kwargs.setdefault("class_names", checkpoint.class_names)
+        return cls(checkpoint.model, checkpoint.mean, checkpoint.std, **kwargs)  # type: ignore[arg-type]
+
+    def _to_tensor(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = image[..., None]
+            if image.ndim != 3:
+                raise ConvUNeXtError(f"expected an H x W x C image array, got shape {image.shape}")
+            scale = 255.0 if image.dtype == np.uint8 else 1.0
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / scale).permute(2, 0, 1)
+        if image.ndim != 3:
+            raise ConvUNeXtError(f"expected a C x H x W image tensor, got shape {tuple(image.shape)}")
+        if image.shape[0] != self.in_channels:
+            raise ConvUNeXtError(f"image has {image.shape[0]} channels, the model expects {self.in_channels}")
+        return (image.float() - self.mean) / self.std
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray | torch.Tensor) -> Prediction:
+        """Segment one image: ``H x W x C`` array (uint8, or float in [0, 1]) or ``C x H x W`` float tensor."""
+        batch = self._to_tensor(image)[None]
+        probabilities = predict_probabilities(
+            self.model, batch, tile_size=self.tile_size, overlap=self.overlap, batch_size=self.batch_size,
+            tta_flips=self.tta, device=self.device,
+        )[0]
+        return Prediction(probabilities.numpy(), probabilities.argmax(0).to(torch.uint8).numpy())
+
+    def predict_file(self, path: str | Path) -> tuple[np.ndarray, Prediction]:
+        """Read an image file (forced to the model's channel count) and segment it; returns (image, prediction)."""
+        image = read_image(Path(path), channels=self.in_channels)
+        return image, self.predict(image)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image (``H x W x C`` float in [0, 1]) with each foreground class tinted and its contour drawn;
+    returns ``H x W x 3`` uint8."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+    out = rgb.astype(np.float32) * 255.0
+    for class_id in range(1, int(mask.max(initial=0)) + 1):
+        region = mask == class_id
+        if not region.any():
+            continue
+        colour = PALETTE[(class_id - 1) % len(PALETTE)]
+        out[region] = (1 - alpha) * out[region] + alpha * colour
+        out[_boundary(region)] = colour
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _boundary(region: np.ndarray) -> np.ndarray:
+    """Pixels of ``region`` with a 4-neighbour outside it."""
+    padded = np.pad(region, 1, mode="edge")
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return region & ~interior
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files named directly plus the image files inside named folders (sorted); errors name what is missing."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if is_image_file(p))
+            if not found:
+                raise ConvUNeXtError(f"{item}: folder holds no images (png, jpg, tif, bmp, gif)")
+            files.extend(found)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ConvUNeXtError(f"{item}: no such file or folder")
+    return files
+
+
+def save_prediction(
+    out_dir: Path,
+    name: str,
+    prediction: Prediction,
+    image: np.ndarray | None = None,
+    probabilities: bool = False,
+    binary_as_255: bool = True,
+) -> list[Path]:
+    """Write ``NAME_mask.png`` (0/255 for two classes, else class ids), optionally ``NAME_prob.npy``
+    (``K x H x W`` float16) and, when ``image`` is given, ``NAME_overlay.png``. Returns the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    mask = prediction.mask
+    stored = (mask * 255).astype(np.uint8) if binary_as_255 and prediction.probabilities.shape[0] == 2 else mask
+    path = out_dir / f"{name}_mask.png"
+    Image.fromarray(stored).save(path)
+    written.append(path)
+    if probabilities:
+        path = out_dir / f"{name}_prob.npy"
+        np.save(path, prediction.probabilities.astype(np.float16))
+        written.append(path)
+    if image is not None:
+        path = out_dir / f"{name}_overlay.png"
+        Image.fromarray(overlay(image, mask)).save(path)
+        written.append(path)
+    return written

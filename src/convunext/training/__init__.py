@@ -1,0 +1,1 @@
+"""Training: the segmentation loss (``convunext.training.losses``), recipes, schedules and the trainer."""

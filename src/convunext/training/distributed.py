@@ -1,0 +1,91 @@
+"""Distributed training on PyTorch's own engine (``torchrun`` + DistributedDataParallel).
+
+``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; :func:`context_from_environment` turns them into a
+:class:`DistributedContext` (NCCL on CUDA, gloo on CPU). Without them everything runs as one process and the
+context's collective operations are no-ops, so the trainer has one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+
+@dataclass
+class DistributedContext:
+    """Rank, world size and device of this process, plus the few collectives the trainer needs."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    sync_batchnorm: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs, plots and checkpoints; the others only compute."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model to train: ``model`` itself, or DDP around it (with SyncBatchNorm if asked) when distributed."""
+        if not self.enabled:
+            return model
+        if self.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over all ranks (returns a new tensor; identity in a single process)."""
+        if not self.enabled:
+            return tensor
+        reduced = tensor.clone()
+        torch_dist.all_reduce(reduced, op=torch_dist.ReduceOp.SUM)
+        return reduced
+
+    def mean_of(self, total: torch.Tensor, count: int) -> float:
+        """Global mean from each rank's ``total`` and ``count`` (a weighted mean, not a mean of means)."""
+        stacked = self.reduce(torch.stack([total.double(), torch.tensor(float(count), device=total.device).double()]))
+        return (stacked[0] / stacked[1].clamp_min(1)).item()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (if this context joined one)."""
+        if self.enabled and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def single_process(device: torch.device | None = None) -> DistributedContext:
+    """The context of an ordinary, non-distributed run."""
+    return DistributedContext(device=device or torch.device("cpu"))
+
+
+def context_from_environment(device: str = "auto", sync_batchnorm: bool = False) -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment, or return a single-process context.
+
+    Each rank uses ``cuda:LOCAL_RANK`` with NCCL when CUDA is available (and ``device`` is not ``cpu``), else the
+    CPU with gloo.
+    """
+    from .trainer import resolve_device
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return single_process(resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(torch_device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistributedContext(rank=rank, world_size=world_size, device=torch_device, sync_batchnorm=sync_batchnorm)
