@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convunext import ConvUNeXt
-from convunext.models.blocks import BlockOptions, ConvNeXtBlock, LayerNorm2d
+from convunext.models.blocks import BlockOptions, ConvNeXtBlock, LayerNorm2d, ReflectConv2d
 from convunext.utils.flops import count_parameters
 
 DEFAULT = count_parameters(ConvUNeXt())
@@ -38,7 +38,8 @@ def test_defaults_are_the_papers_model() -> None:
     model = ConvUNeXt()
     assert [len(stage.blocks) for stage in (model.down1, model.down2, model.down3, model.down4)] == [1, 1, 3, 1]
     block = model.down1.blocks[0]
-    assert block.dwconv.kernel_size == (7, 7) and block.dwconv.groups == 64 and block.dwconv.padding_mode == "reflect"
+    assert isinstance(block.dwconv, ReflectConv2d) and isinstance(model.stem.conv, ReflectConv2d)
+    assert block.dwconv.kernel_size == (7, 7) and block.dwconv.groups == 64 and block.dwconv.same_padding == 3
     assert block.pwconv1.out_channels == 4 * 64
     assert isinstance(block.act, nn.GELU) and isinstance(block.norm1, nn.BatchNorm2d)
     assert isinstance(model.down1.reduce, nn.Conv2d) and model.down1.reduce.stride == (2, 2)
@@ -88,3 +89,13 @@ def test_maxpool_downsampling_uses_pooling() -> None:
 def test_bad_knob_values_are_named(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ConvUNeXt(**bad)
+
+
+def test_reflect_conv_matches_torch_reflect_padding_and_survives_tiny_maps() -> None:
+    torch.manual_seed(0)
+    ours = ReflectConv2d(4, 4, 7, groups=4)
+    reference = nn.Conv2d(4, 4, 7, padding=3, padding_mode="reflect", groups=4)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 4, 9, 11)
+    assert torch.allclose(ours(x), reference(x), atol=1e-6)
+    assert ours(torch.randn(1, 4, 2, 3)).shape == (1, 4, 2, 3)  # torch's reflect padding raises here

@@ -22,9 +22,9 @@ def reference() -> dict:
 def test_fixture_describes_the_default_model(reference: dict) -> None:
     config = reference["config"]
     assert (config["in_channels"], config["num_classes"], config["base_c"]) == (3, 2, 32)
-    assert sum(t.numel() for k, t in reference["state_dict"].items() if "running" not in k and "num_batches" not in k) == (
-        3_505_730
-    )
+    assert sum(
+        t.numel() for k, t in reference["state_dict"].items() if "running" not in k and "num_batches" not in k
+    ) == (3_505_730)
 
 
 @pytest.mark.parametrize("size", ["96x96", "101x87"])

@@ -15,17 +15,25 @@ def run(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     tile = None if args.tile_size == 0 else args.tile_size
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, tile_size=tile, overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
+        args.checkpoint,
+        tile_size=tile,
+        overlap=args.overlap,
+        tta=args.tta,
+        batch_size=args.batch_size,
         device=args.device,
     )
     out_dir = Path(args.out)
     start = time.perf_counter()
     for path in tqdm(files, desc="predict", unit="image", disable=args.quiet):
         image, prediction = predictor.predict_file(path)
-        save_prediction(out_dir, path.stem, prediction, image if args.overlay else None, probabilities=args.probabilities)
+        save_prediction(
+            out_dir, path.stem, prediction, image if args.overlay else None, probabilities=args.probabilities
+        )
     seconds = time.perf_counter() - start
-    print(f"{len(files)} image(s) segmented in {seconds:.1f} s -> {out_dir}/ (NAME_mask.png"
-          f"{', NAME_prob.npy' if args.probabilities else ''}{', NAME_overlay.png' if args.overlay else ''})")
+    print(
+        f"{len(files)} image(s) segmented in {seconds:.1f} s -> {out_dir}/ (NAME_mask.png"
+        f"{', NAME_prob.npy' if args.probabilities else ''}{', NAME_overlay.png' if args.overlay else ''})"
+    )
     return 0
 
 

@@ -73,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
         config.train.seed = seed
         run_dir = Path(args.resume) if args.resume else None
         if len(seeds) > 1:
-            base = Path(args.resume) if args.resume else Path(config.train.output_dir) / (
-                config.train.run_name or f"{config.model.name}-{config.data.name}"
+            base = (
+                Path(args.resume)
+                if args.resume
+                else Path(config.train.output_dir)
+                / (config.train.run_name or f"{config.model.name}-{config.data.name}")
             )
             run_dir = base / f"seed{seed}"
         resume = bool(args.resume) and (run_dir / "last_state.pt").is_file()  # type: ignore[operator]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConvUNeXtError
-from .io import IGNORE_INDEX, image_channels, image_size, read_fov, read_image, read_mask
+from .io import IGNORE_INDEX, image_channels, image_size, is_image_file, read_fov, read_image, read_mask
 
 SPLITS = ("train", "val", "test", "trainval")
 
@@ -197,3 +198,58 @@ class FileDataset(Dataset):
 def infer_in_channels(path: Path) -> int:
     """Channels the first image of a dataset decodes to (1 grey, 3 colour)."""
     return image_channels(path)
+
+
+def split_stems(lists: dict[str, Any], split: str) -> list[str]:
+    """Stems of ``split`` from a shipped split file: ``train`` = ``trainval`` minus ``val``."""
+    check_split(split)
+    if split == "train":
+        val = set(lists["val"])
+        return [stem for stem in lists["trainval"] if stem not in val]
+    return list(lists[split])
+
+
+class FolderIndex:
+    """Case-insensitive lookup of image files by stem in one folder (``01_h`` finds ``01_h.JPG``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.by_stem: dict[str, Path] = {}
+        if self.folder.is_dir():
+            for path in sorted(self.folder.iterdir(), key=lambda p: p.name):
+                if is_image_file(path):
+                    self.by_stem.setdefault(path.stem.lower(), path)
+
+    def find(self, stem: str) -> Path | None:
+        """The image file named ``stem`` + any image extension, or None."""
+        return self.by_stem.get(stem.lower())
+
+
+def locate_root(
+    root: str | Path | None, folder_name: str, is_root: Callable[[Path], bool], label: str, expected: str
+) -> Path:
+    """Find a dataset's top folder.
+
+    Looks at ``root`` itself, ``root / folder_name``, then one and two levels of sub-folders (a download that
+    unpacks into a versioned folder); ``root=None`` means :func:`default_data_root` ``/ folder_name``.
+
+    Raises:
+        ConvUNeXtError: nothing that ``is_root`` accepts was found; the message names ``root`` and ``expected``.
+    """
+    if root is None:
+        from .paths import default_data_root
+
+        root = default_data_root() / folder_name
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise ConvUNeXtError(f"{root}: {label} folder not found")
+    if not root.is_dir():
+        raise ConvUNeXtError(f"{root}: not a folder ({label} expects a folder with {expected})")
+    candidates = [root, root / folder_name]
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        candidates.append(child)
+        candidates.extend(sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    for candidate in candidates:
+        if candidate.is_dir() and is_root(candidate):
+            return candidate
+    raise ConvUNeXtError(f"{root}: no {label} copy found (expected {expected})")

@@ -99,8 +99,13 @@ class Predictor:
         """Segment one image: ``H x W x C`` array (uint8, or float in [0, 1]) or ``C x H x W`` float tensor."""
         batch = self._to_tensor(image)[None]
         probabilities = predict_probabilities(
-            self.model, batch, tile_size=self.tile_size, overlap=self.overlap, batch_size=self.batch_size,
-            tta_flips=self.tta, device=self.device,
+            self.model,
+            batch,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            tta_flips=self.tta,
+            device=self.device,
         )[0]
         return Prediction(probabilities.numpy(), probabilities.argmax(0).to(torch.uint8).numpy())
 

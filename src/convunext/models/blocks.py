@@ -7,8 +7,8 @@ one :class:`BlockOptions` value, so a whole network can be re-configured from it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -53,6 +53,25 @@ def make_activation(kind: str) -> nn.Module:
     return ACTIVATIONS[kind]()
 
 
+class ReflectConv2d(nn.Conv2d):
+    """A "same" convolution with reflect padding (ConvUNeXt's choice) that keeps working on tiny maps.
+
+    Reflect padding by ``p`` needs ``p`` < H and W; on smaller maps (the bottom of the network for inputs under
+    ``16 * (p + 1)`` pixels, where the authors' model raises an error) it falls back to replicate padding.
+    Weights and outputs equal ``nn.Conv2d(..., padding=k // 2, padding_mode="reflect")`` wherever that works.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=0, groups=groups)
+        self.same_padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.same_padding
+        if p:
+            x = F.pad(x, (p, p, p, p), mode="reflect" if min(x.shape[-2:]) > p else "replicate")
+        return super().forward(x)
+
+
 @dataclass(frozen=True)
 class BlockOptions:
     """The per-block ablation knobs of ConvUNeXt (paper Section 3). Defaults are the paper's choices.
@@ -86,8 +105,8 @@ class BlockOptions:
 class ConvNeXtBlock(nn.Module):
     """ConvUNeXt's basic unit: large-kernel conv, norm, inverted-bottleneck MLP, norm, residual.
 
-    ``x -> dwconv(k x k, reflect) -> norm1 -> pwconv1 (dim -> e*dim) -> act -> pwconv2 (e*dim -> dim) -> norm2``,
-    then ``act(x + input)`` (ResNet style, the paper's choice) or ``x + input`` (ConvNeXt style).
+    ``x -> dwconv(k x k, reflect padding) -> norm1 -> pwconv1 (dim -> e*dim) -> act -> pwconv2 (e*dim -> dim)``
+    ``-> norm2``, then ``act(x + input)`` (ResNet style, the paper's choice) or ``x + input`` (ConvNeXt style).
     The 1x1 layers are convolutions, so the block stays NCHW end to end.
 
     Shape: ``N x dim x H x W -> N x dim x H x W``.
@@ -97,9 +116,7 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         k = options.kernel_size
         hidden = dim * options.expansion
-        self.dwconv = nn.Conv2d(
-            dim, dim, k, padding=k // 2, padding_mode="reflect", groups=dim if options.depthwise else 1
-        )
+        self.dwconv = ReflectConv2d(dim, dim, k, groups=dim if options.depthwise else 1)
         self.norm1 = make_norm(options.norm, dim)
         self.pwconv1 = nn.Conv2d(dim, hidden, 1)
         self.act = make_activation(options.act)
@@ -126,8 +143,7 @@ class Stem(nn.Module):
 
     def __init__(self, in_channels: int, width: int, options: BlockOptions = BlockOptions()) -> None:
         super().__init__()
-        k = options.kernel_size
-        self.conv = nn.Conv2d(in_channels, width, k, padding=k // 2, padding_mode="reflect")
+        self.conv = ReflectConv2d(in_channels, width, options.kernel_size)
         self.norm = make_norm(options.norm, width)
         self.act = make_activation(options.act)
         self.block = ConvNeXtBlock(width, options)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -123,14 +123,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ConvUNeXtError(f"{weights_path}: weights do not match their checksum (file truncated or modified)")
     try:
         state = load_file(str(weights_path), device=str(map_location))
-    except (SafetensorsError, OSError) as error:
+    except (SafetensorError, OSError) as error:
         raise ConvUNeXtError(f"{weights_path}: cannot read weights ({error})") from error
     try:
         model = create_model(meta["model"]["name"], **meta["model"].get("kwargs", {}))
         model.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0]
-        raise ConvUNeXtError(f"{weights_path}: weights do not fit model {meta['model']['name']!r} ({first_line})")
+        raise ConvUNeXtError(
+            f"{weights_path}: weights do not fit model {meta['model']['name']!r} ({first_line})"
+        ) from None
     model.to(map_location).eval()
     return Checkpoint(model=model, meta=meta, path=json_path)
 

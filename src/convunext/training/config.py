@@ -12,6 +12,7 @@ Two optimisation recipes are built in (SPEC section 5):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -121,7 +122,9 @@ class ExperimentConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> ExperimentConfig:
+    def from_dict(
+        cls, raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None
+    ) -> ExperimentConfig:
         """Build from a nested dict, then apply ``section.field=value`` overrides; unknown keys are errors."""
         raw = {key: dict(value) if isinstance(value, dict) else value for key, value in (raw or {}).items()}
         for override in overrides or []:
@@ -233,6 +236,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConvUNeXtError(f"{where}={value!r} is not valid; expected true or false")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConvUNeXtError(f"{where}={value!r} is not valid; expected a number")
         return float(value)

@@ -29,6 +29,4 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, optim: OptimConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration ``LambdaLR`` that follows :func:`lr_factor`; call ``scheduler.step()`` after every batch."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, optim)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, optim))

@@ -136,8 +136,13 @@ class Trainer:
             "model": {"name": self.config.model.name, "kwargs": self.model_kwargs},
             "classes": list(self.info.class_names),
             "normalization": {"mean": list(self.info.mean), "std": list(self.info.std)},
-            "data": {"name": self.info.name, "crop_size": config["data"]["crop_size"],
-                     "eval_tile_size": config["data"]["eval_tile_size"], "has_fov": self.info.has_fov},
+            "data": {
+                "name": self.config.data.name,
+                "options": config["data"]["options"],
+                "crop_size": config["data"]["crop_size"],
+                "eval_tile_size": config["data"]["eval_tile_size"],
+                "has_fov": self.info.has_fov,
+            },
             "recipe": config["optim"],
             "seed": self.config.train.seed,
             "epoch": epoch,
@@ -162,7 +167,11 @@ class Trainer:
         cfg, info, device = self.config, self.info, self.device
         start_time = time.perf_counter()
         transform = TrainTransform(
-            cfg.data.crop_size, info.mean, info.std, scale_range=cfg.data.scale_range, hflip=cfg.data.hflip,
+            cfg.data.crop_size,
+            info.mean,
+            info.std,
+            scale_range=cfg.data.scale_range,
+            hflip=cfg.data.hflip,
             vflip=cfg.data.vflip,
         )
         augmented = AugmentedDataset(self.train_set, transform, cfg.train.seed)
@@ -204,8 +213,13 @@ class Trainer:
             self.train_model.train()
             total_loss = torch.zeros((), device=device, dtype=torch.float64)
             seen = 0
-            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, unit="batch",
-                       disable=not (cfg.train.progress_bar and self.dist.is_main))
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch}/{cfg.train.epochs}",
+                leave=False,
+                unit="batch",
+                disable=not (cfg.train.progress_bar and self.dist.is_main),
+            )
             for step_in_epoch, batch in enumerate(bar):
                 images = batch["image"].to(device, non_blocking=True)
                 targets = batch["mask"].to(device, non_blocking=True)
@@ -234,14 +248,22 @@ class Trainer:
             train_loss = self.dist.mean_of(total_loss, seen)
 
             row: dict[str, float] = {
-                "epoch": epoch, "step": epoch * steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                "train_loss": train_loss, "val_dice": math.nan, "val_miou": math.nan, "val_accuracy": math.nan,
+                "epoch": epoch,
+                "step": epoch * steps_per_epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "train_loss": train_loss,
+                "val_dice": math.nan,
+                "val_miou": math.nan,
+                "val_accuracy": math.nan,
             }
             metrics: dict[str, float] = {}
             if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
                 metrics = self.validate()
-                row.update(val_dice=metrics["dice_fg_mean"], val_miou=metrics["miou_cm"],
-                           val_accuracy=metrics["pixel_accuracy"])
+                row.update(
+                    val_dice=metrics["dice_fg_mean"],
+                    val_miou=metrics["miou_cm"],
+                    val_accuracy=metrics["pixel_accuracy"],
+                )
                 if metrics["dice_fg_mean"] > best["dice"]:
                     best = {"epoch": epoch, "dice": metrics["dice_fg_mean"], "metrics": metrics, "stale": 0}
                     if self.dist.is_main:
@@ -253,11 +275,19 @@ class Trainer:
             if self.dist.is_main:
                 self._log(row, history, writer)
                 save_checkpoint(self.run_dir, "last", self.model, self.checkpoint_meta(epoch, metrics))
-                save_training_state(self.run_dir, {
-                    "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng_cpu": torch.get_rng_state(), "epoch": epoch, "best": best, "history": history,
-                })
+                save_training_state(
+                    self.run_dir,
+                    {
+                        "model": self.model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng_cpu": torch.get_rng_state(),
+                        "epoch": epoch,
+                        "best": best,
+                        "history": history,
+                    },
+                )
             self.dist.barrier()
             patience = cfg.train.early_stopping_patience
             if patience is not None and best["stale"] >= patience:
@@ -266,13 +296,19 @@ class Trainer:
                 break
         if writer is not None:
             writer.close()
-        result = TrainResult(self.run_dir, best["epoch"], best["metrics"], epoch, time.perf_counter() - start_time,
-                             history)
+        result = TrainResult(
+            self.run_dir, best["epoch"], best["metrics"], epoch, time.perf_counter() - start_time, history
+        )
         if self.dist.is_main:
-            atomic_write_json(self.run_dir / "summary.json", {
-                "best_epoch": result.best_epoch, "best_val_metrics": result.best_metrics,
-                "epochs_run": result.epochs_run, "seconds_this_session": round(result.seconds, 2),
-            })
+            atomic_write_json(
+                self.run_dir / "summary.json",
+                {
+                    "best_epoch": result.best_epoch,
+                    "best_val_metrics": result.best_metrics,
+                    "epochs_run": result.epochs_run,
+                    "seconds_this_session": round(result.seconds, 2),
+                },
+            )
         return result
 
     @torch.no_grad()
@@ -280,9 +316,16 @@ class Trainer:
         """Metrics of the current model on the validation split (sharded across ranks, reduced exactly)."""
         dataset = _Shard(self.val_set, self.dist.rank, self.dist.world_size)
         metrics = evaluate_model(
-            self.model, dataset, EvalTransform(self.info.mean, self.info.std), self.info.class_names,
-            device=self.device, tile_size=self.config.data.eval_tile_size, progress=False, reduce=self.dist.reduce,
+            self.model,
+            dataset,
+            EvalTransform(self.info.mean, self.info.std),
+            len(self.info.class_names),
+            device=self.device,
+            tile_size=self.config.data.eval_tile_size,
+            progress=False,
         )
+        if self.dist.enabled:
+            metrics.gather_across_processes()
         return metrics.compute()
 
     def _log(self, row: dict[str, float], history: list[dict[str, float]], writer: Any) -> None:
@@ -314,6 +357,7 @@ class _Shard(Dataset):
 
     def __init__(self, dataset: Dataset, rank: int, world_size: int) -> None:
         self.dataset, self.indices = dataset, list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
+        self.info = getattr(dataset, "info", None)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -1,0 +1,121 @@
+"""Evaluate a model on a dataset split and write the report (``metrics.json``, ``per_image.csv``, ``metrics.md``).
+
+For datasets with a field of view (DRIVE, HRF) pixels outside it are marked ignore (255) for Dice, mIoU and
+pixel accuracy, as the authors' reference code does; the ``fov_*`` vessel metrics are computed inside the FOV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..data.io import IGNORE_INDEX
+from ..inference.sliding_window import predict_probabilities
+from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
+from ..utils.table import markdown_table
+from .metrics import SegmentationMetrics
+
+# (key in SegmentationMetrics.compute(), label in the printed table)
+REPORTED_METRICS: tuple[tuple[str, str], ...] = (
+    ("dice_fg_mean", "Dice (per-image foreground, mean)"),
+    ("dice_fg_std", "Dice std over images"),
+    ("miou_cm", "mIoU (dataset confusion matrix, incl. background)"),
+    ("iou_fg_cm", "foreground IoU (dataset confusion matrix)"),
+    ("pixel_accuracy", "global pixel accuracy"),
+    ("fov_sensitivity", "sensitivity inside FOV"),
+    ("fov_specificity", "specificity inside FOV"),
+    ("fov_accuracy", "accuracy inside FOV"),
+    ("fov_auc", "AUC-ROC inside FOV"),
+)
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: nn.Module,
+    dataset: Dataset,
+    transform: Callable[[dict[str, Any]], dict[str, Any]],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    tile_size: int | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    progress: bool = True,
+) -> SegmentationMetrics:
+    """Run ``model`` over every sample of ``dataset`` (one image at a time, any size) and accumulate metrics.
+
+    Args:
+        model: returns ``N x K x H x W`` logits in eval mode.
+        dataset: yields samples ``{"image": C x H x W, "mask": H x W, "fov": H x W bool, "name": str}``.
+        transform: the evaluation transform (normalisation), applied to each sample.
+        num_classes: ``K``.
+        tile_size: sliding-window tile (``None``: whole images).
+    """
+    model.eval()
+    metrics = SegmentationMetrics(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+    has_fov = bool(getattr(getattr(dataset, "info", None), "has_fov", False))
+    for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):  # type: ignore[arg-type]
+        sample = transform(dataset[index])
+        probabilities = predict_probabilities(
+            model, sample["image"][None], tile_size=tile_size, overlap=overlap, tta_flips=tta, device=device
+        )
+        target = sample["mask"][None]
+        fov = sample["fov"][None] if has_fov else None
+        if fov is not None:
+            target = target.masked_fill(~fov, IGNORE_INDEX)
+        metrics.update(probabilities, target, fov, [sample["name"]], logits=False)
+    return metrics
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """The dataset-level metrics as a two-column Markdown table (only those present)."""
+    rows = [
+        [label, f"{results[key]:.4f}"]
+        for key, label in REPORTED_METRICS
+        if key in results and not (isinstance(results[key], float) and math.isnan(results[key]))
+    ]
+    rows.append(["images", str(results["num_images"])])
+    return markdown_table(["metric", "value"], rows)
+
+
+def write_report(
+    metrics: SegmentationMetrics, out_dir: str | Path, context: dict[str, Any], class_names: Sequence[str]
+) -> tuple[str, dict[str, Any]]:
+    """Write ``metrics.json`` (with ``context``: checkpoint, dataset, split...), ``per_image.csv`` and
+    ``metrics.md`` into ``out_dir``; return the printed table and the results."""
+    out_dir = Path(out_dir)
+    results = metrics.compute()
+    results["iou_per_class"] = dict(zip(class_names, results["iou_per_class"]))
+    atomic_write_json(out_dir / "metrics.json", {**context, "metrics": _json_safe(results)})
+    rows = metrics.per_image()
+    with atomic_path(out_dir / "per_image.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    table = metrics_table(results)
+    header = "\n".join(f"- {key}: {value}" for key, value in context.items())
+    atomic_write_text(out_dir / "metrics.md", f"# Evaluation\n\n{header}\n\n{table}\n")
+    return table, results
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a ``metrics.json`` written by :func:`write_report`."""
+    return json.loads(Path(path).read_text())
