@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..data import EvalTransform, detect_dataset, open_dataset
+from ..data import EvalTransform, open_dataset
+from ..data.detect import detect_dataset
 from ..evaluation.evaluate import evaluate_model, write_report
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import resolve_device

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import ConvUNeXtError
 
-SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models")
+SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "export", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

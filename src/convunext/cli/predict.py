@@ -8,11 +8,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..inference.optimize import BACKENDS
 from ..inference.predictor import Predictor, expand_inputs, save_prediction
 
 
 def run(args: argparse.Namespace) -> int:
-    files = expand_inputs(args.inputs)
     tile = None if args.tile_size == 0 else args.tile_size
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         device=args.device,
+        backend=args.backend,
     )
+    files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     start = time.perf_counter()
     for path in tqdm(files, desc="predict", unit="image", disable=args.quiet):
@@ -54,5 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write NAME_prob.npy (K x H x W float16)")
     parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png (mask over the image)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--backend",
+        default="eager",
+        choices=BACKENDS,
+        help="eager (default); fast: fused BN-folded channels-last copy (about 2x faster on CPU, same output); "
+        "compile: torch.compile (slow first image); onnx: ONNX Runtime (needs convunext[onnx])",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -4,8 +4,8 @@ file-backed base class the DRIVE, GlaS, HRF and folder readers share."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConvUNeXtError
-from .io import IGNORE_INDEX, image_channels, image_size, is_image_file, read_fov, read_image, read_mask
+from .io import IGNORE_INDEX, image_size, is_image_file, read_fov, read_image, read_mask
 
 SPLITS = ("train", "val", "test", "trainval")
 
@@ -193,11 +193,6 @@ class FileDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, items={len(self)})"
-
-
-def infer_in_channels(path: Path) -> int:
-    """Channels the first image of a dataset decodes to (1 grey, 3 colour)."""
-    return image_channels(path)
 
 
 def split_stems(lists: dict[str, Any], split: str) -> list[str]:

@@ -35,7 +35,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     """Open ``path`` and decode it fully (so truncated files fail here, not later)."""
     path = Path(path)
     if not path.exists():
@@ -103,7 +103,7 @@ def read_image(path: Path, channels: int | None = None, reduce: int = 1) -> np.n
         except (OSError, SyntaxError, ValueError) as error:
             raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
     else:
-        image = _open(path)
+        image = open_image(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float32)
         scale = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
@@ -132,7 +132,7 @@ def _raw_values(path: Path) -> np.ndarray:
 
     Colour files are accepted when all three channels are equal (a grey mask saved as RGB).
     """
-    image = _open(path)
+    image = open_image(path)
     if image.mode == "1":
         return np.asarray(image.convert("L"), dtype=np.int64)
     if image.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"):
@@ -153,6 +153,14 @@ def _format_values(values: Iterable[int], limit: int = 8) -> str:
     return "{" + text + (", ..." if len(values) > limit else "") + "}"
 
 
+def unique_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (a histogram for small non-negative ranges: much faster than
+    :func:`numpy.unique` on a full-size mask)."""
+    if array.size and array.dtype.kind in "iub" and int(array.min()) >= 0 and int(array.max()) < 65536:
+        return np.flatnonzero(np.bincount(array.ravel().astype(np.int64, copy=False)))
+    return np.unique(array)
+
+
 def decode_mask(raw: np.ndarray, path: Path, num_classes: int = 2, instances: bool = False) -> np.ndarray:
     """Turn stored mask values into ``H x W`` int64 class ids.
 
@@ -165,7 +173,7 @@ def decode_mask(raw: np.ndarray, path: Path, num_classes: int = 2, instances: bo
     """
     if instances:
         return (raw > 0).astype(np.int64)
-    values = np.unique(raw)
+    values = unique_values(raw)
     if num_classes == 2:
         if np.isin(values, (0, 1)).all():
             return raw.astype(np.int64, copy=False)
@@ -193,7 +201,7 @@ def read_fov(path: Path) -> np.ndarray:
     """Read a field-of-view mask as ``H x W`` bool (True inside). Stored as 0/255, 0/1 or any grey/colour image:
     values above half the maximum possible level count as inside."""
     path = Path(path)
-    image = _open(path)
+    image = open_image(path)
     if image.mode in ("RGB", "RGBA", "RGBX"):
         array = np.asarray(image.convert("L"), dtype=np.int64)
     elif image.mode in ("LA", "PA"):

@@ -31,11 +31,11 @@ DEFAULT_NUM_IMAGES = 30
 DEFAULT_SIZE = 256
 VAL_EVERY = 5  # every 5th image of the training pool is a validation image
 
-# Per-channel mean/std of the default synthetic training split (num_images=30, size=256, seed=0), inside the FOV
+# Per-channel mean/std of the default synthetic "trainval" split (num_images=30, size=256, seed=0), inside the FOV
 # for "vessels" and over all pixels for "glands"; recomputed by tests/data/test_synthetic.py.
 SYNTHETIC_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "vessels": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    "glands": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    "vessels": ((0.6304, 0.3151, 0.1625), (0.1252, 0.0789, 0.0579)),
+    "glands": ((0.8141, 0.5583, 0.7525), (0.1377, 0.1414, 0.1052)),
 }
 
 _STREAMS = {"trainval": 0, "test": 1}
@@ -409,7 +409,8 @@ def synthetic_info(task: str = "vessels") -> DatasetInfo:
     """:class:`DatasetInfo` of the synthetic dataset for ``task``."""
     mean, std = SYNTHETIC_STATS[task]
     names = ["background", "vessel"] if task == "vessels" else ["background", "gland"]
-    return DatasetInfo(name="synthetic", class_names=names, in_channels=3, mean=mean, std=std, has_fov=task == "vessels")
+    has_fov = task == "vessels"
+    return DatasetInfo(name="synthetic", class_names=names, in_channels=3, mean=mean, std=std, has_fov=has_fov)
 
 
 # --------------------------------------------------------------------------------------------------- baseline

@@ -1,1 +1,1 @@
-"""Inference: whole-image and sliding-window prediction of class probabilities (``convunext.inference.sliding_window``)."""
+"""Inference: whole-image and sliding-window class probabilities (``convunext.inference.sliding_window``)."""

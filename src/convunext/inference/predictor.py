@@ -49,6 +49,10 @@ class Predictor:
         batch_size: tiles per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         class_names: names of the output classes (background first).
+        backend: ``"eager"`` (the model as is), ``"fast"`` (fused, BN-folded, channels-last copy), ``"compile"``
+            (the same through ``torch.compile``; the first image compiles) or ``"onnx"`` (ONNX Runtime; needs
+            ``convunext[onnx]`` and image sides >= 64 px for ConvUNeXt). See
+            :func:`convunext.inference.optimize.make_backend`; every back-end gives the eager logits within 1e-4.
     """
 
     def __init__(
@@ -62,11 +66,14 @@ class Predictor:
         batch_size: int = 4,
         device: str | torch.device = "auto",
         class_names: Sequence[str] | None = None,
+        backend: str = "eager",
     ) -> None:
         from ..training.trainer import resolve_device
+        from .optimize import make_backend
 
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
+        self.backend = backend
+        self.model = make_backend(model.to(self.device).eval(), backend)
         self.in_channels = len(mean)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ..data import DatasetInfo, EvalTransform, TrainTransform, open_dataset, pad_collate
+from ..data import DatasetInfo, EvalTransform, TrainTransform, TransformedDataset, open_dataset, pad_collate
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_model
 from ..models import create_model, model_arguments
@@ -59,26 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConvUNeXtError(f"train.device={name!r} but CUDA is not available on this machine")
     return device
-
-
-class AugmentedDataset(Dataset):
-    """Applies a random training transform whose draws depend only on ``(seed, epoch, index)``.
-
-    Call :meth:`set_epoch` before each epoch (DataLoader workers receive a copy made when the iterator starts).
-    """
-
-    def __init__(self, dataset: Dataset, transform: TrainTransform, seed: int) -> None:
-        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return self.transform(self.dataset[index], generator=generator)
 
 
 class Trainer:
@@ -149,7 +129,7 @@ class Trainer:
             "val_metrics": metrics,
         }
 
-    def _loader(self, augmented: AugmentedDataset, sampler: DistributedSampler) -> DataLoader:
+    def _loader(self, augmented: TransformedDataset, sampler: DistributedSampler) -> DataLoader:
         workers = self.config.data.num_workers
         return DataLoader(
             augmented,
@@ -174,7 +154,7 @@ class Trainer:
             hflip=cfg.data.hflip,
             vflip=cfg.data.vflip,
         )
-        augmented = AugmentedDataset(self.train_set, transform, cfg.train.seed)
+        augmented = TransformedDataset(self.train_set, transform, seed=cfg.train.seed)
         sampler = DistributedSampler(
             augmented, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.train.seed
         )
@@ -202,6 +182,8 @@ class Trainer:
             start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp"):  # half-written files of a killed run
+                stale.unlink()
             self.config.to_yaml(self.run_dir / "config.yaml")
         writer = self._tensorboard()
 
@@ -273,7 +255,6 @@ class Trainer:
             row["epoch_seconds"] = time.perf_counter() - epoch_start
             history.append(row)
             if self.dist.is_main:
-                self._log(row, history, writer)
                 save_checkpoint(self.run_dir, "last", self.model, self.checkpoint_meta(epoch, metrics))
                 save_training_state(
                     self.run_dir,
@@ -288,6 +269,7 @@ class Trainer:
                         "history": history,
                     },
                 )
+                self._log(row, history, writer)  # after the state: a listed epoch is always resumable
             self.dist.barrier()
             patience = cfg.train.early_stopping_patience
             if patience is not None and best["stale"] >= patience:

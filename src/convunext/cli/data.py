@@ -1,0 +1,84 @@
+"""``convunext data``: prepare a downloaded dataset, or describe one.
+
+* ``convunext data prepare NAME SOURCE OUT`` — convert a DRIVE / GlaS / HRF download (folder or .zip), or a
+  folder dataset, into the folder layout with ``dataset.json``.
+* ``convunext data info NAME [ROOT]`` — counts per split, classes, mean/std; ``--validate`` decodes every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..data import SPLITS, dataset_info, open_dataset, prepare_dataset
+from ..data.datasets import DATASETS
+from ..data.prepare import PREPARABLE
+from ..errors import ConvUNeXtError
+
+
+def _format_stats(values: tuple[float, ...] | list[float]) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    meta = prepare_dataset(args.name, args.source, args.out, progress=not args.quiet and sys.stderr.isatty())
+    counts = meta["counts"]
+    print(f"prepared {meta['name']} into {args.out} in {time.perf_counter() - start:.1f} s")
+    print(f"  images: train {counts['train']}, val {counts['val']}, test {counts['test']}")
+    print(f"  classes: {', '.join(meta['class_names'])}; field of view: {'yes' if meta['has_fov'] else 'no'}")
+    print(f"  mean {_format_stats(meta['mean'])}, std {_format_stats(meta['std'])}")
+    preset = f"{args.name} " if args.name != "folder" else ""
+    print(f"  train on it with: convunext train {preset}--data folder --data-root {args.out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    name = args.name.lower()
+    if name == "synthetic" and args.root is not None:
+        raise ConvUNeXtError("the synthetic dataset takes no ROOT")
+    info = dataset_info(name, args.root)
+    print(f"dataset: {info.name}")
+    print(f"  classes: {', '.join(info.class_names)}; input channels: {info.in_channels}; FOV: {info.has_fov}")
+    print(f"  mean {_format_stats(info.mean)}, std {_format_stats(info.std)}")
+    for split in SPLITS:
+        try:
+            dataset = open_dataset(name, args.root, split)
+        except ConvUNeXtError as error:
+            print(f"  {split}: unavailable ({error})")
+            continue
+        if args.validate:
+            for index in range(len(dataset)):
+                dataset[index]
+        print(f"  {split}: {len(dataset)} images" + (" (all decoded)" if args.validate else ""))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare a downloaded dataset, or describe one")
+    commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="convert a DRIVE/GlaS/HRF download (folder or .zip) into the folder layout",
+        description="Convert a dataset download into images/, masks/, fov/, splits.json and dataset.json "
+        "(lossless PNG; masks 0/255 or class ids). Nothing is written outside OUT.",
+    )
+    prepare.add_argument("name", choices=PREPARABLE, metavar="NAME", help=f"one of {', '.join(PREPARABLE)}")
+    prepare.add_argument("source", help="the downloaded folder or .zip")
+    prepare.add_argument("out", help="output folder (must not exist or be empty)")
+    prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    prepare.set_defaults(func=run_prepare)
+
+    info = commands.add_parser("info", help="counts per split, classes and mean/std of a dataset")
+    info.add_argument("name", choices=DATASETS, metavar="NAME", help=f"one of {', '.join(DATASETS)}")
+    info.add_argument("root", nargs="?", default=None, help="the dataset folder (default: the data root)")
+    info.add_argument("--validate", action="store_true", help="decode every image, mask and FOV")
+    info.set_defaults(func=run_info)
+
+    def no_action(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 1
+
+    parser.set_defaults(func=no_action)

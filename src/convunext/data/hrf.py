@@ -1,0 +1,75 @@
+"""HRF (High-Resolution Fundus, Budai et al. 2013): 45 fundus images 3504x2336 — 15 healthy (h), 15 diabetic
+retinopathy (dr), 15 glaucoma (g) — with vessel masks and FOV masks.
+
+Distributed layout (``all.zip``, or ``images.zip``, ``manual1.zip`` and ``mask.zip`` side by side)::
+
+    HRF/images/01_h.jpg ... 15_g.jpg        RGB JPEG; the extension's case varies (.jpg / .JPG)
+    HRF/manual1/01_h.tif ...                vessels, {0, 255}
+    HRF/mask/01_h_mask.tif ...              field of view
+
+The paper splits randomly 24 train / 21 test; this package ships that split as a fixed list, stratified over
+h/dr/g (8 train / 7 test each), in ``splits/hrf.json``. ``val`` = 4 of the 24 (06_h, 10_dr, 14_dr, 03_g);
+``train`` = the other 20.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConvUNeXtError
+from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split, load_split_file, locate_root, split_stems
+
+EXPECTED = "images/, manual1/ and mask/ folders"
+
+
+def is_hrf_root(path: Path) -> bool:
+    """True when ``path`` holds HRF's ``images/`` and ``manual1/`` folders."""
+    return (path / "images").is_dir() and (path / "manual1").is_dir()
+
+
+def locate_hrf(root: str | Path | None) -> Path:
+    """The HRF folder under ``root`` (see :func:`~convunext.data.base.locate_root`)."""
+    return locate_root(root, "HRF", is_hrf_root, "HRF", EXPECTED)
+
+
+def hrf_info(mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25)) -> DatasetInfo:
+    """:class:`DatasetInfo` of HRF with the given statistics."""
+    return DatasetInfo(
+        name="hrf", class_names=["background", "vessel"], in_channels=3, mean=mean, std=std, has_fov=True
+    )
+
+
+class HrfDataset(FileDataset):
+    """HRF in its distributed layout.
+
+    Args:
+        root: the HRF folder, or a folder containing it (default: ``default_data_root() / "HRF"``).
+        split: ``"train"`` (20), ``"val"`` (4), ``"trainval"`` (24) or ``"test"`` (21).
+        info: the :class:`DatasetInfo` to attach (the registry passes one with computed mean/std).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "train",
+        info: DatasetInfo | None = None,
+        check_sizes: bool = True,
+    ) -> None:
+        check_split(split)
+        root = locate_hrf(root)
+        images, manuals, fovs = FolderIndex(root / "images"), FolderIndex(root / "manual1"), FolderIndex(root / "mask")
+        if not (root / "mask").is_dir():
+            raise ConvUNeXtError(f"{root / 'mask'}: HRF field-of-view folder not found")
+        records = []
+        for stem in split_stems(load_split_file("hrf"), split):
+            image = images.find(stem)
+            if image is None:
+                raise ConvUNeXtError(f"{root / 'images' / (stem + '.jpg')}: image not found (HRF {split} split)")
+            mask = manuals.find(stem)
+            if mask is None:
+                raise ConvUNeXtError(f"{image}: no mask ({root / 'manual1' / (stem + '.tif')} not found)")
+            fov = fovs.find(f"{stem}_mask")
+            if fov is None:
+                raise ConvUNeXtError(f"{image}: no FOV mask ({root / 'mask' / (stem + '_mask.tif')} not found)")
+            records.append(Record(stem, image, mask, fov))
+        super().__init__(records, info or hrf_info(), split, root, check_sizes=check_sizes)

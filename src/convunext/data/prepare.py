@@ -1,0 +1,256 @@
+"""``convunext data prepare``: convert a DRIVE / GlaS / HRF download (folder or ``.zip``), or any folder dataset,
+into the generic folder layout (:mod:`convunext.data.folder`) with lossless PNGs, ``splits.json`` and a
+``dataset.json`` (name, class names, counts per split, mean/std of the training images, sha256 of every file).
+
+Nothing is written outside the output folder: a zip is extracted into a temporary ``.source`` folder inside it
+(and removed afterwards), after checking that no member would land outside it. On any error the output folder is
+removed again (when this call created it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import ConvUNeXtError
+from .base import FileDataset
+from .drive import DriveDataset, locate_drive
+from .folder import FolderDataset, folder_info_without_stats, load_dataset_json
+from .glas import GlasDataset, locate_glas
+from .hrf import HrfDataset, locate_hrf
+from .io import image_size, open_image, sha256_file
+from .stats import compute_mean_std
+
+PREPARABLE = ("drive", "glas", "hrf", "folder")
+FORMAT_VERSION = 1
+_EXTRACT_DIR = ".source"
+
+
+# ------------------------------------------------------------------------------------------------ zip safety
+def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
+    """Why extracting this member could write outside the destination (None when it is safe)."""
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "path with '..'"
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return None
+
+
+def safe_extract(archive: Path, destination: Path) -> Path:
+    """Extract ``archive`` into ``destination``, refusing (before writing anything) members with an absolute
+    path, a ``..`` component, a symbolic link, or any path that resolves outside ``destination``.
+
+    Raises:
+        ConvUNeXtError: not a zip, unreadable, or an unsafe member (named in the message).
+    """
+    archive, destination = Path(archive), Path(destination)
+    try:
+        handle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ConvUNeXtError(f"{archive}: cannot open zip ({error})") from None
+    with handle:
+        members = handle.infolist()
+        base = destination.resolve()
+        for info in members:
+            reason = _unsafe_reason(info)
+            target = (base / info.filename.replace("\\", "/")).resolve()
+            if reason is None and target != base and base not in target.parents:
+                reason = "path outside the output folder"
+            if reason:
+                raise ConvUNeXtError(f"{archive}: refusing member {info.filename!r} ({reason})")
+        destination.mkdir(parents=True, exist_ok=True)
+        try:
+            for info in members:
+                target = base / info.filename.replace("\\", "/")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with handle.open(info) as source, open(target, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise ConvUNeXtError(f"{archive}: cannot extract ({error})") from None
+    return destination
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _save_image_png(source: Path, target: Path) -> None:
+    """Re-encode an image file as PNG without changing its pixels (8/16-bit grey, RGB; alpha and palettes
+    become RGB)."""
+    image = open_image(source)
+    if image.mode in ("1", "L", "RGB", "I;16"):
+        out = image
+    elif image.mode in ("I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image)
+        out = Image.fromarray(array.astype(np.uint8 if array.max(initial=0) <= 255 else np.uint16))
+    elif image.mode == "LA":
+        out = image.convert("L")
+    else:
+        out = image.convert("RGB")
+    if out.mode == "1":
+        out = out.convert("L")
+    out.save(target, format="PNG")
+
+
+def _save_mask_png(mask: np.ndarray, num_classes: int, target: Path) -> None:
+    values = (mask > 0).astype(np.uint8) * 255 if num_classes == 2 else mask.astype(np.uint8)
+    Image.fromarray(values, mode="L").save(target, format="PNG")
+
+
+def _open_reader(name: str, root: Path, split: str) -> FileDataset:
+    if name == "drive":
+        return DriveDataset(root, split)
+    if name == "glas":
+        return GlasDataset(root, split)
+    if name == "hrf":
+        return HrfDataset(root, split)
+    return FolderDataset(root, split)
+
+
+def _locate(name: str, source: Path) -> Path:
+    if name == "drive":
+        return locate_drive(source)
+    if name == "glas":
+        return locate_glas(source)
+    if name == "hrf":
+        return locate_hrf(source)
+    candidates = [source] + sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for candidate in candidates:
+        if (candidate / "images").is_dir():
+            return candidate
+    raise ConvUNeXtError(f"{source}: no folder dataset found (expected images/ and masks/)")
+
+
+def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Convert a dataset download into the folder layout and return the ``dataset.json`` written.
+
+    Args:
+        name: ``"drive"``, ``"glas"``, ``"hrf"`` or ``"folder"``.
+        source: the downloaded folder or ``.zip`` (any folder level above the dataset's own files works).
+        out: the output folder; must not exist or be empty.
+        progress: show a progress bar on stderr.
+
+    Raises:
+        ConvUNeXtError: a bad name, source or output folder, an unsafe zip, or any bad file in the download.
+    """
+    key = str(name).lower()
+    if key not in PREPARABLE:
+        raise ConvUNeXtError(f"cannot prepare dataset {name!r}; expected one of {', '.join(PREPARABLE)}")
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    if not source.exists():
+        raise ConvUNeXtError(f"{source}: not found")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConvUNeXtError(f"{out}: output folder exists and is not empty")
+    if source.is_dir() and out.resolve() == source.resolve():
+        raise ConvUNeXtError(f"{out}: the output folder must differ from the source")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(key, source, out, progress)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        raise
+
+
+def _prepare(name: str, source: Path, out: Path, progress: bool) -> dict[str, Any]:
+    if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise ConvUNeXtError(f"{source}: not a folder or a .zip file")
+        extracted = safe_extract(source, out / _EXTRACT_DIR)
+        root = _locate(name, extracted)
+    else:
+        extracted = None
+        root = _locate(name, source)
+
+    readers: dict[str, FileDataset] = {}
+    for split in ("train", "val", "test"):
+        try:
+            readers[split] = _open_reader(name, root, split)
+        except ConvUNeXtError as error:
+            # a user's folder may lack a test split; the public datasets must be complete
+            if name != "folder" or split == "train" or "missing split" not in str(error):
+                raise
+    if name == "folder":
+        info = folder_info_without_stats(root)
+        class_names = info.class_names
+        source_meta = load_dataset_json(root)
+        dataset_name = str(source_meta.get("name") or root.name)
+    else:
+        class_names = readers["train"].info.class_names
+        dataset_name = name
+    num_classes = len(class_names)
+    has_fov = any(record.fov is not None for reader in readers.values() for record in reader.records)
+    folders = ["images", "masks"] + (["fov"] if has_fov else [])
+    for folder in folders:
+        (out / folder).mkdir()
+
+    items = [(split, index) for split, reader in readers.items() for index in range(len(reader))]
+    for split, index in tqdm(items, desc=f"prepare {name}", unit="image", disable=not progress, leave=False):
+        reader = readers[split]
+        record = reader.records[index]
+        sample = reader[index]  # decodes and validates image, mask, fov
+        _save_image_png(record.image, out / "images" / f"{record.name}.png")
+        _save_mask_png(sample["mask"].numpy(), num_classes, out / "masks" / f"{record.name}.png")
+        if has_fov:
+            fov = sample["fov"].numpy().astype(np.uint8) * 255
+            Image.fromarray(fov, mode="L").save(out / "fov" / f"{record.name}.png", format="PNG")
+
+    splits = {split: readers[split].names if split in readers else [] for split in ("train", "val", "test")}
+    (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
+    if extracted is not None:
+        shutil.rmtree(extracted)
+
+    train = FolderDataset(out, "trainval", class_names=class_names, check_sizes=False)
+    largest = max(image_size(train.records[0].image))
+    mean, std = compute_mean_std(train, reduce=4 if largest > 2000 else 1)
+    from .. import __version__
+
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    meta: dict[str, Any] = {
+        "name": dataset_name,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"convunext {__version__} data prepare {name}",
+        "source": source.name,
+        "class_names": class_names,
+        "in_channels": train.info.in_channels,
+        "has_fov": has_fov,
+        "ignore_index": 255,
+        "mask_values": "0/255 (binary)" if num_classes == 2 else "class ids (255 = ignore)",
+        "counts": {split: len(splits[split]) for split in ("train", "val", "test")}
+        | {"trainval": len(splits["train"]) + len(splits["val"])},
+        "mean": list(mean),
+        "std": list(std),
+        "stats": "per-channel mean/std of the trainval split (all training images), pooled over pixels inside the "
+        "FOV where there is one, values in [0, 1]",
+        "files": {p.relative_to(out).as_posix(): sha256_file(p) for p in files},
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def verify_prepared(root: str | Path) -> list[str]:
+    """Files of a prepared folder whose sha256 differs from ``dataset.json`` (missing files included)."""
+    root = Path(root)
+    meta = load_dataset_json(root)
+    bad = []
+    for relative, digest in meta.get("files", {}).items():
+        path = root / relative
+        if not path.is_file() or sha256_file(path) != digest:
+            bad.append(relative)
+    return bad

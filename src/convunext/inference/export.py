@@ -1,0 +1,307 @@
+"""Export a model to ONNX or TorchScript with dynamic batch size, height and width, and verify the export.
+
+>>> from convunext.inference.export import export_model                          # doctest: +SKIP
+>>> report = export_model(model, "onnx", "model.onnx")   # writes, reloads with onnxruntime, compares
+>>> report.max_abs_diffs                                 # one per verification input size
+
+Both formats take ``N x C x H x W`` float32 images (input ``image``) and return ``N x K x H x W`` logits (output
+``logits``), any N, H, W — odd sizes included — down to :func:`min_input_size` pixels per side (64 for ConvUNeXt
+with its 7x7 kernels, 16 for the other registry models).
+
+Two things in the eager models depend on the map size through Python ``if`` statements, which an exported graph
+cannot keep: the zero padding after each bilinear upsampling (only needed for odd sizes) and ConvUNeXt's
+``ReflectConv2d`` falling back to replicate padding on maps of at most 3 pixels. During export both are replaced by
+their general forms (:func:`export_friendly`): the padding is always applied (by an amount computed from the
+shapes, zero for even sizes) and reflect padding is always used, which is what the eager model does for every
+input of at least :func:`min_input_size` pixels per side. The eager model is unchanged.
+
+ONNX export needs the optional extra ``convunext[onnx]`` (onnx, onnxscript; onnxruntime for verification and
+:class:`~convunext.inference.optimize.OnnxRuntimeModule`). TorchScript export uses ``torch.jit.trace``
+(deprecated by PyTorch in favour of ``torch.export``, still supported and dependency-free).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConvUNeXtError
+from ..models import blocks
+from ..models.blocks import ReflectConv2d
+from .optimize import MIN_SIZE_KEY
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportReport",
+    "export_friendly",
+    "export_model",
+    "export_onnx",
+    "export_onnx_bytes",
+    "export_torchscript",
+    "min_input_size",
+    "verify_export",
+]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+NUM_DOWNSAMPLINGS = 4  # every registry model halves the resolution four times
+DEFAULT_OPSET = 18
+MAX_SIDE = 65536
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+def min_input_size(model: nn.Module) -> int:
+    """Smallest image side an exported ``model`` accepts: ``16 * (p + 1)`` with ``p`` the largest reflect padding
+    (the bottom map, ``side // 16``, must be larger than ``p``), else 16. ConvUNeXt (7x7 kernels): 64."""
+    pads = [m.same_padding for m in model.modules() if isinstance(m, ReflectConv2d)]
+    return 2**NUM_DOWNSAMPLINGS * (max(pads) + 1 if pads else 1)
+
+
+def _upsample_to_export(x: Tensor, reference: Tensor) -> Tensor:
+    """:func:`~convunext.models.blocks.upsample_to` without the shape-dependent ``if`` (always pads, maybe by 0)."""
+    x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    dy = reference.shape[-2] - x.shape[-2]
+    dx = reference.shape[-1] - x.shape[-1]
+    return F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+
+
+def _reflect_conv_export(self: ReflectConv2d, x: Tensor) -> Tensor:
+    """:class:`ReflectConv2d` without the shape-dependent fallback (always reflect padding)."""
+    p = self.same_padding
+    if p:
+        x = F.pad(x, (p, p, p, p), mode="reflect")
+    return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+@contextlib.contextmanager
+def export_friendly() -> Iterator[None]:
+    """Within this context the models' size-dependent branches take their general form (see the module docstring).
+
+    It swaps ``convunext.models.blocks.upsample_to`` and ``ReflectConv2d.forward`` for the duration (not
+    thread-safe: do not run eager models in other threads meanwhile).
+    """
+    old_upsample, old_forward = blocks.upsample_to, ReflectConv2d.forward
+    blocks.upsample_to = _upsample_to_export
+    ReflectConv2d.forward = _reflect_conv_export  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        blocks.upsample_to = old_upsample
+        ReflectConv2d.forward = old_forward  # type: ignore[method-assign]
+
+
+def _in_channels(model: nn.Module) -> int:
+    channels = getattr(model, "in_channels", None)
+    if isinstance(channels, int):
+        return channels
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ConvUNeXtError("cannot tell the model's input channels; it has no in_channels attribute")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the duration (its previous mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _require_onnx_exporter() -> None:
+    missing = []
+    for name in ("onnx", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConvUNeXtError(
+            f"ONNX export needs {' and '.join(missing)}, part of the optional extra: pip install 'convunext[onnx]'"
+        )
+
+
+def _require_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConvUNeXtError(
+            "ONNX verification and inference need onnxruntime, an optional extra: pip install 'convunext[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings and log lines (e.g. about torchvision not being installed)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _onnx_proto(model: nn.Module, opset: int) -> Any:
+    """The ``onnx.ModelProto`` of ``model`` with dynamic N, H, W and the minimum side in its metadata."""
+    _require_onnx_exporter()
+    from torch.export import Dim
+
+    low = min_input_size(model)
+    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low))
+    dims = {
+        0: Dim("batch", min=1, max=4096),
+        2: Dim("height", min=low, max=MAX_SIDE),
+        3: Dim("width", min=low, max=MAX_SIDE),
+    }
+    with _eval_mode(model), export_friendly(), _quiet_exporter(), torch.no_grad():
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=(dims,),
+                opset_version=opset,
+                verbose=False,
+            )
+        except Exception as error:  # the exporter raises many error types
+            raise ConvUNeXtError(f"ONNX export failed: {str(error).strip().splitlines()[0]}") from error
+    proto = program.model_proto
+    proto.metadata_props.add(key=MIN_SIZE_KEY, value=str(low))
+    return proto
+
+
+def export_onnx_bytes(model: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
+    """``model`` (in eval mode) as a serialized ONNX model with dynamic N, H, W (see the module docstring)."""
+    return _onnx_proto(model, opset).SerializeToString()
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` (in eval mode) to ``path`` as ONNX (opset ``opset``, dynamic N, H, W); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(export_onnx_bytes(model, opset))
+    return path
+
+
+def export_torchscript(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model`` (in eval mode) to ``path`` as a traced TorchScript module (dynamic N, H, W); returns the path.
+
+    Load it with ``torch.jit.load(path)``; it needs PyTorch only, not convunext.
+    """
+    path = Path(path)
+    low = min_input_size(model)
+    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low))
+    with _eval_mode(model), export_friendly(), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
+        traced = torch.jit.trace(model, example, check_trace=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={MIN_SIZE_KEY: str(low)})
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_model` did: the file, its format, the smallest accepted side, and per verification
+    input shape the largest absolute difference to the eager model (empty when not verified)."""
+
+    path: Path
+    format: str
+    min_size: int
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    max_abs_diffs: list[float] = field(default_factory=list)
+    max_abs_logits: list[float] = field(default_factory=list)
+
+
+def _verification_shapes(channels: int, low: int) -> list[tuple[int, int, int, int]]:
+    """An even square and an odd non-square size (both >= ``low``), batch 1 and 2."""
+    side = max(96, low)
+    return [(1, channels, side, side), (2, channels, side + 5, side - 9 if side - 9 >= low else side + 3)]
+
+
+def verify_export(
+    model: nn.Module,
+    path: str | Path,
+    fmt: str,
+    shapes: Sequence[tuple[int, ...]] | None = None,
+    seed: int = 0,
+) -> list[tuple[tuple[int, ...], float, float]]:
+    """Run the exported file (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) and the eager ``model`` on
+    random inputs; returns ``(shape, max |exported - eager|, max |eager|)`` per shape (default: two sizes, one odd).
+    """
+    shapes = list(shapes) if shapes else _verification_shapes(_in_channels(model), min_input_size(model))
+    generator = torch.Generator().manual_seed(seed)
+    if fmt == "onnx":
+        from .optimize import OnnxRuntimeModule
+
+        _require_onnxruntime()
+        runner: nn.Module = OnnxRuntimeModule(Path(path))
+    elif fmt == "torchscript":
+        runner = torch.jit.load(str(path), map_location="cpu")
+    else:
+        raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    results = []
+    with _eval_mode(model), torch.no_grad():
+        for shape in shapes:
+            x = torch.randn(*shape, generator=generator)
+            expected = model(x)
+            got = runner(x)
+            results.append((tuple(shape), (got - expected).abs().max().item(), expected.abs().max().item()))
+    return results
+
+
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    out: str | Path,
+    verify: bool = True,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export ``model`` (in eval mode; its mode is restored) to ``out`` as ``fmt`` (``"onnx"`` or ``"torchscript"``) and, with
+    ``verify``, check the file against the eager model at two input sizes.
+
+    Raises:
+        ConvUNeXtError: unknown format, missing optional dependency, failed export, or a verification difference
+            above ``tolerance`` times the largest logit (at least 1).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "onnx":
+        _require_onnx_exporter()
+        if verify:
+            _require_onnxruntime()
+        path = export_onnx(model, out, opset)
+    else:
+        path = export_torchscript(model, out)
+    report = ExportReport(path=path, format=fmt, min_size=min_input_size(model))
+    if verify:
+        for shape, diff, scale in verify_export(model, path, fmt):
+            report.shapes.append(shape)
+            report.max_abs_diffs.append(diff)
+            report.max_abs_logits.append(scale)
+            if not diff <= tolerance * max(1.0, scale):
+                raise ConvUNeXtError(
+                    f"{path}: verification failed at input {'x'.join(map(str, shape))}: max abs difference "
+                    f"{diff:.3g} to the eager model (tolerance {tolerance:g} x max(1, {scale:.3g}))"
+                )
+    return report
