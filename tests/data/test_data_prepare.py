@@ -147,3 +147,9 @@ def test_cli_info(mini_glas, capsys):
     assert "train: 75 images (all decoded)" in out and "test: 80 images" in out and "classes: background, gland" in out
     assert main(["data", "info", "synthetic"]) == 0
     assert "val: 6 images" in capsys.readouterr().out
+
+
+def test_cli_info_on_a_missing_folder(tmp_path, capsys):
+    assert main(["data", "info", "folder", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convunext data: error:") and "absent" in err and err.count("\n") == 1

@@ -1,4 +1,7 @@
-"""``convunext benchmark``: speed and memory of the registry models and of ConvUNeXt's inference paths."""
+"""``convunext benchmark``: speed and memory of the registry models and of ConvUNeXt's inference paths.
+
+The same suite as ``python benchmarks/benchmark.py`` (see :mod:`convunext.benchmarking.core`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,16 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarking import main
+    from ..benchmarking.core import finalize_args
+    from ..benchmarking.core import run as run_suite
 
-    return main(args.argv)
+    return run_suite(finalize_args(args))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("benchmark", help="measure latency, throughput and memory of the models")
-    parser.add_argument("argv", nargs=argparse.REMAINDER, help="options of benchmarks/benchmark.py")
+    from ..benchmarking.core import DESCRIPTION, add_arguments
+
+    parser = subparsers.add_parser("benchmark", help="measure latency, throughput and memory of the models",
+                                   description=DESCRIPTION)  # fmt: skip
+    add_arguments(parser)
     parser.set_defaults(func=run)

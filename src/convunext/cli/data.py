@@ -42,16 +42,20 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"dataset: {info.name}")
     print(f"  classes: {', '.join(info.class_names)}; input channels: {info.in_channels}; FOV: {info.has_fov}")
     print(f"  mean {_format_stats(info.mean)}, std {_format_stats(info.std)}")
+    errors = []
     for split in SPLITS:
         try:
             dataset = open_dataset(name, args.root, split)
         except ConvUNeXtError as error:
+            errors.append(error)
             print(f"  {split}: unavailable ({error})")
             continue
         if args.validate:
             for index in range(len(dataset)):
                 dataset[index]
         print(f"  {split}: {len(dataset)} images" + (" (all decoded)" if args.validate else ""))
+    if len(errors) == len(SPLITS):
+        raise errors[0]
     return 0
 
 

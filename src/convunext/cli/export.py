@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     )
     runner = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
     for shape, diff, scale in zip(report.shapes, report.max_abs_diffs, report.max_abs_logits):
-        print(f"verified with {runner} at {'x'.join(map(str, shape))}: max abs diff {diff:.2e} (max |logit| {scale:.3g})")
+        print(
+            f"verified with {runner} at {'x'.join(map(str, shape))}: max abs diff {diff:.2e} (max |logit| {scale:.3g})"
+        )
     print(
         "inputs are normalised images: (pixel / 255 - mean) / std with "
         f"mean={list(checkpoint.mean)}, std={list(checkpoint.std)}"

@@ -9,7 +9,8 @@
 """
 
 from .base import SPLITS, DatasetInfo, FileDataset, Record, Sample
-from .datasets import DATASETS, dataset_info, detect_dataset, list_datasets, open_dataset
+from .datasets import DATASETS, dataset_info, list_datasets, open_dataset
+from .detect import detect_dataset
 from .drive import DriveDataset
 from .folder import FolderDataset
 from .glas import GlasDataset

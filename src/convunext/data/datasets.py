@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConvUNeXtError
 from .base import DatasetInfo, check_split
-from .drive import DRIVE_INFO, DriveDataset, locate_drive
+from .drive import DRIVE_INFO, DriveDataset
 from .folder import FolderDataset, folder_has_stats, folder_info_without_stats
 from .glas import GlasDataset, glas_info, locate_glas
 from .hrf import HrfDataset, hrf_info, locate_hrf
@@ -99,29 +99,6 @@ def dataset_info(name: str, root: str | Path | None = None, **kwargs: Any) -> Da
     )
 
 
-def detect_dataset(root: str | Path) -> str:
-    """Which reader fits the folder ``root``: ``"drive"``, ``"hrf"``, ``"glas"`` (their distributed layouts, also
-    one or two folder levels down, as in a fresh download) or ``"folder"`` (``images/`` + ``masks/``).
-
-    Raises:
-        ConvUNeXtError: nothing recognisable in ``root`` (the message names the folder).
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ConvUNeXtError(f"{root}: folder not found")
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        return "folder"
-    for name, locate in (("drive", locate_drive), ("hrf", locate_hrf), ("glas", locate_glas)):
-        try:
-            locate(root)
-        except ConvUNeXtError:
-            continue
-        return name
-    raise ConvUNeXtError(
-        f"{root}: not a recognised dataset (expected DRIVE, GlaS or HRF as distributed, or images/ + masks/)"
-    )
-
-
 def open_dataset(name: str, root: str | Path | None = None, split: str = "train", **kwargs: Any) -> Dataset:
     """Open a dataset split; every item is a :data:`~convunext.data.Sample` and ``dataset.info`` its
     :class:`DatasetInfo`. No augmentation is applied (wrap with :class:`~convunext.data.TransformedDataset`).
@@ -159,4 +136,4 @@ def open_dataset(name: str, root: str | Path | None = None, split: str = "train"
     return FolderDataset(root, split, info=info, **kwargs)
 
 
-__all__ = ["DATASETS", "dataset_info", "detect_dataset", "list_datasets", "open_dataset"]
+__all__ = ["DATASETS", "dataset_info", "list_datasets", "open_dataset"]

@@ -277,8 +277,8 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     tolerance: float = 1e-4,
 ) -> ExportReport:
-    """Export ``model`` (in eval mode; its mode is restored) to ``out`` as ``fmt`` (``"onnx"`` or ``"torchscript"``) and, with
-    ``verify``, check the file against the eager model at two input sizes.
+    """Export ``model`` (in eval mode; its mode is restored) to ``out`` as ``fmt`` (``"onnx"`` or
+    ``"torchscript"``) and, with ``verify``, check the file against the eager model at two input sizes.
 
     Raises:
         ConvUNeXtError: unknown format, missing optional dependency, failed export, or a verification difference

@@ -91,11 +91,11 @@ def fold_batchnorm(model: nn.Module) -> int:
                 count += 1
         elif isinstance(module, DownStage):
             reduce = module.reduce
-            if _foldable_conv(reduce) and reduce.padding == (0, 0) and reduce.groups == 1:  # type: ignore[union-attr]
-                if bn_affine(module.norm) is not None:
-                    _set_conv(reduce, *fold_before(module.norm, reduce.weight, reduce.bias))  # type: ignore[arg-type]
-                    module.norm = nn.Identity()
-                    count += 1
+            plain = _foldable_conv(reduce) and reduce.padding == (0, 0) and reduce.groups == 1  # type: ignore[union-attr]
+            if plain and bn_affine(module.norm) is not None:
+                _set_conv(reduce, *fold_before(module.norm, reduce.weight, reduce.bias))  # type: ignore[arg-type]
+                module.norm = nn.Identity()
+                count += 1
         elif isinstance(module, nn.Sequential):
             names = list(module._modules)
             for first, second in zip(names[:-1], names[1:]):
@@ -105,4 +105,3 @@ def fold_batchnorm(model: nn.Module) -> int:
                     module._modules[second] = nn.Identity()
                     count += 1
     return count
-

@@ -27,7 +27,6 @@ The result equals the eager model within float32 rounding (about 1e-6 relative).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -191,7 +190,8 @@ class FusedConvNeXtBlock(nn.Module):
         for image in range(n):
             for start in range(0, height, rows):
                 stop = min(height, start + rows)
-                y = F.conv2d(_padded_rows(x, image, start, stop, p, mode), self.dw_weight, self.dw_bias, groups=self.groups)
+                source = _padded_rows(x, image, start, stop, p, mode)
+                y = F.conv2d(source, self.dw_weight, self.dw_bias, groups=self.groups)
                 if pending is not None:
                     xf[pending[0] : pending[1]].copy_(pending[2])
                     pending = None
@@ -311,8 +311,8 @@ def _upsample_indices(size: int, device: torch.device) -> tuple[Tensor, Tensor, 
     """Source indices ``i0, i1`` and weights ``lam`` of a x2 bilinear, align_corners=True upsampling of ``size``
     samples (as PyTorch computes them: float32 source coordinates)."""
     out = 2 * size
-    scale = (size - 1) / (out - 1) if out > 1 else 0.0
-    source = torch.arange(out, dtype=torch.float32, device=device) * torch.tensor(scale, dtype=torch.float32)
+    scale = torch.tensor(size - 1, dtype=torch.float32) / max(out - 1, 1)  # float32, as PyTorch's kernel
+    source = torch.arange(out, dtype=torch.float32, device=device) * scale.to(device)
     i0 = source.floor().long().clamp_(max=size - 1)
     lam = source - i0.float()
     i1 = (i0 + 1).clamp_(max=size - 1)
@@ -485,8 +485,3 @@ class FastConvUNeXt(nn.Module):
             for i, up in enumerate(self.ups):
                 x = up(x, skips.pop(), workspace, (self.head_weight, self.head_bias) if i == last else None)
             return x
-
-
-def band_count(height: int, rows: int) -> int:
-    """Number of bands of ``rows`` rows covering ``height`` rows."""
-    return math.ceil(height / max(1, rows))
