@@ -1,5 +1,6 @@
 """convunext: ConvUNeXt and its baselines for 2D medical image segmentation."""
 
+from .inference.optimize import optimize_for_inference
 from .models import (
     ConvUNeXt,
     convert_reference_state_dict,
@@ -17,4 +18,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load_reference_state_dict",
+    "optimize_for_inference",
 ]

@@ -38,3 +38,15 @@ def test_user_error_is_one_line_without_traceback(capsys: pytest.CaptureFixture[
     assert main(["models", "--in-channels", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "in_channels=0" in err
+
+
+def test_errors_from_dataloader_workers_are_reduced_to_their_message() -> None:
+    from convunext.cli.main import one_line
+    from convunext.errors import ConvUNeXtError
+
+    wrapped = ConvUNeXtError(
+        "Caught ConvUNeXtError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\nconvunext.errors.ConvUNeXtError: /data/a.png: cannot read image (truncated)\n'
+    )
+    assert one_line(wrapped) == "/data/a.png: cannot read image (truncated)"
+    assert one_line(ValueError("plain")) == "plain"

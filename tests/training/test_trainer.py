@@ -138,7 +138,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     assert state["epoch"] == 1, "the kill should land inside epoch 2"
     load_checkpoint(killed / "run" / "last.json")  # the checkpoint of epoch 1 is intact
 
-    subprocess.run(_train_command(killed, "--resume", str(killed / "run")), check=True, env=env, capture_output=True)
+    resume = [sys.executable, "-m", "convunext", "train", "--resume", str(killed / "run")]  # its config.yaml
+    subprocess.run(resume, check=True, env=env, capture_output=True)
     expected = load_file(str(straight / "run" / "last.safetensors"))
     resumed = load_file(str(killed / "run" / "last.safetensors"))
     assert expected.keys() == resumed.keys()

@@ -15,7 +15,9 @@ Paths (``Config.path``):
   in inference also with BatchNorm folded (``optimize_for_inference(fuse=False)``);
 * ``fast``: :func:`~convunext.inference.optimize_for_inference` (ConvUNeXt: fused kernels);
 * ``compile``: ``optimize_for_inference(compile=True)`` (``torch.compile``; setup time = compile time);
-* ``onnx``: exported in memory, run by ONNX Runtime.
+* ``onnx``: exported in memory, run by ONNX Runtime;
+* ``fused`` (training): channels-last plus the fused training kernels
+  (:func:`~convunext.models.fused.enable_fused_training`).
 
 Training (``mode="train"``) times one optimisation step: forward, cross-entropy on random labels, backward,
 AdamW; ``checkpointing=True`` enables activation checkpointing of every block.
@@ -88,7 +90,12 @@ class Config:
     @property
     def label(self) -> str:
         """Row label, e.g. ``convunext fast`` or ``convunext channels_last + checkpointing``."""
-        path = {"authors": "authors' style", "channels_last": "channels-last"}.get(self.path, self.path)
+        names = {
+            "authors": "authors' style",
+            "channels_last": "channels-last",
+            "fused": "channels-last + fused kernels",
+        }
+        path = names.get(self.path, self.path)
         if self.mode == "infer" and self.path == "channels_last":
             path = "BN-folded channels-last"
         text = f"{self.model} {path}"
@@ -267,6 +274,11 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
             runner = copy.deepcopy(source).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         else:
             runner = optimize_for_inference(source, fuse=False)
+    elif config.path == "fused":
+        from ..models.fused import enable_fused_training
+
+        runner = copy.deepcopy(source).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        enable_fused_training(runner)
     elif config.path == "fast":
         runner = optimize_for_inference(source)
     elif config.path == "compile":
@@ -359,7 +371,7 @@ def _make_step(config: Config, runner: nn.Module, x: torch.Tensor, generator: to
         return window
     runner.train()
     labels = torch.randint(0, config.classes, (x.shape[0], *x.shape[2:]), generator=generator).to(x.device)
-    inputs = x.contiguous(memory_format=torch.channels_last) if config.path == "channels_last" else x
+    inputs = x.contiguous(memory_format=torch.channels_last) if config.path in ("channels_last", "fused") else x
     optimizer = torch.optim.AdamW(runner.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(enabled=config.amp == "fp16" and x.is_cuda)
 
@@ -443,16 +455,21 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
             ):
                 add("inference", model, path, "infer", args.batch, args.sizes[0], env=env, env_label=label)
             if not args.no_train:
-                for model, path in (("convunext", "authors"), ("convunext", "channels_last"), ("unet", "eager")):
+                for model, path in (("convunext", "authors"), ("convunext", "fused"), ("unet", "eager")):
                     add("training", model, path, "train", args.train_batch, args.train_size, env=env, env_label=label,
                         repeats=args.train_repeats)  # fmt: skip
     if not args.no_train:
-        runs = [("convunext", "authors"), ("convunext", "eager"), ("convunext", "channels_last")]
+        runs = [
+            ("convunext", "authors"),
+            ("convunext", "eager"),
+            ("convunext", "channels_last"),
+            ("convunext", "fused"),
+        ]
         runs += [(model, "eager") for model in REGISTRY_MODELS[1:]]
         for model, path in runs:
             add("training", model, path, "train", args.train_batch, args.train_size, repeats=args.train_repeats)
         if args.checkpointing_size:
-            for model, path in (("convunext", "channels_last"), ("resunet", "eager")):
+            for model, path in (("convunext", "channels_last"), ("convunext", "fused"), ("resunet", "eager")):
                 for checkpointing in (False, True):
                     add("checkpointing", model, path, "train", args.train_batch, args.checkpointing_size,
                         checkpointing=checkpointing, repeats=args.checkpointing_repeats, warmup=1)  # fmt: skip
@@ -597,7 +614,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpointing-size", type=int, default=480, help="side for the checkpointing section; 0 = skip"
     )
-    parser.add_argument("--checkpointing-repeats", type=int, default=3, help="timed steps there (default 3)")
+    parser.add_argument("--checkpointing-repeats", type=int, default=2, help="timed steps there (default 2)")
     parser.add_argument("--hrf", action="store_true", help="also predict a full 3504x2336 HRF-sized image")
     parser.add_argument("--hrf-repeats", type=int, default=2, help="timed full-image predictions (default 2)")
     parser.add_argument("--tile", type=int, default=512, help="sliding-window tile side for --hrf (default 512)")
@@ -661,6 +678,8 @@ def run(args: argparse.Namespace) -> int:
         if config.env and args.in_process:
             result.error = result.error or "allocator variants need separate processes (drop --in-process)"
         results.append(result)
+        summary = result.error or f"median {result.median:.3f} s, peak RSS {result.peak_rss_mb:.0f} MB"
+        print(f"    {summary}", file=sys.stderr, flush=True)
     notes = [
         "speed-up = (median of the reference) / (median of the row); reference rows: ConvUNeXt authors' style and "
         "UNet eager at the same input. GFLOP/s = nominal FLOPs of the model (multiply-add = 2; training: 3x the "

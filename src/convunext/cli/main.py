@@ -15,7 +15,18 @@ from collections.abc import Sequence
 
 from ..errors import ConvUNeXtError
 
-SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "export", "benchmark")
+SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "export", "benchmark", "reproduce")
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error. Errors raised in DataLoader workers arrive re-wrapped with the worker's
+    traceback in the message; their last line holds the original ``module.Class: message``."""
+    text = str(error).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1].strip()
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConvUNeXtError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
-        print(f"convunext {args.command}: error: {error}", file=sys.stderr)
+        print(f"convunext {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convunext {args.command}: interrupted", file=sys.stderr)

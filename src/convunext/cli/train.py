@@ -1,19 +1,38 @@
 """``convunext train``: train a model with a recipe preset or YAML config; with no arguments, ConvUNeXt on the
-built-in synthetic data (no download)."""
+built-in synthetic data (no download).
+
+Distributed data parallel: ``convunext train --devices N ...`` re-launches the same command under PyTorch's
+elastic launcher (``python -m torch.distributed.run --standalone --nproc_per_node N -m convunext train ...``);
+``torchrun --nproc_per_node N -m convunext train ...`` (or a multi-node ``--rdzv-endpoint`` launch) works directly.
+``optim.batch_size`` is per process: the global batch is ``batch_size x N``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
+from ..errors import ConvUNeXtError
 from ..training.config import ExperimentConfig, list_presets
 from ..training.trainer import TrainResult
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
     """The experiment of the command line: the preset/file, then the shortcut options, then every ``--set``."""
-    source = args.config or (args.data if args.data in list_presets() else "synthetic")
+    if args.config:
+        source = args.config
+    elif args.resume:  # continue with the run's own resolved config
+        candidates = [Path(args.resume) / "config.yaml", *sorted(Path(args.resume).glob("seed*/config.yaml"))]
+        existing = [path for path in candidates if path.is_file()]
+        if not existing:
+            raise ConvUNeXtError(f"{args.resume}: not a run folder (no config.yaml)")
+        source = str(existing[0])
+    else:
+        source = args.data if args.data in list_presets() else "synthetic"
     overrides: list[str] = []
     if args.data:
         overrides.append(f"data.name={args.data}")
@@ -60,9 +79,66 @@ def _summary(results: list[TrainResult], seeds: list[int], config: ExperimentCon
     return "\n".join(lines)
 
 
+def forwarded_arguments(args: argparse.Namespace) -> list[str]:
+    """The ``convunext train`` arguments of ``args`` as a command line, without ``--devices``."""
+    argv: list[str] = [args.config] if args.config else []
+    for flag, value in (
+        ("--data", args.data),
+        ("--data-root", args.data_root),
+        ("--model", args.model),
+        ("--epochs", args.epochs),
+        ("--output-dir", args.output_dir),
+        ("--device", args.device),
+        ("--resume", args.resume),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for override in args.set or []:
+        argv += ["--set", override]
+    if args.seeds:
+        argv += ["--seeds", *map(str, args.seeds)]
+    if args.sync_batchnorm:
+        argv.append("--sync-batchnorm")
+    return argv
+
+
+def launch_command(args: argparse.Namespace) -> list[str]:
+    """The single-node torchrun command that ``--devices N`` runs (one process per device, a free port)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.devices}",
+        "-m",
+        "convunext",
+        "train",
+        *forwarded_arguments(args),
+    ]
+
+
+def _launch(args: argparse.Namespace) -> int:
+    import torch
+
+    if "WORLD_SIZE" in os.environ:
+        raise ValueError("--devices starts torchrun itself; under torchrun, leave --devices out")
+    config = build_config(args)  # report a bad preset or --set here, once, rather than in every worker
+    wants_cuda = config.train.device != "cpu" and torch.cuda.is_available()
+    if wants_cuda and args.devices > torch.cuda.device_count():
+        raise ValueError(f"--devices {args.devices} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    command = launch_command(args)
+    print("launching: " + " ".join(command), flush=True)
+    return subprocess.run(command, check=False).returncode
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
+    if args.devices is not None:
+        if args.devices < 1:
+            raise ValueError(f"--devices {args.devices}: expected a positive number of processes")
+        if args.devices > 1:
+            return _launch(args)
     config = build_config(args)
     from ..training.distributed import context_from_environment
 
@@ -104,7 +180,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", help="parent folder of run folders (sets train.output_dir)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets train.device)")
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override any config field")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (with its config.yaml)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="train once per seed and report mean ± std")
-    parser.add_argument("--sync-batchnorm", action="store_true", help="use SyncBatchNorm across DDP processes")
+    parser.add_argument(
+        "--sync-batchnorm",
+        action="store_true",
+        help="DDP only (CUDA): BatchNorm statistics over the global batch instead of each process's own batch",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine (one per GPU, or N CPU processes) with DistributedDataParallel, "
+        "via torchrun; optim.batch_size is per process, so the global batch is batch_size x N",
+    )
     parser.set_defaults(func=run)

@@ -107,7 +107,8 @@ class ConvNeXtBlock(nn.Module):
 
     ``x -> dwconv(k x k, reflect padding) -> norm1 -> pwconv1 (dim -> e*dim) -> act -> pwconv2 (e*dim -> dim)``
     ``-> norm2``, then ``act(x + input)`` (ResNet style, the paper's choice) or ``x + input`` (ConvNeXt style).
-    The 1x1 layers are convolutions, so the block stays NCHW end to end.
+    The 1x1 layers are convolutions, so the block stays NCHW end to end. With ``fused_mlp`` (set by
+    :func:`~convunext.models.fused.enable_fused_training`) the MLP runs band by band on channels-last inputs.
 
     Shape: ``N x dim x H x W -> N x dim x H x W``.
     """
@@ -123,11 +124,17 @@ class ConvNeXtBlock(nn.Module):
         self.pwconv2 = nn.Conv2d(hidden, dim, 1)
         self.norm2 = make_norm(options.norm, dim)
         self.out_act = make_activation(options.act) if options.residual == "resnet" else nn.Identity()
+        self.fused_mlp = False  # see convunext.models.fused.enable_fused_training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(self.dwconv(x))
-        y = self.norm2(self.pwconv2(self.act(self.pwconv1(y))))
-        return self.out_act(y + x)
+        if self.fused_mlp:
+            from .fused import pointwise_mlp
+
+            y = pointwise_mlp(y, self.pwconv1, self.act, self.pwconv2)
+        else:
+            y = self.pwconv2(self.act(self.pwconv1(y)))
+        return self.out_act(self.norm2(y) + x)
 
 
 def make_blocks(dim: int, depth: int, options: BlockOptions) -> nn.Sequential:
@@ -244,9 +251,14 @@ class GatedUpStage(nn.Module):
         self.gate = SkipGate(half) if attention_gate else None
         self.fuse = nn.Conv2d(in_channels, out_channels, 1)
         self.block = ConvNeXtBlock(out_channels, options)
+        self.fused_gate = False  # see convunext.models.fused.enable_fused_training
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x1 = upsample_to(self.norm(x1), x2)
+        if self.fused_gate and self.gate is not None:
+            from .fused import gated_fusion
+
+            return self.block(gated_fusion(x1, x2, self.gate, self.fuse))
         if self.gate is not None:
             x2 = self.gate(x1, x2)
         return self.block(self.fuse(torch.cat([x2, x1], dim=1)))

@@ -38,7 +38,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Dataset and augmentation. ``name`` is one of ``synthetic, drive, glas, hrf, folder``; ``root`` is its folder
-    (unused for ``synthetic``); ``options`` are extra arguments of :func:`convunext.data.open_dataset`."""
+    (unused for ``synthetic``); ``options`` are extra arguments of :func:`convunext.data.open_dataset`.
+    ``num_workers`` None picks DataLoader workers for the device: 0 on CPU (loading is cheap next to a training
+    step, and worker processes would take cores from the step), ``min(8, cores - 1)`` with CUDA."""
 
     name: str = "synthetic"
     root: str | None = None
@@ -47,7 +49,7 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.8, 1.5)
     hflip: bool = True
     vflip: bool = True
-    num_workers: int = 0
+    num_workers: int | None = None
     eval_tile_size: int | None = None
 
 

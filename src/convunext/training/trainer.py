@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,6 +83,7 @@ class Trainer:
         self.dist = dist or single_process()
         self.device = self.dist.device if dist is not None else resolve_device(config.train.device)
         name = config.train.run_name or datetime.now().strftime(f"{config.model.name}-{config.data.name}-%Y%m%d-%H%M%S")
+        name = self.dist.broadcast_object(name)  # every rank must agree on the folder (timestamps may differ)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.train.output_dir) / name
         if resume and not (self.run_dir / "last_state.pt").is_file():
             raise ConvUNeXtError(f"{self.run_dir}: nothing to resume (no last_state.pt in this folder)")
@@ -125,12 +127,15 @@ class Trainer:
             },
             "recipe": config["optim"],
             "seed": self.config.train.seed,
+            "world_size": self.dist.world_size,  # optim.batch_size is per process: global batch = batch x this
             "epoch": epoch,
             "val_metrics": metrics,
         }
 
     def _loader(self, augmented: TransformedDataset, sampler: DistributedSampler) -> DataLoader:
         workers = self.config.data.num_workers
+        if workers is None:
+            workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if self.device.type == "cuda" else 0
         return DataLoader(
             augmented,
             batch_size=self.config.optim.batch_size,
@@ -180,12 +185,24 @@ class Trainer:
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng_cpu"])
             start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+            saved_world = int(state.get("world_size", 1))
+            if saved_world != self.dist.world_size and self.dist.is_main:
+                print(
+                    f"warning: resuming a run saved with {saved_world} process(es) on {self.dist.world_size}: "
+                    "the global batch, sample order and steps per epoch change"
+                )
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.run_dir.glob(".*.tmp"):  # half-written files of a killed run
                 stale.unlink()
             self.config.to_yaml(self.run_dir / "config.yaml")
         writer = self._tensorboard()
+        if self.dist.enabled and self.dist.is_main:
+            print(
+                f"distributed: {self.dist.world_size} processes ({self.dist.device.type}) x batch "
+                f"{cfg.optim.batch_size} = global batch {cfg.optim.batch_size * self.dist.world_size}, "
+                f"SyncBatchNorm {'on' if self.dist.sync_batchnorm else 'off'}"
+            )
 
         epoch = start_epoch - 1
         for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -264,6 +281,7 @@ class Trainer:
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(),
                         "rng_cpu": torch.get_rng_state(),
+                        "world_size": self.dist.world_size,
                         "epoch": epoch,
                         "best": best,
                         "history": history,
@@ -289,13 +307,16 @@ class Trainer:
                     "best_val_metrics": result.best_metrics,
                     "epochs_run": result.epochs_run,
                     "seconds_this_session": round(result.seconds, 2),
+                    "world_size": self.dist.world_size,
                 },
             )
+        self.dist.barrier()  # no rank returns (or leaves the process group) before rank 0's files are written
         return result
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Metrics of the current model on the validation split (sharded across ranks, reduced exactly)."""
+        self.dist.broadcast_buffers(self.model)  # every shard is evaluated with the model rank 0 checkpoints
         dataset = _Shard(self.val_set, self.dist.rank, self.dist.world_size)
         metrics = evaluate_model(
             self.model,

@@ -1,0 +1,63 @@
+"""The fused training kernels (banded MLP and gated fusion) give the plain model's loss, gradients and statistics."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from convunext import create_model
+from convunext.models.checkpointing import enable_activation_checkpointing
+from convunext.models.fused import enable_fused_training
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    loss = torch.nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    return loss.item()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "checkpointing"),
+    [({}, False), ({"act": "relu", "residual": "convnext"}, False), ({}, True), ({"attention_gate": False}, False)],
+)
+def test_fused_training_matches_plain(kwargs: dict, checkpointing: bool) -> None:
+    torch.manual_seed(0)
+    plain = create_model("convunext", width=8, **kwargs).train().to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(plain)
+    assert enable_fused_training(fused) == 11 + 4
+    if checkpointing:
+        enable_activation_checkpointing(fused)
+    x = torch.randn(2, 3, 67, 64).contiguous(memory_format=torch.channels_last)  # odd height: padded decoder
+    target = torch.randint(0, 2, (2, 67, 64))
+    assert _step(plain, x, target) == pytest.approx(_step(fused, x, target), rel=1e-5)
+    for (key, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
+        scale = a.grad.abs().max().item()
+        # biases right before a BatchNorm have a zero gradient (float noise ~1e-7): compare on an absolute floor
+        assert (a.grad - b.grad).abs().max().item() <= 1e-4 * max(scale, 1e-2), key
+    for (key, a), (_, b) in zip(plain.named_buffers(), fused.named_buffers()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), key
+    assert plain.state_dict().keys() == fused.state_dict().keys()
+
+
+def test_fused_kernels_fall_back_on_nchw_inputs_and_switch_off() -> None:
+    torch.manual_seed(0)
+    model = create_model("convunext", width=8).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        enable_fused_training(model)
+        assert torch.allclose(model(x), expected, atol=1e-6)  # NCHW: plain path
+        fused_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        assert torch.allclose(fused_cl, expected, atol=1e-5)
+    assert enable_fused_training(model, enabled=False) == 15
+    assert not any(getattr(m, "fused_mlp", False) or getattr(m, "fused_gate", False) for m in model.modules())

@@ -1,0 +1,102 @@
+"""The benchmark suite: --quick runs and writes its table; the authors'-style model is the reference network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from convunext import create_model
+from convunext.benchmarking import AuthorsConvUNeXt, authors_from_convunext, main
+from convunext.benchmarking.core import Config, measure_in_subprocess, parse_args
+from convunext.cli.main import build_parser
+
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_convunext_parity.pt"
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_benchmark_writes_its_table(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads sets it; restored after the test
+    out = tmp_path / "results" / "quick.md"
+    code = main(["--quick", "--threads", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = out.read_text()
+    assert report in printed + "\n" or report.strip() in printed
+    for text in ("## Inference", "## Training step", "## Activation checkpointing", "**CPU**", "**allocator**",
+                 "**torch**", "matmul peak", "convunext authors' style", "convunext fast", "unet eager",
+                 "speed-up vs authors", "speed-up vs UNet", "peak RSS MB", "GFLOP/s"):  # fmt: skip
+        assert text in report, text
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "error" in line]
+    assert not rows, rows
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert {r["config"]["model"] for r in raw["results"]} == {
+        "convunext",
+        "unet",
+        "attention_unet",
+        "unet_plus_plus",
+        "resunet",
+    }
+    fast = next(r for r in raw["results"] if r["config"]["path"] == "fast")
+    assert len(fast["times"]) == 2 and fast["max_abs_diff"] < 1e-4
+
+
+def test_full_run_plan_covers_the_issue() -> None:
+    args = parse_args(["--hrf", "--allocators"])
+    from convunext.benchmarking.core import build_configs
+
+    configs = build_configs(args)
+    inference = {(c.model, c.path) for c in configs if c.section == "inference" and c.size == (480, 480)}
+    assert {("convunext", p) for p in ("authors", "eager", "channels_last", "fast", "compile", "onnx")} <= inference
+    assert {(m, "eager") for m in ("unet", "attention_unet", "unet_plus_plus", "resunet")} <= inference
+    assert any(c.size == (512, 512) for c in configs)
+    train = [c for c in configs if c.section == "training" and not c.env]
+    assert {(c.batch, c.size) for c in train} == {(4, (256, 256))}
+    assert any(c.checkpointing and c.size == (480, 480) for c in configs)
+    assert any(c.mode == "window" and c.size == (2336, 3504) for c in configs)
+    assert any("GLIBC_TUNABLES" in c.env for c in configs)
+    assert all(c.repeats >= 10 for c in configs if c.section in ("inference", "training"))
+
+
+def test_one_configuration_in_a_fresh_process() -> None:
+    config = Config("inference", "convunext", "fast", "infer", 1, (64, 64), repeats=2, warmup=1)
+    result = measure_in_subprocess(config, timeout=300)
+    assert not result.error, result.error
+    assert len(result.times) == 2 and result.peak_rss_mb > 50 and result.max_abs_diff < 1e-4
+
+
+def test_benchmark_is_a_cli_command() -> None:
+    args = build_parser().parse_args(["benchmark", "--quick", "--no-train"])
+    assert args.quick and args.no_train and callable(args.func)
+
+
+def test_authors_model_reproduces_the_reference_fixture() -> None:
+    if not FIXTURE.exists():
+        pytest.skip(f"parity fixture missing: {FIXTURE}")
+    reference = torch.load(FIXTURE, weights_only=True)
+    model = AuthorsConvUNeXt()
+    model.load_state_dict(reference["state_dict"], strict=True)  # the reference code's own key names
+    model.eval()
+    with torch.no_grad():
+        for size in ("96x96", "101x87"):
+            out = model(reference["inputs"][f"x_{size}"])
+            assert (out - reference["outputs"][f"y_{size}"]).abs().max().item() < 1e-4
+
+
+def test_authors_model_holds_the_package_models_weights() -> None:
+    torch.manual_seed(0)
+    model = create_model("convunext", width=8).eval()
+    authors = authors_from_convunext(model).eval()
+    assert sum(p.numel() for p in authors.parameters()) == sum(p.numel() for p in model.parameters())
+    assert any(isinstance(m, torch.nn.Linear) for m in authors.modules())
+    x = torch.randn(1, 3, 67, 64)
+    with torch.no_grad():
+        assert (authors(x) - model(x)).abs().max().item() < 1e-5

@@ -1,0 +1,113 @@
+"""``convunext reproduce`` at the smoke budget on synthetic data: the report files, skipping and resuming runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from convunext.cli.main import main
+from convunext.errors import ConvUNeXtError
+from convunext.reproduce import BUDGETS, paper_schedule, plan_runs, reproduce
+from convunext.training.trainer import Trainer
+
+MODELS = ["convunext", "unet"]
+QUIET = ["train.progress_bar=false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Tiny models run faster on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    result = reproduce(out, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    assert (result.trained, result.skipped) == (4, 0)  # 2 models x the smoke budget's 2 seeds
+    return out
+
+
+def test_report_files(report: Path) -> None:
+    rows = list(csv.DictReader((report / "results.csv").open()))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("convunext", "0"),
+        ("convunext", "1"),
+        ("unet", "0"),
+        ("unet", "1"),
+    ]
+    assert all(0.0 <= float(r["test_dice_fg_mean"]) <= 1.0 and int(r["params"]) > 0 for r in rows)
+    summary = list(csv.DictReader((report / "summary.csv").open()))
+    assert [(r["model"], r["seeds"]) for r in summary] == [("convunext", "2"), ("unet", "2")]
+    markdown = (report / "results.md").read_text()
+    assert "budget `smoke`" in markdown and "| ConvUNeXt" in markdown and "| UNet " in markdown
+    assert "Synthetic Dice" in markdown and "GFLOPs (3x480x480)" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ConvUNeXt")][0]
+    assert table.count(" ± ") == 2  # Dice and mIoU as mean ± std over the two seeds
+    assert (report / "dice_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((report / "reproduce.json").read_text())["budget"] == "smoke"
+    for row in rows:  # each run was tested once, on the test split, with its best validation checkpoint
+        tested = json.loads((Path(row["run_dir"]) / "test" / "metrics.json").read_text())
+        assert tested["split"] == "test" and tested["checkpoint"].endswith("best.json")
+
+
+def test_second_invocation_skips_finished_runs(report: Path) -> None:
+    weights = sorted(report.glob("runs/*/*/*/last.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in weights]
+    start = time.perf_counter()
+    result = reproduce(report, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    assert (result.trained, result.skipped) == (0, 4)
+    assert [p.stat().st_mtime_ns for p in weights] == stamps
+    assert time.perf_counter() - start < 20
+    assert len(list(csv.DictReader((report / "results.csv").open()))) == 4
+
+
+def test_interrupted_run_resumes(tmp_path: Path) -> None:
+    (spec,) = plan_runs(tmp_path, ["unet"], ["synthetic"], [0], BUDGETS["smoke"], tmp_path, QUIET)
+    first_epoch = spec.config.from_dict(spec.config.to_dict(), overrides=["train.epochs=1"])
+    Trainer(first_epoch, run_dir=spec.run_dir).fit()  # as if killed after epoch 1 of 2:
+    (spec.run_dir / "summary.json").unlink()
+    spec.config.to_yaml(spec.run_dir / "config.yaml")
+    assert spec.status() == "resume"
+    result = reproduce(tmp_path, "smoke", datasets=["synthetic"], models=["unet"], seeds=[0], overrides=QUIET)
+    assert result.trained == 1 and spec.status() == "done"
+    epochs = [row["epoch"] for row in csv.DictReader((spec.run_dir / "metrics.csv").open())]
+    assert epochs == ["1", "2"]
+
+
+def test_another_recipe_in_the_same_folder_is_refused(report: Path) -> None:
+    with pytest.raises(ConvUNeXtError, match="another recipe"):
+        reproduce(report, "smoke", datasets=["synthetic"], models=MODELS, overrides=[*QUIET, "optim.lr=0.1"])
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConvUNeXtError, match="DRIVE not found"):
+        reproduce(tmp_path / "out", "cpu", datasets=["drive"], data_root=tmp_path)
+
+
+def test_cpu_budget_compresses_the_paper_schedule() -> None:
+    sets = dict(item.split("=") for item in paper_schedule(40))
+    warmup, gamma = float(sets["optim.warmup_epochs"]), float(sets["optim.decay_gamma"])
+    assert sets["train.epochs"] == "40" and warmup == pytest.approx(40 * 5 / 300, abs=1e-4)
+    assert gamma ** (40 - warmup) == pytest.approx(0.985**295, rel=1e-4)  # the paper's final lr fraction
+    assert "data.crop_size=192" in BUDGETS["cpu"].overrides_for("drive")
+
+
+def test_cli_dry_run_and_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["reproduce", "--budget", "smoke", "--datasets", "synthetic", "--models", "unet", "--out", str(tmp_path)]
+    assert main([*common, "--dry-run"]) == 0
+    assert "synthetic / unet / seed 0" in capsys.readouterr().out
+    assert main([*common, "--seeds", "0", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "step" in out and "projected:" in out
+    assert not list(tmp_path.iterdir())  # neither writes anything
+    assert main(["reproduce", "--models", "nonet", "--datasets", "synthetic", "--out", str(tmp_path)]) == 2
