@@ -22,9 +22,9 @@ Budgets (:data:`BUDGETS`) change only the length and size of training, the same 
 * ``cpu`` — the paper's recipe compressed to about 160 optimiser steps of batch 4 at crop 192 (HRF: 384): DRIVE 40
   epochs (16 training images = 4 steps per epoch), GlaS 9 epochs (75 images = 18 steps), HRF 32 epochs (20 images
   = 5 steps). Warm-up and decay keep the paper's proportions (:func:`paper_schedule`). Measured on the project's
-  2-core CPU (one thread per process, a busy machine), one training step of batch 4 at crop 192 takes ConvUNeXt
-  2.8 s, UNet 1.6 s, Attention UNet 1.7 s, UNet++ 6.1 s, ResUNet 2.9 s, and one 565x584 DRIVE image evaluates in
-  1.2-4.9 s: DRIVE for all five models, one seed, projects to about 51 minutes (``--estimate`` re-measures).
+  2-core CPU (one thread, a busy machine; ``--estimate``), one training step of batch 4 at crop 192 takes ConvUNeXt
+  3.0 s, UNet 1.6 s, Attention UNet 1.75 s, UNet++ 6.2 s, ResUNet 2.7 s, and one 565x584 DRIVE image evaluates in
+  1.2-5.2 s: DRIVE for all five models, one seed, projects to about 51 minutes (``--estimate`` re-measures).
 * ``smoke`` — width-8 models, one epoch on tiny crops (synthetic: 10 images of 64x64): a test of the plumbing.
 """
 

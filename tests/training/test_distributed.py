@@ -33,12 +33,16 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from convunext.cli.main import build_parser, main
+from convunext.cli.train import forwarded_arguments
 from convunext.data import EvalTransform, open_dataset
+from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_model
 from convunext.evaluation.metrics import SegmentationMetrics
+from convunext.models import create_model
 from convunext.training.checkpoint import load_checkpoint
 from convunext.training.config import ExperimentConfig
-from convunext.training.distributed import context_from_environment
+from convunext.training.distributed import DistributedContext, context_from_environment
 from convunext.training.trainer import Trainer
 
 TINY = [
@@ -216,3 +220,23 @@ def test_devices_option_launches_torchrun(tmp_path: Path) -> None:
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1, runs  # both ranks agreed on the (timestamped) run folder
     assert (runs[0] / "last.safetensors").is_file() and (runs[0] / "best.json").is_file()
+
+
+def test_devices_forwards_every_other_argument() -> None:
+    argv = ["train", "drive", "--data-root", "d", "--epochs", "3", "--set", "optim.batch_size=2", "--set", "a.b=c"]
+    argv += ["--seeds", "1", "2", "--resume", "runs/x", "--sync-batchnorm", "--devices", "4"]
+    args = build_parser().parse_args(argv)
+    again = build_parser().parse_args(["train", *forwarded_arguments(args)])
+    assert again.devices is None
+    assert {k: v for k, v in vars(again).items() if k != "devices"} == {
+        k: v for k, v in vars(args).items() if k != "devices"
+    }
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    context = DistributedContext(rank=0, world_size=2, device=torch.device("cpu"), sync_batchnorm=True)
+    with pytest.raises(ConvUNeXtError, match="SyncBatchNorm needs CUDA"):
+        context.wrap(create_model("unet", width=8))
+    if not torch.cuda.is_available():
+        assert main(["train", "--devices", "2", "--sync-batchnorm"]) == 2
+        assert "--sync-batchnorm needs CUDA" in capsys.readouterr().err

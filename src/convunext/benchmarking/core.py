@@ -263,6 +263,7 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
     if config.mode != "train":
         source.eval()
     device = torch.device(config.device)
+    source = source.to(device)
     if config.path == "authors":
         if config.model != "convunext":
             raise ValueError("the authors' style exists for convunext only")
@@ -291,7 +292,6 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
         enable_activation_checkpointing(runner)
     if config.path != "onnx":
         runner = runner.to(device)
-    source = source.to(device)
     return source, runner
 
 

@@ -124,6 +124,8 @@ def _launch(args: argparse.Namespace) -> int:
         raise ValueError("--devices starts torchrun itself; under torchrun, leave --devices out")
     config = build_config(args)  # report a bad preset or --set here, once, rather than in every worker
     wants_cuda = config.train.device != "cpu" and torch.cuda.is_available()
+    if args.sync_batchnorm and not wants_cuda:
+        raise ValueError("--sync-batchnorm needs CUDA (PyTorch has no CPU implementation); leave it out on CPU")
     if wants_cuda and args.devices > torch.cuda.device_count():
         raise ValueError(f"--devices {args.devices} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     command = launch_command(args)

@@ -99,6 +99,12 @@ def export_friendly() -> Iterator[None]:
         ReflectConv2d.forward = old_forward  # type: ignore[method-assign]
 
 
+def _device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def _in_channels(model: nn.Module) -> int:
     channels = getattr(model, "in_channels", None)
     if isinstance(channels, int):
@@ -163,7 +169,7 @@ def _onnx_proto(model: nn.Module, opset: int) -> Any:
     from torch.export import Dim
 
     low = min_input_size(model)
-    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low))
+    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=_device(model))
     dims = {
         0: Dim("batch", min=1, max=4096),
         2: Dim("height", min=low, max=MAX_SIDE),
@@ -208,7 +214,7 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """
     path = Path(path)
     low = min_input_size(model)
-    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low))
+    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=_device(model))
     with _eval_mode(model), export_friendly(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -256,13 +262,13 @@ def verify_export(
         _require_onnxruntime()
         runner: nn.Module = OnnxRuntimeModule(Path(path))
     elif fmt == "torchscript":
-        runner = torch.jit.load(str(path), map_location="cpu")
+        runner = torch.jit.load(str(path), map_location=_device(model))
     else:
         raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     results = []
     with _eval_mode(model), torch.no_grad():
         for shape in shapes:
-            x = torch.randn(*shape, generator=generator)
+            x = torch.randn(*shape, generator=generator).to(_device(model))
             expected = model(x)
             got = runner(x)
             results.append((tuple(shape), (got - expected).abs().max().item(), expected.abs().max().item()))

@@ -97,8 +97,9 @@ def optimize_for_inference(
         model: any registry model (trained or not), in any mode.
         channels_last: run in NHWC memory format (oneDNN's fast path on CPU).
         fold_bn: fold BatchNorms into adjacent convolutions (:func:`fold_batchnorm`).
-        fuse: for ConvUNeXt with BatchNorm, use :class:`FastConvUNeXt` (fused per-pixel kernels, BN folded and
-            channels-last whatever the two flags above say). Ignored for other models and with ``compile``.
+        fuse: for ConvUNeXt with BatchNorm on the CPU, use :class:`FastConvUNeXt` (fused per-pixel kernels, BN
+            folded and channels-last whatever the two flags above say; its bands are sized for CPU caches).
+            Ignored for other models, on GPUs and with ``compile``.
         compile: ``torch.compile`` the (folded, channels-last) model; the first call compiles (slow).
         band_elements: size of the fused kernels' band buffers, in values.
 
@@ -109,7 +110,8 @@ def optimize_for_inference(
     source = copy.deepcopy(model).eval()
     for p in source.parameters():
         p.requires_grad_(False)
-    if fuse and not compile and fusable(source):
+    on_cpu = all(t.device.type == "cpu" for t in source.parameters())
+    if fuse and not compile and on_cpu and fusable(source):
         fast = FastConvUNeXt(source, band_elements)  # type: ignore[arg-type]
         return InferenceModel(fast, True, "fused+bn-folded+channels-last")
     parts = []
