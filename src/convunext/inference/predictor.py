@@ -23,9 +23,10 @@ from ..errors import ConvUNeXtError
 from ..training.checkpoint import Checkpoint, load_checkpoint
 from .sliding_window import predict_probabilities
 
-# Overlay colours for classes 1..K-1 (class 0, background, is not tinted).
+# Overlay colours for classes 1..K-1 (class 0, background, is not tinted); green first: it stands out on both
+# fundus (red/orange) and H&E (pink/purple) images.
 PALETTE = np.array(
-    [[255, 64, 64], [64, 200, 255], [255, 220, 0], [80, 255, 120], [255, 120, 255], [255, 160, 60]], dtype=np.float32
+    [[0, 255, 96], [64, 200, 255], [255, 220, 0], [255, 64, 64], [255, 120, 255], [255, 160, 60]], dtype=np.float32
 )
 
 
