@@ -100,6 +100,24 @@ def test_folded_channels_last_path_equals_eager_for_every_model(name: str, size:
         assert_close(optimized(x), model(x))
 
 
+@pytest.mark.parametrize("mode", ["pool", "openmp"])
+def test_fast_convunext_with_two_threads(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads: chunks of rows on the worker pool (default) or one after the other with OpenMP operators."""
+    monkeypatch.setenv("CONVUNEXT_FUSED_PARALLELISM", mode)
+    model = make(width=8)
+    fast = optimize_for_inference(model, band_elements=3000)
+    x = torch.randn(3, 3, 67, 53)
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            got = fast(x)
+        assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak
+    finally:
+        torch.set_num_threads(1)
+    with torch.no_grad():
+        assert_close(got, model(x))
+
+
 def test_default_width_convunext_once() -> None:
     model = make()
     x = torch.randn(1, 3, 65, 64)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from convunext import create_model
+from convunext.models import fused as fused_module
 from convunext.models.checkpointing import enable_activation_checkpointing
 from convunext.models.fused import enable_fused_training
 
@@ -27,10 +28,20 @@ def _step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> floa
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "checkpointing"),
-    [({}, False), ({"act": "relu", "residual": "convnext"}, False), ({}, True), ({"attention_gate": False}, False)],
+    ("kwargs", "checkpointing", "band_elements"),
+    [
+        ({}, False, None),
+        ({}, False, 5000),  # many bands per map
+        ({"act": "relu", "residual": "convnext"}, False, 5000),
+        ({}, True, None),
+        ({"attention_gate": False}, False, None),
+    ],
 )
-def test_fused_training_matches_plain(kwargs: dict, checkpointing: bool) -> None:
+def test_fused_training_matches_plain(
+    kwargs: dict, checkpointing: bool, band_elements: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if band_elements:
+        monkeypatch.setattr(fused_module, "DEFAULT_BAND_ELEMENTS", band_elements)
     torch.manual_seed(0)
     plain = create_model("convunext", width=8, **kwargs).train().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
@@ -61,3 +72,24 @@ def test_fused_kernels_fall_back_on_nchw_inputs_and_switch_off() -> None:
         assert torch.allclose(fused_cl, expected, atol=1e-5)
     assert enable_fused_training(model, enabled=False) == 15
     assert not any(getattr(m, "fused_mlp", False) or getattr(m, "fused_gate", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("mode", ["pool", "openmp"])
+def test_fused_training_with_two_threads(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVUNEXT_FUSED_PARALLELISM", mode)
+    monkeypatch.setattr(fused_module, "DEFAULT_BAND_ELEMENTS", 5000)
+    torch.manual_seed(0)
+    plain = create_model("convunext", width=8).train().to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(plain)
+    enable_fused_training(fused)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 2, (2, 64, 64))
+    expected = _step(plain, x, target)
+    torch.set_num_threads(2)
+    try:
+        got = _step(fused, x, target)
+    finally:
+        torch.set_num_threads(1)
+    assert got == pytest.approx(expected, rel=1e-5)
+    for (key, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
+        assert (a.grad - b.grad).abs().max().item() <= 1e-4 * max(a.grad.abs().max().item(), 1e-2), key

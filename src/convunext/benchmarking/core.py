@@ -62,6 +62,8 @@ INFERENCE_PATHS = ("authors", "eager", "channels_last", "fast", "compile", "onnx
 RESULT_PREFIX = "BENCHMARK-RESULT "
 TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 """The GLIBC_TUNABLES value docs/speed.md recommends: no mmap for allocations under 1 GiB, never trim the heap."""
+OPENMP_ENV = {"CONVUNEXT_FUSED_PARALLELISM": "openmp"}
+"""The fast path with PyTorch's per-operator OpenMP parallelism instead of its worker threads."""
 
 
 @dataclass
@@ -439,6 +441,17 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
         for path in paths:
             if path != "compile" or size == args.sizes[0]:  # one compile measurement is enough (slow)
                 add("inference", "convunext", path, "infer", args.batch, size)
+        if "fast" in paths and not args.in_process:
+            add(
+                "inference",
+                "convunext",
+                "fast",
+                "infer",
+                args.batch,
+                size,
+                env=OPENMP_ENV,
+                env_label="OpenMP operators",
+            )
         for model in REGISTRY_MODELS[1:]:
             add("inference", model, "eager", "infer", args.batch, size)
         add("inference", "unet", "channels_last", "infer", args.batch, size)
@@ -471,11 +484,11 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
         if args.checkpointing_size:
             for model, path in (("convunext", "channels_last"), ("convunext", "fused"), ("resunet", "eager")):
                 for checkpointing in (False, True):
-                    add("checkpointing", model, path, "train", args.train_batch, args.checkpointing_size,
+                    add("checkpointing", model, path, "train", args.checkpointing_batch, args.checkpointing_size,
                         checkpointing=checkpointing, repeats=args.checkpointing_repeats, warmup=1)  # fmt: skip
     if args.hrf:
-        for path in ("authors", "eager", "fast", "onnx"):
-            if path in paths:
+        for path in [p for p in args.hrf_paths.split(",") if p]:
+            if path != "compile":
                 add("sliding window", "convunext", path, "window", 1, (2336, 3504), repeats=args.hrf_repeats, warmup=1,
                     tile=args.tile)  # fmt: skip
     configs.sort(key=lambda c: list(SECTION_TITLES).index(c.section))
@@ -614,9 +627,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpointing-size", type=int, default=480, help="side for the checkpointing section; 0 = skip"
     )
+    parser.add_argument("--checkpointing-batch", type=int, default=2, help="batch size there (default 2)")
     parser.add_argument("--checkpointing-repeats", type=int, default=2, help="timed steps there (default 2)")
     parser.add_argument("--hrf", action="store_true", help="also predict a full 3504x2336 HRF-sized image")
     parser.add_argument("--hrf-repeats", type=int, default=2, help="timed full-image predictions (default 2)")
+    parser.add_argument("--hrf-paths", default="authors,eager,fast,onnx", help="paths for --hrf (comma-separated)")
     parser.add_argument("--tile", type=int, default=512, help="sliding-window tile side for --hrf (default 512)")
     parser.add_argument(
         "--allocators", action="store_true", help="also run key rows with GLIBC_TUNABLES (and tcmalloc)"
@@ -635,7 +650,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.quick:
         args.sizes, args.repeats, args.warmup = "64", 2, 1
         args.train_size, args.train_batch, args.train_repeats = 64, 2, 2
-        args.checkpointing_size, args.checkpointing_repeats = 64, 1
+        args.checkpointing_size, args.checkpointing_repeats, args.checkpointing_batch = 64, 1, 2
         args.in_process = True
         if args.paths == ",".join(INFERENCE_PATHS):
             args.paths = "authors,eager,channels_last,fast"
@@ -676,7 +691,7 @@ def run(args: argparse.Namespace) -> int:
         )
         result = measure(config) if args.in_process else measure_in_subprocess(config, args.timeout)
         if config.env and args.in_process:
-            result.error = result.error or "allocator variants need separate processes (drop --in-process)"
+            result.error = result.error or "environment variants need separate processes (drop --in-process)"
         results.append(result)
         summary = result.error or f"median {result.median:.3f} s, peak RSS {result.peak_rss_mb:.0f} MB"
         print(f"    {summary}", file=sys.stderr, flush=True)

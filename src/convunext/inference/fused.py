@@ -19,7 +19,10 @@ their allocator:
   matrix so both come from one product — the concatenation is never built;
 * the network's 1x1 head is applied to each band of the last block while it is in cache;
 * the full-size maps that must exist (skips, stage inputs) live in a per-thread workspace reused from call to call,
-  so after the first call a forward pass allocates nothing large (only the returned logits).
+  so after the first call a forward pass allocates nothing large (only the returned logits);
+* with several intra-op threads each image is cut into one chunk of rows per thread, and the chunks run on worker
+  threads with one intra-op thread each (:mod:`convunext.utils.threads`): no thread barrier after every small
+  operator, which matters on a machine shared with other busy processes.
 
 The result equals the eager model within float32 rounding (about 1e-6 relative). ``tanh`` is computed as
 ``2 sigmoid(2x) - 1`` (within 2e-7 absolute, 4x faster on CPU).
@@ -27,6 +30,7 @@ The result equals the eager model within float32 rounding (about 1e-6 relative).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +42,8 @@ from torch import Tensor, nn
 from ..errors import ConvUNeXtError
 from ..models.blocks import ConvNeXtBlock, DownStage, GatedUpStage, LayerNorm2d, ReflectConv2d, SkipGate, Stem
 from ..models.convunext import ConvUNeXt
+from ..utils.threads import run_tasks as _run
+from ..utils.threads import workers as _workers
 from .folding import bn_affine, fold_after, fold_before
 
 __all__ = [
@@ -142,6 +148,22 @@ def _padded_rows(x: Tensor, image: int, start: int, stop: int, padding: int, mod
     return F.pad(rows, (padding, padding, top, bottom), mode=mode).contiguous(memory_format=CHANNELS_LAST)
 
 
+def _chunks(height: int, parts: int, minimum: int) -> list[tuple[int, int]]:
+    """``parts`` (fewer if needed) contiguous row ranges covering ``[0, height)``, each at least ``minimum`` rows."""
+    parts = max(1, min(parts, height // max(minimum, 1)))
+    edges = [round(i * height / parts) for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _bands(start: int, stop: int, rows: int, minimum: int) -> list[tuple[int, int]]:
+    """Row bands covering ``[start, stop)``: about ``rows`` rows each and, when the range allows, at least
+    ``minimum`` (so a band's halo never reaches beyond its neighbours)."""
+    length = stop - start
+    count = max(1, length // max(rows, minimum, 1))
+    edges = [start + round(i * length / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 class FusedConvNeXtBlock(nn.Module):
     """:class:`~convunext.models.blocks.ConvNeXtBlock` with BN folded, computed band by band in place.
 
@@ -173,43 +195,67 @@ class FusedConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor, head: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``x``: channels-last ``N x dim x H x W`` (overwritten unless ``head``); ``head``: ``(W^T [dim x K], b)``."""
-        act_ = _activation_(self.act)
         n, _, height, width = x.shape
         p = self.padding
         mode = _pad_mode(height, width, p)
         rows = _band_rows(width, self.hidden, self.band_elements, minimum=p)
-        xf = _flat(x)
-        hidden = torch.empty((min(rows, height) * width, self.hidden), dtype=x.dtype, device=x.device)
         out = None
         if head is not None:
             out = torch.empty(
                 (n, head[0].shape[1], height, width), dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST
             )
-            of = _flat(out)
-        pending: tuple[int, int, Tensor] | None = None  # the previous band's output, written once its rows are read
+        tasks = []
         for image in range(n):
-            for start in range(0, height, rows):
-                stop = min(height, start + rows)
-                source = _padded_rows(x, image, start, stop, p, mode)
-                y = F.conv2d(source, self.dw_weight, self.dw_bias, groups=self.groups)
-                if pending is not None:
-                    xf[pending[0] : pending[1]].copy_(pending[2])
-                    pending = None
-                yf = _flat(y.contiguous(memory_format=CHANNELS_LAST))
-                first, last = (image * height + start) * width, (image * height + stop) * width
-                hb = hidden[: last - first]
-                act_(torch.addmm(self.b1, yf, self.w1, out=hb))
-                torch.add(xf[first:last], self.b2, out=yf)
-                yf.addmm_(hb, self.w2)
-                if self.resnet:
-                    act_(yf)
-                if head is not None:
-                    torch.addmm(head[1], yf, head[0], out=of[first:last])
-                else:
-                    pending = (first, last, yf)
+            for start, stop in _chunks(height, _workers(x.device), p):
+                bands = _bands(start, stop, rows, p)
+                # a chunk's first and last band read rows of the neighbouring chunks, which another worker may be
+                # overwriting: take their padded inputs now
+                edges = {bands[0]: _padded_rows(x, image, *bands[0], p, mode)}
+                edges[bands[-1]] = _padded_rows(x, image, *bands[-1], p, mode)
+                tasks.append(functools.partial(self._chunk, x, out, head, image, bands, edges, mode))
+        _run(tasks)
+        return out if out is not None else x
+
+    def _chunk(
+        self,
+        x: Tensor,
+        out: Tensor | None,
+        head: tuple[Tensor, Tensor] | None,
+        image: int,
+        bands: list[tuple[int, int]],
+        edges: dict[tuple[int, int], Tensor],
+        mode: str,
+    ) -> None:
+        """Process ``bands`` (consecutive rows of one image) in order, each band's output written one band late."""
+        act_ = _activation_(self.act)
+        height, width = x.shape[-2:]
+        xf = _flat(x)
+        of = _flat(out) if out is not None else None
+        longest = max(stop - start for start, stop in bands)
+        hidden = torch.empty((longest * width, self.hidden), dtype=x.dtype, device=x.device)
+        pending: tuple[int, int, Tensor] | None = None  # the previous band's output, written once its rows are read
+        for start, stop in bands:
+            source = edges.get((start, stop))
+            if source is None:
+                source = _padded_rows(x, image, start, stop, self.padding, mode)
+            y = F.conv2d(source, self.dw_weight, self.dw_bias, groups=self.groups)
+            if pending is not None:
+                xf[pending[0] : pending[1]].copy_(pending[2])
+                pending = None
+            yf = _flat(y.contiguous(memory_format=CHANNELS_LAST))
+            first, last = (image * height + start) * width, (image * height + stop) * width
+            hb = hidden[: last - first]
+            act_(torch.addmm(self.b1, yf, self.w1, out=hb))
+            torch.add(xf[first:last], self.b2, out=yf)
+            yf.addmm_(hb, self.w2)
+            if self.resnet:
+                act_(yf)
+            if head is not None and of is not None:
+                torch.addmm(head[1], yf, head[0], out=of[first:last])
+            else:
+                pending = (first, last, yf)
         if pending is not None:
             xf[pending[0] : pending[1]].copy_(pending[2])
-        return out if out is not None else x
 
 
 def _banded_conv(
@@ -225,20 +271,22 @@ def _banded_conv(
     """``conv(x)`` (reflect/replicate "same" padding ``padding``, or a ``stride``-``stride`` kernel without padding)
     written band by band into the channels-last ``out``, optionally followed by an in-place activation."""
     n, _, height, width = out.shape
-    in_height, in_width = x.shape[-2:]
-    mode = _pad_mode(in_height, in_width, padding)
+    mode = _pad_mode(x.shape[-2], x.shape[-1], padding)
     rows = _band_rows(width, out.shape[1], band_elements)
-    for image in range(n):
-        for start in range(0, height, rows):
-            stop = min(height, start + rows)
+
+    def chunk(image: int, start: int, stop: int) -> None:
+        for first, last in _bands(start, stop, rows, 1):
             if padding:
-                source = _padded_rows(x, image, start, stop, padding, mode)
+                source = _padded_rows(x, image, first, last, padding, mode)
             else:
-                source = x[image : image + 1, :, start * stride : stop * stride]
-            band = out[image : image + 1, :, start:stop]
+                source = x[image : image + 1, :, first * stride : last * stride]
+            band = out[image : image + 1, :, first:last]
             band.copy_(F.conv2d(source, weight, bias, stride=stride))
             if activation is not None:
                 _activation_(activation)(band)
+
+    parts = _chunks(height, _workers(x.device), 1)
+    _run([functools.partial(chunk, image, start, stop) for image in range(n) for start, stop in parts])
     return out
 
 
@@ -383,19 +431,20 @@ class FusedGatedUpStage(nn.Module):
         sf, zf = _flat(x2.contiguous(memory_format=CHANNELS_LAST)), _flat(z)
         width_g = self.w_u.shape[1]
         rows = _band_rows(width, width_g, self.band_elements)
-        band_pixels = min(rows, height) * width
-        u_buf = torch.zeros((band_pixels, c), dtype=x2.dtype, device=x2.device)
-        g_buf = torch.empty((band_pixels, width_g), dtype=x2.dtype, device=x2.device)
-        if self.gated:
-            s_buf = torch.empty((band_pixels, c), dtype=x2.dtype, device=x2.device)
-            t_buf = torch.empty((band_pixels, c), dtype=x2.dtype, device=x2.device)
-        for image in range(n):
-            for start in range(0, height, rows):
-                stop = min(height, start + rows)
-                m = (stop - start) * width
-                u = u_buf[:m].view(stop - start, width, c)
+
+        def chunk(image: int, start: int, stop: int) -> None:
+            bands = _bands(start, stop, rows, 1)
+            band_pixels = max(last - first for first, last in bands) * width
+            u_buf = torch.zeros((band_pixels, c), dtype=x2.dtype, device=x2.device)
+            g_buf = torch.empty((band_pixels, width_g), dtype=x2.dtype, device=x2.device)
+            if self.gated:
+                s_buf = torch.empty((band_pixels, c), dtype=x2.dtype, device=x2.device)
+                t_buf = torch.empty((band_pixels, c), dtype=x2.dtype, device=x2.device)
+            for first_row, last_row in bands:
+                m = (last_row - first_row) * width
+                u = u_buf[:m].view(last_row - first_row, width, c)
                 # bilinear x2 upsampling of the band's rows, zero-padded to the skip's size
-                inner0, inner1 = max(start, top), min(stop, top + 2 * low_h)
+                inner0, inner1 = max(first_row, top), min(last_row, top + 2 * low_h)
                 if padded:
                     u.zero_()
                 if inner1 > inner0:
@@ -407,9 +456,9 @@ class FusedGatedUpStage(nn.Module):
                         vertical.index_select(1, cols_i0),
                         vertical.index_select(1, cols_i1),
                         cols_lam,
-                        out=u[inner0 - start : inner1 - start, left : left + 2 * low_w],
+                        out=u[inner0 - first_row : inner1 - first_row, left : left + 2 * low_w],
                     )
-                first, last = (image * height + start) * width, (image * height + stop) * width
+                first, last = (image * height + first_row) * width, (image * height + last_row) * width
                 g = torch.addmm(self.b_u, u_buf[:m], self.w_u, out=g_buf[:m])
                 skip = sf[first:last]
                 if self.gated:
@@ -420,6 +469,9 @@ class FusedGatedUpStage(nn.Module):
                     torch.addmm(f, s, self.w_s, out=zf[first:last])
                 else:
                     torch.addmm(g, skip, self.w_s, out=zf[first:last])
+
+        parts = _chunks(height, _workers(x2.device), 1)
+        _run([functools.partial(chunk, image, start, stop) for image in range(n) for start, stop in parts])
         return self.block(z, head)
 
 

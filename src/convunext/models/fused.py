@@ -20,20 +20,26 @@ band. Results equal the plain MLP up to float32 rounding; parameters are the mod
 temporaries (and as many gradients) in autograd's version, none here.
 
 :func:`enable_fused_training` switches every ConvNeXt block and gated decoder stage of a model to them; they take
-effect on channels-last tensors (``train.channels_last``) and compose with activation checkpointing.
+effect on channels-last tensors (``train.channels_last``) and compose with activation checkpointing. With several
+intra-op threads the pixels are split into one range per thread, run by :mod:`convunext.utils.threads` workers
+(one intra-op thread each; weight gradients are accumulated per range and summed).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..utils.threads import ranges, run_tasks, workers
+
 __all__ = ["DEFAULT_BAND_ELEMENTS", "enable_fused_training", "gated_fusion", "pointwise_mlp"]
 
-DEFAULT_BAND_ELEMENTS = 1 << 20
-"""Values of one band's hidden activation (4 MiB in float32): stays in cache, far below glibc's mmap threshold."""
+DEFAULT_BAND_ELEMENTS = 1 << 22
+"""Values of one band's widest temporary (16 MiB in float32): within the L3 cache of most CPUs and below glibc's
+32 MiB mmap threshold, and few enough bands that the per-operator thread synchronisation stays negligible."""
 
 
 def _activation_kind(act: nn.Module) -> str | None:
@@ -53,14 +59,18 @@ class _BandedMLP(torch.autograd.Function):
     ) -> Tensor:
         pixels, hidden = x.shape[0], w1.shape[0]
         out = x.new_empty((pixels, w2.shape[0]))
-        buffer = x.new_empty((min(band, pixels), hidden))
         w1t, w2t = w1.t(), w2.t()
         act_ = torch.ops.aten.gelu_ if kind == "gelu" else torch.relu_
-        for start in range(0, pixels, band):
-            stop = min(pixels, start + band)
-            h = torch.addmm(b1, x[start:stop], w1t, out=buffer[: stop - start])
-            act_(h)
-            torch.addmm(b2, h, w2t, out=out[start:stop])
+
+        def chunk(first: int, last: int) -> None:
+            buffer = x.new_empty((min(band, last - first), hidden))
+            for start in range(first, last, band):
+                stop = min(last, start + band)
+                h = torch.addmm(b1, x[start:stop], w1t, out=buffer[: stop - start])
+                act_(h)
+                torch.addmm(b2, h, w2t, out=out[start:stop])
+
+        run_tasks([functools.partial(chunk, *r) for r in ranges(pixels, workers(x.device))])
         ctx.save_for_backward(x, w1, b1, w2)
         ctx.kind, ctx.band = kind, band
         return out
@@ -69,37 +79,43 @@ class _BandedMLP(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, w1, b1, w2 = ctx.saved_tensors
         grad = grad.contiguous()
-        pixels, hidden, band = x.shape[0], w1.shape[0], ctx.band
+        pixels, hidden, band, kind = x.shape[0], w1.shape[0], ctx.band, ctx.kind
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
         grad_b2 = grad.sum(0)
-        rows = min(band, pixels)
-        pre_buf, act_buf, grad_buf = (x.new_empty((rows, hidden)) for _ in range(3))
         w1t = w1.t()
-        for start in range(0, pixels, band):
-            stop = min(pixels, start + band)
-            m = stop - start
-            xb, gb = x[start:stop], grad[start:stop]
-            pre = torch.addmm(b1, xb, w1t, out=pre_buf[:m])
-            if ctx.kind == "gelu":
-                act = torch._C._nn.gelu(pre, out=act_buf[:m])
-            else:
-                act = torch.clamp_min(pre, 0.0, out=act_buf[:m])
-            grad_w2.addmm_(gb.t(), act)
-            grad_h = torch.mm(gb, w2, out=grad_buf[:m])
-            if ctx.kind == "gelu":
-                grad_pre = torch.ops.aten.gelu_backward.grad_input(grad_h, pre, grad_input=act)  # act is spent
-            else:
-                grad_pre = grad_h.masked_fill_(pre <= 0, 0.0)
-            grad_w1.addmm_(grad_pre.t(), xb)
-            grad_b1.add_(grad_pre.sum(0))
-            if grad_x is not None:
-                torch.mm(grad_pre, w1, out=grad_x[start:stop])
+        parts = ranges(pixels, workers(x.device))
+        partials = [(torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)) for _ in parts]
+
+        def chunk(first: int, last: int, grad_w1: Tensor, grad_b1: Tensor, grad_w2: Tensor) -> None:
+            rows = min(band, last - first)
+            pre_buf, act_buf, grad_buf = (x.new_empty((rows, hidden)) for _ in range(3))
+            for start in range(first, last, band):
+                stop = min(last, start + band)
+                m = stop - start
+                xb, gb = x[start:stop], grad[start:stop]
+                pre = torch.addmm(b1, xb, w1t, out=pre_buf[:m])
+                if kind == "gelu":
+                    act = torch._C._nn.gelu(pre, out=act_buf[:m])
+                else:
+                    act = torch.clamp_min(pre, 0.0, out=act_buf[:m])
+                grad_w2.addmm_(gb.t(), act)
+                grad_h = torch.mm(gb, w2, out=grad_buf[:m])
+                if kind == "gelu":
+                    grad_pre = torch.ops.aten.gelu_backward.grad_input(grad_h, pre, grad_input=act)  # act is spent
+                else:
+                    grad_pre = grad_h.masked_fill_(pre <= 0, 0.0)
+                grad_w1.addmm_(grad_pre.t(), xb)
+                grad_b1.add_(grad_pre.sum(0))
+                if grad_x is not None:
+                    torch.mm(grad_pre, w1, out=grad_x[start:stop])
+
+        run_tasks([functools.partial(chunk, *r, *acc) for r, acc in zip(parts, partials)])
+        grad_w1, grad_b1, grad_w2 = (torch.stack(list(g)).sum(0) if len(g) > 1 else g[0] for g in zip(*partials))
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None
 
 
 def pointwise_mlp(
-    x: Tensor, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, band_elements: int = DEFAULT_BAND_ELEMENTS
+    x: Tensor, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, band_elements: int | None = None
 ) -> Tensor:
     """``fc2(act(fc1(x)))`` for 1x1 convolutions ``fc1``, ``fc2`` (with bias) and a GELU/ReLU ``act``.
 
@@ -123,7 +139,7 @@ def pointwise_mlp(
         return fc2(act(fc1(x)))
     n, c, h, w = x.shape
     hidden, out_channels = fc1.out_channels, fc2.out_channels
-    band = max(64, band_elements // hidden)
+    band = max(64, (band_elements or DEFAULT_BAND_ELEMENTS) // hidden)
     flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
     out = _BandedMLP.apply(
         flat, fc1.weight.view(hidden, c), fc1.bias, fc2.weight.view(out_channels, hidden), fc2.bias, kind, band
@@ -157,15 +173,19 @@ class _BandedGate(torch.autograd.Function):
         pixels, c = u.shape
         out = u.new_empty((pixels, wz.shape[0]))
         wa, wb = wz[:, :c], wz[:, c:]  # the concatenation is [gated skip, upsampled]
-        for start in range(0, pixels, band):
-            stop = min(pixels, start + band)
-            ub, sb = u[start:stop], s[start:stop]
-            g = torch.addmm(bg, ub, wg.t())
-            g1, g2, g3 = g[:, :c], g[:, c : 2 * c], g[:, 2 * c :]
-            f = torch.addmm(bf, g1 + sb, wf.t()).sigmoid_()
-            gated = f.mul_(sb).addcmul_(g2.sigmoid(), _tanh(g3))
-            o = torch.addmm(bo, gated, wo.t())
-            torch.addmm(bz, o, wa.t(), out=out[start:stop]).addmm_(ub, wb.t())
+
+        def chunk(first: int, last: int) -> None:
+            for start in range(first, last, band):
+                stop = min(last, start + band)
+                ub, sb = u[start:stop], s[start:stop]
+                g = torch.addmm(bg, ub, wg.t())
+                g1, g2, g3 = g[:, :c], g[:, c : 2 * c], g[:, 2 * c :]
+                f = torch.addmm(bf, g1 + sb, wf.t()).sigmoid_()
+                gated = f.mul_(sb).addcmul_(g2.sigmoid(), _tanh(g3))
+                o = torch.addmm(bo, gated, wo.t())
+                torch.addmm(bz, o, wa.t(), out=out[start:stop]).addmm_(ub, wb.t())
+
+        run_tasks([functools.partial(chunk, *r) for r in ranges(pixels, workers(u.device))])
         ctx.save_for_backward(u, s, wg, bg, wf, bf, wo, bo, wz)
         ctx.band = band
         return out
@@ -175,53 +195,60 @@ class _BandedGate(torch.autograd.Function):
         u, s, wg, bg, wf, bf, wo, bo, wz = ctx.saved_tensors
         grad = grad.contiguous()
         pixels, c = u.shape
+        band = ctx.band
         wa, wb = wz[:, :c], wz[:, c:]
         grad_u, grad_s = torch.empty_like(u), torch.empty_like(s)
-        gwg, gbg, gwf, gbf = torch.zeros_like(wg), torch.zeros_like(bg), torch.zeros_like(wf), torch.zeros_like(bf)
-        gwo, gbo, gwz = torch.zeros_like(wo), torch.zeros_like(bo), torch.zeros_like(wz)
         gbz = grad.sum(0)
-        gwa, gwb = gwz[:, :c], gwz[:, c:]
-        for start in range(0, pixels, ctx.band):
-            stop = min(pixels, start + ctx.band)
-            ub, sb, dz = u[start:stop], s[start:stop], grad[start:stop]
-            # recompute the band's forward
-            g = torch.addmm(bg, ub, wg.t())
-            g1, g2, g3 = g[:, :c], g[:, c : 2 * c], g[:, 2 * c :]
-            t = g1 + sb
-            f = torch.addmm(bf, t, wf.t()).sigmoid_()
-            sig2, tanh3 = g2.sigmoid(), _tanh(g3)
-            gated = torch.addcmul(sig2 * tanh3, f, sb)
-            o = torch.addmm(bo, gated, wo.t())
-            # z = o Wa^T + u Wb^T + bz
-            gwa.addmm_(dz.t(), o)
-            gwb.addmm_(dz.t(), ub)
-            d_o = dz @ wa
-            torch.mm(dz, wb, out=grad_u[start:stop])
-            # o = gated Wo^T + bo
-            gwo.addmm_(d_o.t(), gated)
-            gbo.add_(d_o.sum(0))
-            d_gated = d_o @ wo
-            # gated = f * s + sig2 * tanh3
-            grad_s[start:stop] = d_gated * f
-            d_pre_f = (d_gated * sb).mul_(f).mul_(1.0 - f)  # through the sigmoid
-            d_g = torch.empty_like(g)
-            torch.mul(d_gated * tanh3, sig2 * (1.0 - sig2), out=d_g[:, c : 2 * c])
-            torch.mul(d_gated * sig2, 1.0 - tanh3 * tanh3, out=d_g[:, 2 * c :])
-            # f = sigmoid(t Wf^T + bf), t = g1 + s
-            gwf.addmm_(d_pre_f.t(), t)
-            gbf.add_(d_pre_f.sum(0))
-            torch.mm(d_pre_f, wf, out=d_g[:, :c])  # d t = d g1
-            grad_s[start:stop] += d_g[:, :c]
-            # g = u Wg^T + bg
-            gwg.addmm_(d_g.t(), ub)
-            gbg.add_(d_g.sum(0))
-            grad_u[start:stop].addmm_(d_g, wg)
+        parts = ranges(pixels, workers(u.device))
+        partials = [tuple(torch.zeros_like(t) for t in (wg, bg, wf, bf, wo, bo, wz)) for _ in parts]
+
+        def chunk(first: int, last: int, gwg: Tensor, gbg: Tensor, gwf: Tensor, gbf: Tensor, gwo: Tensor,
+                  gbo: Tensor, gwz: Tensor) -> None:  # fmt: skip
+            gwa, gwb = gwz[:, :c], gwz[:, c:]
+            for start in range(first, last, band):
+                stop = min(last, start + band)
+                ub, sb, dz = u[start:stop], s[start:stop], grad[start:stop]
+                # recompute the band's forward
+                g = torch.addmm(bg, ub, wg.t())
+                g1, g2, g3 = g[:, :c], g[:, c : 2 * c], g[:, 2 * c :]
+                t = g1 + sb
+                f = torch.addmm(bf, t, wf.t()).sigmoid_()
+                sig2, tanh3 = g2.sigmoid(), _tanh(g3)
+                gated = torch.addcmul(sig2 * tanh3, f, sb)
+                o = torch.addmm(bo, gated, wo.t())
+                # z = o Wa^T + u Wb^T + bz
+                gwa.addmm_(dz.t(), o)
+                gwb.addmm_(dz.t(), ub)
+                d_o = dz @ wa
+                torch.mm(dz, wb, out=grad_u[start:stop])
+                # o = gated Wo^T + bo
+                gwo.addmm_(d_o.t(), gated)
+                gbo.add_(d_o.sum(0))
+                d_gated = d_o @ wo
+                # gated = f * s + sig2 * tanh3
+                torch.mul(d_gated, f, out=grad_s[start:stop])
+                d_pre_f = (d_gated * sb).mul_(f).mul_(1.0 - f)  # through the sigmoid
+                d_g = torch.empty_like(g)
+                torch.mul(d_gated * tanh3, sig2 * (1.0 - sig2), out=d_g[:, c : 2 * c])
+                torch.mul(d_gated * sig2, 1.0 - tanh3 * tanh3, out=d_g[:, 2 * c :])
+                # f = sigmoid(t Wf^T + bf), t = g1 + s
+                gwf.addmm_(d_pre_f.t(), t)
+                gbf.add_(d_pre_f.sum(0))
+                torch.mm(d_pre_f, wf, out=d_g[:, :c])  # d t = d g1
+                grad_s[start:stop] += d_g[:, :c]
+                # g = u Wg^T + bg
+                gwg.addmm_(d_g.t(), ub)
+                gbg.add_(d_g.sum(0))
+                grad_u[start:stop].addmm_(d_g, wg)
+
+        run_tasks([functools.partial(chunk, *r, *acc) for r, acc in zip(parts, partials)])
+        gwg, gbg, gwf, gbf, gwo, gbo, gwz = (
+            torch.stack(list(g)).sum(0) if len(g) > 1 else g[0] for g in zip(*partials)
+        )
         return grad_u, grad_s, gwg, gbg, gwf, gbf, gwo, gbo, gwz, gbz, None
 
 
-def gated_fusion(
-    u: Tensor, s: Tensor, gate: nn.Module, fuse: nn.Conv2d, band_elements: int = DEFAULT_BAND_ELEMENTS
-) -> Tensor:
+def gated_fusion(u: Tensor, s: Tensor, gate: nn.Module, fuse: nn.Conv2d, band_elements: int | None = None) -> Tensor:
     """``fuse(concat[gate(u, s), u])`` of a :class:`~convunext.models.blocks.GatedUpStage` (``gate`` its
     :class:`~convunext.models.blocks.SkipGate`), computed band by band when ``u`` and ``s`` are channels-last.
 
@@ -239,7 +266,7 @@ def gated_fusion(
         return fuse(torch.cat([gate(u, s), u], dim=1))
     n, c, h, w = u.shape
     out_channels = fuse.out_channels
-    band = max(64, band_elements // (4 * c + out_channels))
+    band = max(64, (band_elements or DEFAULT_BAND_ELEMENTS) // (4 * c + out_channels))
     flat_u = u.permute(0, 2, 3, 1).reshape(n * h * w, c)
     flat_s = s.permute(0, 2, 3, 1).reshape(n * h * w, c)
     out = _BandedGate.apply(
