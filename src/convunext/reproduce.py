@@ -303,8 +303,8 @@ def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
     Writes ``test/metrics.json``, ``per_image.csv`` and ``metrics.md`` (as ``convunext evaluate``), with the
     SHA-256 of the evaluated weights so that a later invocation knows the report is current.
     """
-    from .data import EvalTransform, open_dataset
-    from .evaluation.evaluate import evaluate_model, write_report
+    from .data import open_dataset
+    from .evaluation.evaluate import evaluate_checkpoint, write_report
     from .training.checkpoint import load_checkpoint
     from .training.trainer import resolve_device
 
@@ -315,15 +315,7 @@ def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
     dataset = open_dataset(data.name, data.root, "test", **data.options)
     torch_device = resolve_device(device)
     start = time.perf_counter()
-    metrics = evaluate_model(
-        checkpoint.model.to(torch_device),
-        dataset,
-        EvalTransform(checkpoint.mean, checkpoint.std),
-        len(checkpoint.class_names),
-        device=torch_device,
-        tile_size=data.eval_tile_size,
-        progress=False,
-    )
+    metrics = evaluate_checkpoint(checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False)
     context = {
         "checkpoint": str(checkpoint.path),
         "weights_sha256": checkpoint.meta["weights"]["sha256"],

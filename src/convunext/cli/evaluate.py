@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..data import EvalTransform, open_dataset
+from ..data import open_dataset
 from ..data.detect import detect_dataset
-from ..evaluation.evaluate import evaluate_model, write_report
+from ..evaluation.evaluate import evaluate_checkpoint, write_report
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import resolve_device
 
@@ -34,15 +34,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     tile = args.tile_size if args.tile_size is not None else trained_on.get("eval_tile_size")
     start = time.perf_counter()
-    metrics = evaluate_model(
-        checkpoint.model.to(device),
-        dataset,
-        EvalTransform(checkpoint.mean, checkpoint.std),
-        len(checkpoint.class_names),
-        device=device,
-        tile_size=tile or None,
-        tta=args.tta,
-    )
+    metrics = evaluate_checkpoint(checkpoint, dataset, device=device, tile_size=tile or None, tta=args.tta)
     seconds = time.perf_counter() - start
     out_dir = Path(args.out) if args.out else checkpoint.path.parent / f"eval-{name}-{args.split}"
     context = {

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from ..inference.sliding_window import predict_probabilities
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .metrics import SegmentationMetrics
+
+if TYPE_CHECKING:
+    from ..training.checkpoint import Checkpoint
 
 # (key in SegmentationMetrics.compute(), label in the printed table)
 REPORTED_METRICS: tuple[tuple[str, str], ...] = (
@@ -73,6 +76,29 @@ def evaluate_model(
             target = target.masked_fill(~fov, IGNORE_INDEX)
         metrics.update(probabilities, target, fov, [sample["name"]], logits=False)
     return metrics
+
+
+def evaluate_checkpoint(
+    checkpoint: Checkpoint,
+    dataset: Dataset,
+    device: torch.device | str = "cpu",
+    tile_size: int | None = None,
+    tta: bool = False,
+    progress: bool = True,
+) -> SegmentationMetrics:
+    """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes."""
+    from ..data import EvalTransform
+
+    return evaluate_model(
+        checkpoint.model.to(device),
+        dataset,
+        EvalTransform(checkpoint.mean, checkpoint.std),
+        len(checkpoint.class_names),
+        device=device,
+        tile_size=tile_size,
+        tta=tta,
+        progress=progress,
+    )
 
 
 def metrics_table(results: dict[str, Any]) -> str:
