@@ -37,9 +37,8 @@ from ..utils.threads import ranges, run_tasks, workers
 
 __all__ = ["DEFAULT_BAND_ELEMENTS", "enable_fused_training", "gated_fusion", "pointwise_mlp"]
 
-DEFAULT_BAND_ELEMENTS = 1 << 22
-"""Values of one band's widest temporary (16 MiB in float32): within the L3 cache of most CPUs and below glibc's
-32 MiB mmap threshold, and few enough bands that the per-operator thread synchronisation stays negligible."""
+DEFAULT_BAND_ELEMENTS = 1 << 20
+"""Values of one band's widest temporary (4 MiB in float32): stays in cache, far below glibc's mmap threshold."""
 
 
 def _activation_kind(act: nn.Module) -> str | None:

@@ -9,10 +9,15 @@ for one 512x512 image). The operators release the GIL, so the workers run in par
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +30,6 @@ class _BandPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._tasks: queue.SimpleQueue[tuple[Callable[[], None], _Batch] | None] = queue.SimpleQueue()
-        threads_before = torch.get_num_threads()
         ready = threading.Barrier(workers + 1)
         self._threads = [
             threading.Thread(target=self._work, args=(ready,), name=f"convunext-band-{i}", daemon=True)
@@ -34,10 +38,9 @@ class _BandPool:
         for thread in self._threads:
             thread.start()
         ready.wait()
-        torch.set_num_threads(threads_before)  # the workers' set_num_threads(1) also set the process default
 
     def _work(self, ready: threading.Barrier) -> None:
-        torch.set_num_threads(1)  # this thread's OpenMP and MKL thread counts
+        _single_threaded_here()
         ready.wait()
         while True:
             item = self._tasks.get()
@@ -78,6 +81,37 @@ class _Batch:
         self.grad_enabled = torch.is_grad_enabled()
 
 
+def _thread_local_setters() -> list[Callable[[int], Any]] | None:
+    """``omp_set_num_threads`` of PyTorch's OpenMP runtime and MKL's ``mkl_set_num_threads_local``: both change the
+    *calling thread's* thread count only (``torch.set_num_threads`` would also change process-wide defaults,
+    e.g. disable MKL's dynamic threading). ``None`` when they cannot be found (then the pool is not used)."""
+    library_dir = Path(torch.__file__).resolve().parent / "lib"
+    setters: list[Callable[[int], Any]] = []
+    try:
+        gomp = [p for p in library_dir.glob("libgomp*.so*")] or [Path(ctypes.util.find_library("gomp") or "")]
+        setters.append(ctypes.CDLL(str(gomp[0])).omp_set_num_threads)
+    except (OSError, AttributeError):
+        return None
+    try:
+        # the Fortran-convention alias (trailing underscore) takes its argument by reference
+        mkl_local = ctypes.CDLL(str(library_dir / "libtorch_cpu.so")).mkl_set_num_threads_local_
+        setters.append(lambda n: mkl_local(ctypes.byref(ctypes.c_int(n))))
+    except (OSError, AttributeError):
+        if torch.backends.mkl.is_available():
+            return None
+    return setters
+
+
+_SETTERS = _thread_local_setters() if sys.platform.startswith("linux") else None
+
+
+def _single_threaded_here() -> None:
+    """Make PyTorch's operators run on one thread when called from the current thread (and only there)."""
+    torch.get_num_threads()  # PyTorch's lazy per-thread initialisation first, so it does not undo what follows
+    for setter in _SETTERS or ():
+        setter(1)
+
+
 _POOL: _BandPool | None = None
 _POOL_LOCK = threading.Lock()
 PARALLELISM_ENV = "CONVUNEXT_FUSED_PARALLELISM"
@@ -87,9 +121,10 @@ every operator parallelised by PyTorch's OpenMP threads)."""
 
 
 def parallelism() -> str:
-    """The current strategy (``"pool"`` or ``"openmp"``), from :data:`PARALLELISM_ENV`."""
+    """The current strategy (``"pool"`` or ``"openmp"``), from :data:`PARALLELISM_ENV`; ``"openmp"`` where the
+    per-thread settings the pool needs are unavailable (not Linux, or an unusual PyTorch build)."""
     mode = os.environ.get(PARALLELISM_ENV, "pool").strip().lower()
-    return mode if mode in ("pool", "openmp") else "pool"
+    return mode if mode in ("pool", "openmp") and _SETTERS is not None else "openmp"
 
 
 def run_tasks(tasks: list[Callable[[], None]]) -> None:
@@ -97,7 +132,7 @@ def run_tasks(tasks: list[Callable[[], None]]) -> None:
     under the caller's grad / inference mode). Re-raises the first error."""
     global _POOL
     workers = torch.get_num_threads()
-    inline = workers <= 1 or len(tasks) <= 1 or parallelism() == "openmp"
+    inline = workers <= 1 or len(tasks) <= 1 or parallelism() == "openmp" or _SETTERS is None
     if inline or threading.current_thread().name.startswith("convunext-band-"):
         for task in tasks:
             task()
