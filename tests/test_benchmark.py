@@ -13,8 +13,6 @@ from convunext.benchmarking import AuthorsConvUNeXt, authors_from_convunext, mai
 from convunext.benchmarking.core import Config, measure_in_subprocess, parse_args
 from convunext.cli.main import build_parser
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_convunext_parity.pt"
-
 
 @pytest.fixture(autouse=True)
 def keep_threads():
@@ -78,11 +76,8 @@ def test_benchmark_is_a_cli_command() -> None:
     assert args.quick and args.no_train and callable(args.func)
 
 
-def test_authors_model_reproduces_the_reference_fixture() -> None:
-    if not FIXTURE.exists():
-        pytest.skip(f"parity fixture missing: {FIXTURE}")
-    reference = torch.load(FIXTURE, weights_only=True)
-    model = AuthorsConvUNeXt()
+def test_authors_model_reproduces_the_reference_fixture(reference: dict) -> None:
+    model = AuthorsConvUNeXt(base_c=reference["config"]["base_c"])
     model.load_state_dict(reference["state_dict"], strict=True)  # the reference code's own key names
     model.eval()
     with torch.no_grad():

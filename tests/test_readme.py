@@ -8,10 +8,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("pip install")]
+    script = (ROOT / ".ci" / "run").read_text()
+    ci_lines = [line for line in script.splitlines() if line.startswith("readme_test_command=")]
     assert len(ci_lines) == 1
+    command = ci_lines[0].removeprefix("readme_test_command=").strip("'")
     readme = (ROOT / "README.md").read_text()
-    assert f"```bash\n{ci_lines[0]}\n```" in readme
+    assert f"```bash\n{command}\n```" in readme
+    # run here and again from a fresh clone without ../shared
+    assert script.count('bash -c "$readme_test_command"') == 2 and "CONVUNEXT_SHARED_OPTIONAL=1" in script
 
 
 def test_readme_starts_with_the_main_job() -> None:
