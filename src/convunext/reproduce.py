@@ -26,6 +26,10 @@ Budgets (:data:`BUDGETS`) change only the length and size of training, the same 
   3.0 s, UNet 1.6 s, Attention UNet 1.75 s, UNet++ 6.2 s, ResUNet 2.7 s, and one 565x584 DRIVE image evaluates in
   1.2-5.2 s: DRIVE for all five models, one seed, projects to about 51 minutes (``--estimate`` re-measures).
 * ``smoke`` — width-8 models, one epoch on tiny crops (synthetic: 10 images of 64x64): a test of the plumbing.
+
+Several processes may share one report folder (one per GPU, each with its own ``--models``): each run folder is
+locked (:class:`~convunext.utils.lock.RunLock`) while it is trained or tested, so two processes never work on the
+same run, and the report files are written under the report folder's lock, one process at a time.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import torch
 from . import __version__
 from .errors import ConvUNeXtError
 from .utils.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from .utils.lock import RunLock
 from .utils.table import markdown_table
 
 __all__ = [
@@ -82,6 +87,8 @@ FOV_METRICS = (
     ("fov_auc", "AUC"),
 )
 TEST_METRICS = ("dice_fg_mean", "miou_cm", "pixel_accuracy", "iou_fg_cm", *(key for key, _ in FOV_METRICS))
+REPORT_LOCK_WAIT_S = 120.0  # writing the report files takes seconds; another process may be writing them
+RUN_IN_USE = "another `convunext reproduce` (or `convunext train`) is working on this run; give it other --models"
 # config fields that do not change what is trained (where it is written, how it is shown)
 _NOT_RECIPE = {
     "data": ("root", "num_workers"),
@@ -294,22 +301,31 @@ def train_run(spec: RunSpec) -> None:
         return
     spec.check_recipe()
     resume = (spec.run_dir / "last_state.pt").is_file()
-    Trainer(spec.config, run_dir=spec.run_dir, resume=resume).fit()
+    # not resumable = killed before its first epoch ended: whatever it left is replaced
+    Trainer(spec.config, run_dir=spec.run_dir, resume=resume, overwrite=not resume).fit()
 
 
 def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
     """Evaluate the run's best (validation-selected) checkpoint on the test split; return the test metrics.
 
     Writes ``test/metrics.json``, ``per_image.csv`` and ``metrics.md`` (as ``convunext evaluate``), with the
-    SHA-256 of the evaluated weights so that a later invocation knows the report is current.
+    SHA-256 of the evaluated weights so that a later invocation knows the report is current. The run folder is
+    locked meanwhile.
     """
+    if spec.status() == "done":
+        return json.loads((spec.test_dir / "metrics.json").read_text())["metrics"]
+    with RunLock(spec.run_dir, hint=RUN_IN_USE):
+        return _evaluate_best(spec, device)
+
+
+def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
+    """:func:`evaluate_run`'s work, in the locked run folder."""
     from .data import open_dataset
     from .evaluation.evaluate import evaluate_checkpoint, write_report
     from .training.checkpoint import load_checkpoint
-    from .training.trainer import resolve_device
+    from .training.trainer import remove_temp_files, resolve_device
 
-    if spec.status() == "done":
-        return json.loads((spec.test_dir / "metrics.json").read_text())["metrics"]
+    remove_temp_files(spec.test_dir)
     checkpoint = load_checkpoint(spec.run_dir / "best.json")
     data = spec.config.data
     dataset = open_dataset(data.name, data.root, "test", **data.options)
@@ -609,6 +625,7 @@ def reproduce(
 
     from .data import default_data_root
     from .models import list_models
+    from .training.trainer import TEMP_FILES
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConvUNeXtError(
@@ -632,22 +649,24 @@ def reproduce(
     for spec in specs:  # before training anything: a report never mixes budgets
         spec.check_recipe()
     report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        report_dir / "reproduce.json",
-        {
-            "budget": chosen.name,
-            "budget_description": chosen.description,
-            "datasets": list(datasets),
-            "models": models,
-            "seeds": seeds,
-            "data_root": str(root),
-            "overrides": list(overrides),
-            "command": command,
-            "convunext": __version__,
-            "torch": torch.__version__,
-        },
-    )
+    with _report_lock(report_dir):
+        for stale in report_dir.glob(TEMP_FILES):  # the run folders below clean their own, under their locks
+            stale.unlink(missing_ok=True)
+        atomic_write_json(
+            report_dir / "reproduce.json",
+            {
+                "budget": chosen.name,
+                "budget_description": chosen.description,
+                "datasets": list(datasets),
+                "models": models,
+                "seeds": seeds,
+                "data_root": str(root),
+                "overrides": list(overrides),
+                "command": command,
+                "convunext": __version__,
+                "torch": torch.__version__,
+            },
+        )
     rows, trained, skipped = [], 0, 0
     for index, spec in enumerate(specs, 1):
         status = spec.status()
@@ -676,8 +695,14 @@ def reproduce(
         "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "device": _device_text(device),
     }
-    write_results(report_dir, rows, chosen, context, specs)
+    with _report_lock(report_dir):
+        write_results(report_dir, rows, chosen, context, specs)
     return ReproduceResult(report_dir, rows, trained, skipped, time.perf_counter() - start)
+
+
+def _report_lock(report_dir: Path) -> RunLock:
+    """The report folder's lock: processes sharing the folder write its files one at a time (waiting their turn)."""
+    return RunLock(report_dir, timeout=REPORT_LOCK_WAIT_S, hint="another `convunext reproduce` is writing its report")
 
 
 def _device_text(device: str) -> str:

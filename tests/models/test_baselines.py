@@ -10,7 +10,7 @@ import torch
 
 from convunext import create_model, list_models
 from convunext.models import AttentionUNet, ResUNet, UNet, UNetPlusPlus
-from convunext.models.blocks import AdditiveAttentionGate, UNetEncoder
+from convunext.models.unet_blocks import AdditiveAttentionGate, UNetEncoder
 from convunext.utils.flops import count_parameters
 
 CONVUNEXT_PARAMS = 3_505_730

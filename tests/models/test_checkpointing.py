@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from convunext import create_model
-from convunext.models.blocks import ConvNeXtBlock, DoubleConv, PreActResidualUnit
+from convunext.models.blocks import ConvNeXtBlock
 from convunext.models.checkpointing import CHECKPOINTED_BLOCKS, enable_activation_checkpointing
+from convunext.models.unet_blocks import DoubleConv, PreActResidualUnit
 
 
 @pytest.fixture(autouse=True, scope="module")

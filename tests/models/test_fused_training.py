@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from convunext import create_model
-from convunext.models import fused as fused_module
 from convunext.models.checkpointing import enable_activation_checkpointing
 from convunext.models.fused import enable_fused_training
 
@@ -37,15 +36,11 @@ def _step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> floa
         ({"attention_gate": False}, False, None),
     ],
 )
-def test_fused_training_matches_plain(
-    kwargs: dict, checkpointing: bool, band_elements: int | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if band_elements:
-        monkeypatch.setattr(fused_module, "DEFAULT_BAND_ELEMENTS", band_elements)
+def test_fused_training_matches_plain(kwargs: dict, checkpointing: bool, band_elements: int | None) -> None:
     torch.manual_seed(0)
     plain = create_model("convunext", width=8, **kwargs).train().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
-    assert enable_fused_training(fused) == 11 + 4
+    assert enable_fused_training(fused, band_elements=band_elements) == 11 + 4
     if checkpointing:
         enable_activation_checkpointing(fused)
     x = torch.randn(2, 3, 67, 64).contiguous(memory_format=torch.channels_last)  # odd height: padded decoder
@@ -71,17 +66,16 @@ def test_fused_kernels_fall_back_on_nchw_inputs_and_switch_off() -> None:
         fused_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
         assert torch.allclose(fused_cl, expected, atol=1e-5)
     assert enable_fused_training(model, enabled=False) == 15
-    assert not any(getattr(m, "fused_mlp", False) or getattr(m, "fused_gate", False) for m in model.modules())
+    assert not any(getattr(m, "fused_training", False) for m in model.modules())
 
 
 @pytest.mark.parametrize("mode", ["pool", "openmp"])
 def test_fused_training_with_two_threads(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVUNEXT_FUSED_PARALLELISM", mode)
-    monkeypatch.setattr(fused_module, "DEFAULT_BAND_ELEMENTS", 5000)
     torch.manual_seed(0)
     plain = create_model("convunext", width=8).train().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
-    enable_fused_training(fused)
+    enable_fused_training(fused, band_elements=5000)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 2, (2, 64, 64))
     expected = _step(plain, x, target)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.convunext import ConvUNeXt, _rename_reference_key
+from ..models.convunext import ConvUNeXt, rename_reference_key
 
 __all__ = ["AuthorsConvUNeXt", "authors_from_convunext"]
 
@@ -137,7 +137,7 @@ def authors_from_convunext(model: ConvUNeXt) -> AuthorsConvUNeXt:
     source = model.state_dict()
     state = {}
     for key, target in authors.state_dict().items():
-        tensor = source[_rename_reference_key(key)]
+        tensor = source[rename_reference_key(key)]
         state[key] = tensor.reshape(target.shape).clone()
     authors.load_state_dict(state, strict=True)
     return authors.train(model.training)

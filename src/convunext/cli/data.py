@@ -2,7 +2,8 @@
 
 * ``convunext data prepare NAME SOURCE OUT`` — convert a DRIVE / GlaS / HRF download (folder or .zip), or a
   folder dataset, into the folder layout with ``dataset.json``.
-* ``convunext data info NAME [ROOT]`` — counts per split, classes, mean/std; ``--validate`` decodes every file.
+* ``convunext data info NAME [ROOT]`` — counts per split, classes, mean/std; ``--validate`` decodes every file
+  and exits 2 when any split is unavailable or holds a bad file (one line per split, then one error line).
 """
 
 from __future__ import annotations
@@ -42,20 +43,31 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"dataset: {info.name}")
     print(f"  classes: {', '.join(info.class_names)}; input channels: {info.in_channels}; FOV: {info.has_fov}")
     print(f"  mean {_format_stats(info.mean)}, std {_format_stats(info.std)}")
-    errors = []
+    unavailable: list[ConvUNeXtError] = []
+    problems = []
     for split in SPLITS:
         try:
             dataset = open_dataset(name, args.root, split)
         except ConvUNeXtError as error:
-            errors.append(error)
+            unavailable.append(error)
+            problems.append(f"{split!r} (unavailable)")
             print(f"  {split}: unavailable ({error})")
             continue
         if args.validate:
-            for index in range(len(dataset)):
-                dataset[index]
+            try:
+                for index in range(len(dataset)):
+                    dataset[index]
+            except ConvUNeXtError as error:
+                problems.append(f"{split!r} (bad file)")
+                print(f"  {split}: invalid ({error})")
+                continue
         print(f"  {split}: {len(dataset)} images" + (" (all decoded)" if args.validate else ""))
-    if len(errors) == len(SPLITS):
-        raise errors[0]
+    if len(unavailable) == len(SPLITS):
+        raise unavailable[0]
+    if args.validate and problems:
+        where = args.root if args.root is not None else f"dataset {name!r}"
+        plural = "s" if len(problems) > 1 else ""
+        raise ConvUNeXtError(f"{where}: validation failed for split{plural} {', '.join(problems)} (details above)")
     return 0
 
 
@@ -67,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="convert a DRIVE/GlaS/HRF download (folder or .zip) into the folder layout",
         description="Convert a dataset download into images/, masks/, fov/, splits.json and dataset.json "
-        "(lossless PNG; masks 0/255 or class ids). Nothing is written outside OUT.",
+        "(lossless PNG; masks 0/255 or class ids). The output is built in OUT.partial-<pid> next to OUT and renamed "
+        "to OUT once complete; nothing else is written.",
     )
     prepare.add_argument("name", choices=PREPARABLE, metavar="NAME", help=f"one of {', '.join(PREPARABLE)}")
     prepare.add_argument("source", help="the downloaded folder or .zip")
@@ -78,7 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = commands.add_parser("info", help="counts per split, classes and mean/std of a dataset")
     info.add_argument("name", choices=DATASETS, metavar="NAME", help=f"one of {', '.join(DATASETS)}")
     info.add_argument("root", nargs="?", default=None, help="the dataset folder (default: the data root)")
-    info.add_argument("--validate", action="store_true", help="decode every image, mask and FOV")
+    info.add_argument(
+        "--validate",
+        action="store_true",
+        help="decode every image, mask and FOV; exit 2 if any split is unavailable or has a bad file",
+    )
     info.set_defaults(func=run_info)
 
     def no_action(args: argparse.Namespace) -> int:

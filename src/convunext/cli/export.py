@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", help="run folder (uses best, else last), CHECKPOINT.json or .safetensors")
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx or torchscript")
-    parser.add_argument("--out", required=True, help="output file, e.g. model.onnx or model.pt")
+    parser.add_argument(
+        "--out", required=True, help="output file, e.g. model.onnx or model.pt (missing parent folders are created)"
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--no-verify", action="store_true", help="skip the check against the eager model")
     parser.set_defaults(func=run)

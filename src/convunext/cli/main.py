@@ -2,8 +2,9 @@
 
 Each sub-command lives in its own module of this package and exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` (called with the parsed arguments, returns the exit code). User errors
-(:class:`~convunext.errors.ConvUNeXtError`, ``ValueError`` from argument checks, missing files) are printed as
-one line on stderr with exit code 2, never as a traceback.
+(:class:`~convunext.errors.ConvUNeXtError`, ``ValueError`` from argument checks, missing files) and problems of
+the machine (disk full, quota, file size limit, read-only file system, no permission) are printed as one line on
+stderr with exit code 2, never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConvUNeXtError
+from ..utils.io import ENVIRONMENT_ERRNOS
 
 SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "export", "benchmark", "reproduce")
 
@@ -55,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConvUNeXtError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         print(f"convunext {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"convunext {args.command}: error: {where}{ENVIRONMENT_ERRNOS[error.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convunext {args.command}: interrupted", file=sys.stderr)

@@ -5,6 +5,9 @@ Distributed data parallel: ``convunext train --devices N ...`` re-launches the s
 elastic launcher (``python -m torch.distributed.run --standalone --nproc_per_node N -m convunext train ...``);
 ``torchrun --nproc_per_node N -m convunext train ...`` (or a multi-node ``--rdzv-endpoint`` launch) works directly.
 ``optim.batch_size`` is per process: the global batch is ``batch_size x N``.
+
+A new run never replaces a folder that already holds one: reusing a ``train.run_name`` is refused (continue the old
+run with ``--resume RUN_DIR``, or delete it and start again with ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 from ..errors import ConvUNeXtError
 from ..training.config import ExperimentConfig, list_presets
-from ..training.trainer import TrainResult
+from ..training.distributed import DistributedContext
+from ..training.trainer import TrainResult, check_new_run_dir, claim_run_dir, default_run_name
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -99,6 +103,8 @@ def forwarded_arguments(args: argparse.Namespace) -> list[str]:
         argv += ["--seeds", *map(str, args.seeds)]
     if args.sync_batchnorm:
         argv.append("--sync-batchnorm")
+    if args.overwrite:
+        argv.append("--overwrite")
     return argv
 
 
@@ -136,6 +142,8 @@ def _launch(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
+    if args.resume and args.overwrite:
+        raise ValueError("--overwrite starts the run again and --resume continues it; give one of them")
     if args.devices is not None:
         if args.devices < 1:
             raise ValueError(f"--devices {args.devices}: expected a positive number of processes")
@@ -147,24 +155,42 @@ def run(args: argparse.Namespace) -> int:
     dist = context_from_environment(config.train.device, sync_batchnorm=args.sync_batchnorm)
     seeds = args.seeds or [config.train.seed]
     results = []
-    for seed in seeds:
-        config.train.seed = seed
-        run_dir = Path(args.resume) if args.resume else None
-        if len(seeds) > 1:
-            base = (
-                Path(args.resume)
-                if args.resume
-                else Path(config.train.output_dir)
-                / (config.train.run_name or f"{config.model.name}-{config.data.name}")
-            )
-            run_dir = base / f"seed{seed}"
-        resume = bool(args.resume) and (run_dir / "last_state.pt").is_file()  # type: ignore[operator]
-        trainer = Trainer(config, run_dir=run_dir, resume=resume, dist=dist)
-        results.append(trainer.fit())
-    dist.close()
+    try:
+        run_dirs = _seed_run_dirs(args, config, seeds, dist)
+        # --resume restarts a seed that never finished an epoch (no state to continue): its files are replaced
+        overwrite = args.overwrite or bool(args.resume)
+        resumes = [
+            bool(args.resume) and run_dir is not None and (run_dir / "last_state.pt").is_file() for run_dir in run_dirs
+        ]
+        for run_dir, resume in zip(run_dirs, resumes):
+            if run_dir is not None and not (resume or overwrite):
+                check_new_run_dir(run_dir)  # every seed's folder, before the first seed trains
+        for seed, run_dir, resume in zip(seeds, run_dirs, resumes):
+            config.train.seed = seed
+            trainer = Trainer(config, run_dir=run_dir, resume=resume, dist=dist, overwrite=overwrite)
+            results.append(trainer.fit())
+    finally:  # every rank leaves the process group, also when all of them refuse the run with the same error
+        dist.close()
     if dist.is_main:
         print(_summary(results, seeds, config))
     return 0
+
+
+def _seed_run_dirs(
+    args: argparse.Namespace, config: ExperimentConfig, seeds: list[int], dist: DistributedContext
+) -> list[Path | None]:
+    """The run folder of each seed: ``--resume``'s or the trainer's choice (None) for one seed; with several,
+    ``BASE/seed<S>`` under ``--resume``, ``train.output_dir/train.run_name`` or a new automatically named BASE."""
+    if len(seeds) == 1:
+        return [Path(args.resume) if args.resume else None]
+    if args.resume:
+        base = Path(args.resume)
+    elif config.train.run_name:
+        base = Path(config.train.output_dir) / config.train.run_name
+    else:  # rank 0 claims a fresh folder, the other ranks use it
+        claimed = claim_run_dir(config.train.output_dir, default_run_name(config)) if dist.is_main else None
+        base = dist.broadcast_object(claimed)
+    return [base / f"seed{seed}" for seed in seeds]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -186,6 +212,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint (with its config.yaml)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what the run folder holds (a finished or stopped run of the same train.run_name) and start "
+        "again; without it such a folder is refused",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="train once per seed and report mean ± std")
     parser.add_argument(

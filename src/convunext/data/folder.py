@@ -11,6 +11,12 @@ Splits. With ``splits.json``: the lists it holds; ``trainval`` = ``train`` + ``v
 no ``val``, every fifth of its ``train`` stems (sorted) is carved out as ``val``. A split it does not have (and
 cannot derive) is an error. Without ``splits.json``: over the sorted stems, every fifth (positions 4, 9, ...) is
 ``test``; of the rest, every fifth is ``val``; the others are ``train``.
+
+Interrupted ``data prepare``. The layout alone cannot tell a hand-made folder (which may lack ``splits.json`` and
+``dataset.json``) from one that ``convunext data prepare`` was killed while writing. So prepare writes the marker
+file :data:`INCOMPLETE_MARKER` first, into a temporary sibling of its output folder, and removes it only after
+``dataset.json`` (its completion record) is written, just before renaming the folder into place. Every reader
+here refuses a folder holding the marker; a folder without it is read as the user's own.
 """
 
 from __future__ import annotations
@@ -24,6 +30,20 @@ from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split
 from .io import image_channels, list_images
 
 EVERY = 5
+INCOMPLETE_MARKER = ".convunext-prepare-incomplete"
+
+
+def check_complete(root: Path) -> None:
+    """Refuse a folder that ``convunext data prepare`` began but did not finish (see module docstring).
+
+    Raises:
+        ConvUNeXtError: ``root`` holds :data:`INCOMPLETE_MARKER`; the message names the folder.
+    """
+    if (Path(root) / INCOMPLETE_MARKER).exists():
+        raise ConvUNeXtError(
+            f"{root}: looks like an interrupted `convunext data prepare` (it holds {INCOMPLETE_MARKER} and no "
+            "completed dataset.json); delete this folder and re-run convunext data prepare"
+        )
 
 
 def _every_fifth(stems: list[str]) -> tuple[list[str], list[str]]:
@@ -98,6 +118,7 @@ class FolderDataset(FileDataset):
         images_dir, masks_dir, fov_dir = root / "images", root / "masks", root / "fov"
         if not root.is_dir():
             raise ConvUNeXtError(f"{root}: folder not found")
+        check_complete(root)
         if not images_dir.is_dir():
             raise ConvUNeXtError(f"{root}: no images/ folder (a folder dataset needs images/ and masks/)")
         image_files = list_images(images_dir)
@@ -135,7 +156,8 @@ class FolderDataset(FileDataset):
 
 
 def load_dataset_json(root: Path) -> dict[str, Any]:
-    """``root/dataset.json`` as a dict (empty when absent)."""
+    """``root/dataset.json`` as a dict (empty when absent); refuses an interrupted prepare's folder."""
+    check_complete(root)
     path = Path(root) / "dataset.json"
     if not path.is_file():
         return {}

@@ -7,12 +7,21 @@ Every reader returns numpy arrays; the datasets turn them into tensors. Conventi
   are read by their palette *indices*, so DRIVE's second-observer GIFs, which hold 0/1 with a grey palette,
   read right); a multi-class mask holds class ids ``0 .. K-1`` and may use 255 as "ignore";
 * field of view: ``H x W`` bool, True inside.
+
+Float images (32-bit TIFF, Pillow mode ``F``) must hold finite values in ``[0, 1]``; NaN, infinities and other
+ranges are refused naming the file, since they would train to a NaN loss or read as a saturated image.
+
+Decompression bombs: an image of more than :func:`max_image_pixels` pixels (default
+:data:`DEFAULT_MAX_IMAGE_PIXELS`, the size above which Pillow itself refuses to open a file) is refused from its
+header, before anything is decoded. The environment variable ``CONVUNEXT_MAX_IMAGE_PIXELS`` sets another limit
+(``0`` = no limit); it is read at every read, and Pillow's own limit is set aside while convunext opens a file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import warnings
+import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +32,7 @@ from ..errors import ConvUNeXtError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 IGNORE_INDEX = 255
+_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow's 16- and 32-bit single-channel modes
 
 
 def is_image_file(path: Path) -> bool:
@@ -35,19 +45,69 @@ def list_images(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open ``path`` and decode it fully (so truncated files fail here, not later)."""
+PIXEL_LIMIT_ENV = "CONVUNEXT_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow warns above 89,478,485 pixels and refuses above twice that
+_FLOAT_TOLERANCE = 1e-3  # float pixels this far outside [0, 1] are rounding noise, clipped; further is refused
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def max_image_pixels() -> int | None:
+    """The largest image (in pixels) convunext opens: ``CONVUNEXT_MAX_IMAGE_PIXELS`` when set (``0`` = no limit,
+    returned as None), else :data:`DEFAULT_MAX_IMAGE_PIXELS`."""
+    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConvUNeXtError(f"{PIXEL_LIMIT_ENV}={value!r}: expected a whole number of pixels (0 = no limit)")
+    return limit or None
+
+
+def _open(path: Path, load: bool = True, reduce: int = 1) -> Image.Image:
+    """Open ``path`` under :func:`max_image_pixels` (checked on the header, before decoding).
+
+    Args:
+        load: decode the pixels now (so truncated files fail here, not later).
+        reduce: for JPEGs, ask the decoder for ``1 / reduce`` of the size (:meth:`PIL.Image.Image.draft`).
+    """
     path = Path(path)
     if not path.exists():
         raise ConvUNeXtError(f"{path}: file not found")
+    limit = max_image_pixels()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # Pillow's limit is one process-wide global: lift it only while opening, one file at a time, then restore
+        with _PILLOW_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+                try:
+                    width, height = image.size
+                    if limit is not None and width * height > limit:
+                        raise ConvUNeXtError(
+                            f"{path}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
+                            f"(a guard against decompression bombs); set {PIXEL_LIMIT_ENV} to a larger number of "
+                            "pixels (0 = no limit) to read it"
+                        )
+                    if reduce > 1:
+                        image.draft("RGB", (width // reduce, height // reduce))
+                    if load:
+                        image.load()
+                except BaseException:
+                    image.close()
+                    raise
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
     return image
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open ``path`` and decode it fully (so truncated files fail here, not later)."""
+    return _open(path)
 
 
 def _one_line(error: BaseException) -> str:
@@ -57,27 +117,31 @@ def _one_line(error: BaseException) -> str:
 
 def image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` of an image file, read from its header only (cheap)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConvUNeXtError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
+    with _open(path, load=False) as image:
+        width, height = image.size
     return height, width
 
 
 def image_channels(path: Path) -> int:
     """Number of channels :func:`read_image` returns for this file (1 for grey, 3 for colour), from the header."""
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
-    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
+    with _open(path, load=False) as image:
+        mode = image.mode
+    return 1 if mode in ("1", "L", "LA", "F") + _INTEGER_MODES else 3
+
+
+def _float_pixels(image: Image.Image, path: Path) -> np.ndarray:
+    """The values of a float (mode ``F``) image, refused unless finite and in ``[0, 1]`` (up to rounding)."""
+    array = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(array).all():
+        row, col = np.argwhere(~np.isfinite(array))[0]
+        raise ConvUNeXtError(
+            f"{path}: NaN or infinite pixel values ({array[row, col]} at row {row}, column {col}); "
+            "float images must hold finite values in [0, 1]"
+        )
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if low < -_FLOAT_TOLERANCE or high > 1 + _FLOAT_TOLERANCE:
+        raise ConvUNeXtError(f"{path}: float pixel values span {low:g}..{high:g}; float images must lie in [0, 1]")
+    return np.clip(array, 0.0, 1.0)
 
 
 def read_image(path: Path, channels: int | None = None, reduce: int = 1) -> np.ndarray:
@@ -91,25 +155,20 @@ def read_image(path: Path, channels: int | None = None, reduce: int = 1) -> np.n
             ``ceil(H / reduce) x ceil(W / reduce)`` pixels, or near that for JPEGs.
     """
     path = Path(path)
-    drafted = False
-    if reduce > 1 and path.suffix.lower() in (".jpg", ".jpeg") and path.exists():
-        try:
-            with Image.open(path) as draft:
-                draft_size = draft.size
-                draft.draft("RGB", (draft.size[0] // reduce, draft.size[1] // reduce))
-                draft.load()
-                image = draft.copy()
-            drafted = image.size != draft_size
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
-    else:
-        image = open_image(path)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    draft = reduce > 1 and path.suffix.lower() in (".jpg", ".jpeg")
+    image = _open(path, reduce=reduce if draft else 1)
+    drafted = draft and image.size != image_size(path)[::-1]
+    if image.mode in _INTEGER_MODES:
         array = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        low, high = float(array.min(initial=0)), float(array.max(initial=0))
+        if low < 0 or high > 65535:
+            raise ConvUNeXtError(
+                f"{path}: pixel values span {low:g}..{high:g}; expected 8- or 16-bit values (0..65535)"
+            )
+        scale = 65535.0 if high > 255 or image.mode.startswith("I;16") else 255.0
         array = (array / scale)[..., None]
     elif image.mode == "F":
-        array = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)[..., None]
+        array = _float_pixels(image, path)[..., None]
     else:
         if image.mode in ("1", "L", "LA"):
             image = image.convert("L")
@@ -135,7 +194,7 @@ def _raw_values(path: Path) -> np.ndarray:
     image = open_image(path)
     if image.mode == "1":
         return np.asarray(image.convert("L"), dtype=np.int64)
-    if image.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+    if image.mode in ("P", "L") + _INTEGER_MODES:
         return np.asarray(image, dtype=np.int64)
     if image.mode in ("LA", "PA"):
         return np.asarray(image, dtype=np.int64)[..., 0]
@@ -202,14 +261,14 @@ def read_fov(path: Path) -> np.ndarray:
     values above half the maximum possible level count as inside."""
     path = Path(path)
     image = open_image(path)
-    if image.mode in ("RGB", "RGBA", "RGBX"):
-        array = np.asarray(image.convert("L"), dtype=np.int64)
-    elif image.mode in ("LA", "PA"):
+    if image.mode in ("LA", "PA"):
         array = np.asarray(image, dtype=np.int64)[..., 0]
-    elif image.mode == "1":
-        array = np.asarray(image.convert("L"), dtype=np.int64)
-    else:
+    elif image.mode == "F":
+        array = np.round(_float_pixels(image, path)).astype(np.int64)
+    elif image.mode in ("P", "L") + _INTEGER_MODES:
         array = np.asarray(image, dtype=np.int64)
+    else:  # "1" and the colour modes
+        array = np.asarray(image.convert("L"), dtype=np.int64)
     maximum = int(array.max(initial=0))
     if maximum <= 1:
         return array > 0

@@ -2,14 +2,20 @@
 into the generic folder layout (:mod:`convunext.data.folder`) with lossless PNGs, ``splits.json`` and a
 ``dataset.json`` (name, class names, counts per split, mean/std of the training images, sha256 of every file).
 
-Nothing is written outside the output folder: a zip is extracted into a temporary ``.source`` folder inside it
-(and removed afterwards), after checking that no member would land outside it. On any error the output folder is
-removed again (when this call created it).
+The output appears all at once, complete: everything is written into a temporary sibling ``OUT.partial-<pid>``
+that holds the marker file :data:`~convunext.data.folder.INCOMPLETE_MARKER` until ``dataset.json`` is written; the
+marker is then removed and the folder renamed to ``OUT`` (an empty ``OUT`` given by the user is replaced). On an
+error or Ctrl-C the temporary folder is removed; after a kill it stays behind, and every reader refuses it as an
+interrupted prepare (a hand-made folder cannot be told apart otherwise; see :mod:`convunext.data.folder`).
+
+Nothing is written outside those two folders: a zip is extracted into a temporary ``.source`` folder inside the
+temporary one (and removed afterwards), after checking that no member would land outside it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import zipfile
@@ -21,12 +27,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ConvUNeXtError
-from .base import FileDataset
+from .base import DatasetInfo, FileDataset, Record
 from .drive import DriveDataset, locate_drive
-from .folder import FolderDataset, folder_info_without_stats, load_dataset_json
+from .folder import INCOMPLETE_MARKER, FolderDataset, folder_info_without_stats, load_dataset_json
 from .glas import GlasDataset, locate_glas
 from .hrf import HrfDataset, locate_hrf
-from .io import image_size, open_image, sha256_file
+from .io import image_channels, image_size, list_images, open_image, read_image, sha256_file
 from .stats import compute_mean_std
 
 PREPARABLE = ("drive", "glas", "hrf", "folder")
@@ -88,9 +94,11 @@ def safe_extract(archive: Path, destination: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ writing
 def _save_image_png(source: Path, target: Path) -> None:
     """Re-encode an image file as PNG without changing its pixels (8/16-bit grey, RGB; alpha and palettes
-    become RGB)."""
+    become RGB); float images (validated by :func:`read_image`) become 16-bit grey, within 1/131070 of the value."""
     image = open_image(source)
-    if image.mode in ("1", "L", "RGB", "I;16"):
+    if image.mode == "F":
+        out = Image.fromarray(np.round(read_image(source)[..., 0] * 65535).astype(np.uint16))
+    elif image.mode in ("1", "L", "RGB", "I;16"):
         out = image
     elif image.mode in ("I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image)
@@ -155,17 +163,41 @@ def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bo
         raise ConvUNeXtError(f"{out}: output folder exists and is not empty")
     if source.is_dir() and out.resolve() == source.resolve():
         raise ConvUNeXtError(f"{out}: the output folder must differ from the source")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    final = out.resolve()  # an OUT that is a symbolic link to an empty folder: that folder is replaced
+    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    if partial.exists():  # a killed run's, whose process id this one has inherited
+        if not (partial / INCOMPLETE_MARKER).is_file():
+            raise ConvUNeXtError(f"{partial}: exists (it is where the output is built); move it away")
+        shutil.rmtree(partial)
     try:
-        return _prepare(key, source, out, progress)
+        partial.mkdir(parents=True)
+    except OSError as error:
+        raise ConvUNeXtError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
+    try:
+        (partial / INCOMPLETE_MARKER).write_text(
+            "convunext data prepare is writing this folder: it is incomplete while this file is here\n",
+            encoding="utf-8",
+        )
+        meta = _prepare(key, source, partial, progress)
+        (partial / INCOMPLETE_MARKER).unlink()
+        _move_into_place(partial, final, out)
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for child in out.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
+    return meta
+
+
+def _move_into_place(partial: Path, final: Path, out: Path) -> None:
+    """Rename the finished ``partial`` folder to ``final`` (replacing an empty folder there); ``out`` is the name
+    the user gave, for the error message."""
+    try:
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        partial.rename(final)
+    except OSError as error:
+        if final.exists():
+            raise ConvUNeXtError(f"{out}: output folder exists and is not empty") from None
+        raise ConvUNeXtError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
 
 
 def _prepare(name: str, source: Path, out: Path, progress: bool) -> dict[str, Any]:
@@ -216,12 +248,12 @@ def _prepare(name: str, source: Path, out: Path, progress: bool) -> dict[str, An
     if extracted is not None:
         shutil.rmtree(extracted)
 
-    train = FolderDataset(out, "trainval", class_names=class_names, check_sizes=False)
+    train = _written_trainval(out, splits["train"] + splits["val"], dataset_name, class_names, has_fov)
     largest = max(image_size(train.records[0].image))
     mean, std = compute_mean_std(train, reduce=4 if largest > 2000 else 1)
     from .. import __version__
 
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != INCOMPLETE_MARKER)
     meta: dict[str, Any] = {
         "name": dataset_name,
         "format_version": FORMAT_VERSION,
@@ -242,6 +274,22 @@ def _prepare(name: str, source: Path, out: Path, progress: bool) -> dict[str, An
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
+
+
+def _written_trainval(out: Path, stems: list[str], name: str, class_names: list[str], has_fov: bool) -> FileDataset:
+    """The ``trainval`` images as written into ``out`` (which the folder readers refuse until it is complete)."""
+    records = [
+        Record(
+            stem,
+            out / "images" / f"{stem}.png",
+            out / "masks" / f"{stem}.png",
+            out / "fov" / f"{stem}.png" if has_fov else None,
+        )
+        for stem in stems
+    ]
+    in_channels = image_channels(list_images(out / "images")[0])
+    info = DatasetInfo(name=name, class_names=class_names, in_channels=in_channels, has_fov=has_fov)
+    return FileDataset(records, info, "trainval", out, check_sizes=False)
 
 
 def verify_prepared(root: str | Path) -> list[str]:

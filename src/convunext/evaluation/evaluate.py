@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ def evaluate_model(
     overlap: float = 0.25,
     tta: bool = False,
     progress: bool = True,
+    auc: Literal["exact", "binned"] = "exact",
 ) -> SegmentationMetrics:
     """Run ``model`` over every sample of ``dataset`` (one image at a time, any size) and accumulate metrics.
 
@@ -61,9 +62,15 @@ def evaluate_model(
         transform: the evaluation transform (normalisation), applied to each sample.
         num_classes: ``K``.
         tile_size: sliding-window tile (``None``: whole images).
+        auc: how the FOV AUC is computed: ``"exact"`` (keeps every FOV pixel's score, 4 bytes each) or
+            ``"binned"`` (fixed memory, error at most the reported ``fov_auc_error_bound``); see
+            :class:`~convunext.evaluation.metrics.FovMetrics`.
+
+    Images with a side under the model's minimum (16 px) are padded for the forward pass and cropped back
+    (:func:`~convunext.inference.sliding_window.predict_probabilities`); the metrics count their own pixels only.
     """
     model.eval()
-    metrics = SegmentationMetrics(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+    metrics = SegmentationMetrics(num_classes=num_classes, ignore_index=IGNORE_INDEX, auc=auc)
     has_fov = bool(getattr(getattr(dataset, "info", None), "has_fov", False))
     for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):  # type: ignore[arg-type]
         sample = transform(dataset[index])
@@ -85,6 +92,7 @@ def evaluate_checkpoint(
     tile_size: int | None = None,
     tta: bool = False,
     progress: bool = True,
+    auc: Literal["exact", "binned"] = "exact",
 ) -> SegmentationMetrics:
     """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes."""
     from ..data import EvalTransform
@@ -98,6 +106,7 @@ def evaluate_checkpoint(
         tile_size=tile_size,
         tta=tta,
         progress=progress,
+        auc=auc,
     )
 
 

@@ -10,10 +10,11 @@ with its 7x7 kernels, 16 for the other registry models).
 
 Two things in the eager models depend on the map size through Python ``if`` statements, which an exported graph
 cannot keep: the zero padding after each bilinear upsampling (only needed for odd sizes) and ConvUNeXt's
-``ReflectConv2d`` falling back to replicate padding on maps of at most 3 pixels. During export both are replaced by
-their general forms (:func:`export_friendly`): the padding is always applied (by an amount computed from the
-shapes, zero for even sizes) and reflect padding is always used, which is what the eager model does for every
-input of at least :func:`min_input_size` pixels per side. The eager model is unchanged.
+``ReflectConv2d`` falling back to replicate padding on maps of at most 3 pixels. During export the model's
+``exportable`` switch makes both take their general forms (:func:`export_friendly`): the padding is always applied
+(by an amount computed from the shapes, zero for even sizes) and reflect padding is always used, which is what the
+eager model does for every input of at least :func:`min_input_size` pixels per side. The switch is per model and
+restored afterwards; nothing global is patched.
 
 ONNX export needs the optional extra ``convunext[onnx]`` (onnx, onnxscript; onnxruntime for verification and
 :class:`~convunext.inference.optimize.OnnxRuntimeModule`). TorchScript export uses ``torch.jit.trace``
@@ -32,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import ConvUNeXtError
-from ..models import blocks
-from ..models.blocks import ReflectConv2d
-from .optimize import MIN_SIZE_KEY
+from ..models.base import switched
+from ..models.layers.padding import ReflectConv2d
+from ..utils.io import atomic_write_files, prepare_output_file
+from .onnx_runtime import MIN_SIZE_KEY, OnnxRuntimeModule, require_onnxruntime
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -66,37 +67,10 @@ def min_input_size(model: nn.Module) -> int:
     return 2**NUM_DOWNSAMPLINGS * (max(pads) + 1 if pads else 1)
 
 
-def _upsample_to_export(x: Tensor, reference: Tensor) -> Tensor:
-    """:func:`~convunext.models.blocks.upsample_to` without the shape-dependent ``if`` (always pads, maybe by 0)."""
-    x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-    dy = reference.shape[-2] - x.shape[-2]
-    dx = reference.shape[-1] - x.shape[-1]
-    return F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-
-
-def _reflect_conv_export(self: ReflectConv2d, x: Tensor) -> Tensor:
-    """:class:`ReflectConv2d` without the shape-dependent fallback (always reflect padding)."""
-    p = self.same_padding
-    if p:
-        x = F.pad(x, (p, p, p, p), mode="reflect")
-    return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-@contextlib.contextmanager
-def export_friendly() -> Iterator[None]:
-    """Within this context the models' size-dependent branches take their general form (see the module docstring).
-
-    It swaps ``convunext.models.blocks.upsample_to`` and ``ReflectConv2d.forward`` for the duration (not
-    thread-safe: do not run eager models in other threads meanwhile).
-    """
-    old_upsample, old_forward = blocks.upsample_to, ReflectConv2d.forward
-    blocks.upsample_to = _upsample_to_export
-    ReflectConv2d.forward = _reflect_conv_export  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        blocks.upsample_to = old_upsample
-        ReflectConv2d.forward = old_forward  # type: ignore[method-assign]
+def export_friendly(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Context manager: within it ``model``'s size-dependent branches take their general form (see the module
+    docstring); the ``exportable`` switch of each layer is restored on exit. Other models are unaffected."""
+    return switched(model, "exportable")
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -139,16 +113,6 @@ def _require_onnx_exporter() -> None:
         )
 
 
-def _require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConvUNeXtError(
-            "ONNX verification and inference need onnxruntime, an optional extra: pip install 'convunext[onnx]'"
-        ) from None
-    return onnxruntime
-
-
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's warnings and log lines (e.g. about torchvision not being installed)."""
@@ -175,7 +139,7 @@ def _onnx_proto(model: nn.Module, opset: int) -> Any:
         2: Dim("height", min=low, max=MAX_SIDE),
         3: Dim("width", min=low, max=MAX_SIDE),
     }
-    with _eval_mode(model), export_friendly(), _quiet_exporter(), torch.no_grad():
+    with _eval_mode(model), export_friendly(model), _quiet_exporter(), torch.no_grad():
         try:
             program = torch.onnx.export(
                 model,
@@ -200,28 +164,30 @@ def export_onnx_bytes(model: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Write ``model`` (in eval mode) to ``path`` as ONNX (opset ``opset``, dynamic N, H, W); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(export_onnx_bytes(model, opset))
+    """Write ``model`` (in eval mode) to ``path`` as ONNX (opset ``opset``, dynamic N, H, W); returns the path.
+
+    ``path`` is checked before exporting and written atomically; missing parent folders are created.
+    """
+    path = prepare_output_file(path)
+    atomic_write_files([(path, export_onnx_bytes(model, opset))])
     return path
 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """Write ``model`` (in eval mode) to ``path`` as a traced TorchScript module (dynamic N, H, W); returns the path.
 
-    Load it with ``torch.jit.load(path)``; it needs PyTorch only, not convunext.
+    Load it with ``torch.jit.load(path)``; it needs PyTorch only, not convunext. ``path`` is checked before
+    exporting and written atomically; missing parent folders are created.
     """
-    path = Path(path)
+    path = prepare_output_file(path)
     low = min_input_size(model)
     example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=_device(model))
-    with _eval_mode(model), export_friendly(), warnings.catch_warnings(), torch.no_grad():
+    with _eval_mode(model), export_friendly(model), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
         traced = torch.jit.trace(model, example, check_trace=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={MIN_SIZE_KEY: str(low)})
-    path.write_bytes(buffer.getvalue())
+    atomic_write_files([(path, buffer.getvalue())])
     return path
 
 
@@ -257,9 +223,7 @@ def verify_export(
     shapes = list(shapes) if shapes else _verification_shapes(_in_channels(model), min_input_size(model))
     generator = torch.Generator().manual_seed(seed)
     if fmt == "onnx":
-        from .optimize import OnnxRuntimeModule
-
-        _require_onnxruntime()
+        require_onnxruntime()
         runner: nn.Module = OnnxRuntimeModule(Path(path))
     elif fmt == "torchscript":
         runner = torch.jit.load(str(path), map_location=_device(model))
@@ -287,15 +251,16 @@ def export_model(
     ``"torchscript"``) and, with ``verify``, check the file against the eager model at two input sizes.
 
     Raises:
-        ConvUNeXtError: unknown format, missing optional dependency, failed export, or a verification difference
-            above ``tolerance`` times the largest logit (at least 1).
+        ConvUNeXtError: unknown format, missing optional dependency, an output path that cannot be written (a
+            folder, under a file, no permission, disk full), failed export, or a verification difference above
+            ``tolerance`` times the largest logit (at least 1).
     """
     if fmt not in EXPORT_FORMATS:
         raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if fmt == "onnx":
         _require_onnx_exporter()
         if verify:
-            _require_onnxruntime()
+            require_onnxruntime()
         path = export_onnx(model, out, opset)
     else:
         path = export_torchscript(model, out)

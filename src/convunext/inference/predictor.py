@@ -4,7 +4,9 @@
 >>> result = predictor.predict(image)   # H x W x C array in [0, 1] or uint8, or a C x H x W tensor
 >>> result.mask.shape, result.probabilities.shape                  # (H, W), (K, H, W)
 
-Large images go through sliding windows (``tile_size``/``overlap``, Gaussian blending) in bounded memory.
+Large images go through sliding windows (``tile_size``/``overlap``, Gaussian blending) in bounded memory; images
+with a side under the model's minimum (16 px; 64 px for an ONNX-exported ConvUNeXt) are padded for the forward
+pass and cropped back (:mod:`convunext.inference.sliding_window`), so every image gets a result of its own size.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class Predictor:
         class_names: names of the output classes (background first).
         backend: ``"eager"`` (the model as is), ``"fast"`` (fused, BN-folded, channels-last copy), ``"compile"``
             (the same through ``torch.compile``; the first image compiles) or ``"onnx"`` (ONNX Runtime; needs
-            ``convunext[onnx]`` and image sides >= 64 px for ConvUNeXt). See
-            :func:`convunext.inference.optimize.make_backend`; every back-end gives the eager logits within 1e-4.
+            ``convunext[onnx]``; the exported ConvUNeXt graph needs 64 px per side, so smaller images and tiles are
+            padded to 64 for it instead of 16). See :func:`convunext.inference.optimize.make_backend`; every
+            back-end gives the eager logits within 1e-4 on the same input.
     """
 
     def __init__(
@@ -146,19 +149,33 @@ def _boundary(region: np.ndarray) -> np.ndarray:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files named directly plus the image files inside named folders (sorted); errors name what is missing."""
-    files: list[Path] = []
+    """Files named directly plus the image files inside named folders (sorted), each file once.
+
+    Raises:
+        ConvUNeXtError: a missing input, a folder without images, or two different files with the same stem
+            (both would be written as ``NAME_mask.png``: the second would overwrite the first's results).
+    """
+    files: dict[Path, Path] = {}  # resolved path -> path as given
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if is_image_file(p))
             if not found:
                 raise ConvUNeXtError(f"{item}: folder holds no images (png, jpg, tif, bmp, gif)")
-            files.extend(found)
         elif item.is_file():
-            files.append(item)
+            found = [item]
         else:
             raise ConvUNeXtError(f"{item}: no such file or folder")
-    return files
+        for path in found:
+            files.setdefault(path.resolve(), path)
+    by_stem: dict[str, Path] = {}
+    for path in files.values():
+        other = by_stem.setdefault(path.stem, path)
+        if other is not path:
+            raise ConvUNeXtError(
+                f"{other} and {path}: same name {path.stem!r}, their outputs would overwrite each other "
+                "(rename one or segment them into different --out folders)"
+            )
+    return list(files.values())
 
 
 def save_prediction(

@@ -1,21 +1,28 @@
 """Class probabilities for whole images, tiled with overlap and Gaussian blending when they are large.
 
-``sliding_window_inference`` cuts each image into tiles of ``tile_size`` (clipped to the image in a
-dimension where the image is smaller: that dimension is then processed whole, no padding), placed on a
-grid whose steps are at most ``tile * (1 - overlap)`` and spread evenly so the last tile ends exactly at the
-image border. Every pixel is covered. Each tile's logits go through a softmax over classes; the tile
-probabilities are averaged with per-pixel weights — a separable Gaussian centred on the tile with standard
-deviation ``sigma_scale * tile`` (nnU-Net's importance map), clamped below at ``1e-4`` of its peak so every
-weight is positive — or constant weights. Accumulators (weighted sum N x K x H x W and one H x W weight
-map shared by all images) live on ``output_device``, so only ``batch_size`` tiles are on the compute device at
-a time and a 3504 x 2336 image needs about ``(K + 1) * 4 * H * W`` bytes of host memory plus the input.
+``sliding_window_inference`` cuts each image into tiles of ``tile_size`` (raised to the model's minimum side where
+the image allows it, and clipped to the image in a dimension where the image is smaller: that dimension is then
+processed whole), placed on a grid whose steps are at most ``tile * (1 - overlap)`` and spread evenly so the last
+tile ends exactly at the image border. Every pixel is covered. Each tile's logits go through a softmax over classes;
+the tile probabilities are averaged with per-pixel weights — a separable Gaussian centred on the tile with standard
+deviation ``sigma_scale * tile`` (nnU-Net's importance map), clamped below at ``1e-4`` of its peak so every weight
+is positive — or constant weights. Accumulators (weighted sum N x K x H x W and one H x W weight map shared by all
+images) live on ``output_device``, so only ``batch_size`` tiles are on the compute device at a time and a 3504 x
+2336 image needs about ``(K + 1) * 4 * H * W`` bytes of host memory plus the input.
 
-Flip test-time augmentation (``tta_flips=True``) averages the softmax probabilities of the tile, the tile
-flipped left-right and the tile flipped top-bottom (each flipped back), before blending: 3 forward passes.
+Small inputs. The registry models halve the resolution four times, so they need every side >= 16 px
+(:data:`MIN_INPUT_SIZE`); an exported ONNX graph may need more (its ``min_size`` attribute, 64 px for ConvUNeXt).
+Every forward pass here — whole image or tile, each TTA flip — pads a smaller input at the bottom and right with 0
+(in normalised space, the dataset's mean colour, as ``pad_collate`` pads training batches) up to that size and crops
+the probabilities back, so images of any size, down to 1 x 1, get a prediction of their own size (deterministic;
+pixels near the padding see it through the model's receptive field).
+
+Flip test-time augmentation (``tta_flips=True``) averages the softmax probabilities of the tile, the tile flipped
+left-right and the tile flipped top-bottom (each flipped back), before blending: 3 forward passes.
 
 The model is switched to eval mode during the call (its previous mode is restored afterwards) and runs under
-``torch.inference_mode``. If it returns a list/tuple (deep supervision) the last element is used; a dict
-uses its ``"out"`` entry.
+``torch.inference_mode``. If it returns a list/tuple (deep supervision) the last element is used; a dict uses its
+``"out"`` entry.
 """
 
 from __future__ import annotations
@@ -27,11 +34,20 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["gaussian_importance_map", "predict_probabilities", "sliding_window_inference", "tile_starts"]
+__all__ = [
+    "MIN_INPUT_SIZE",
+    "gaussian_importance_map",
+    "predict_probabilities",
+    "sliding_window_inference",
+    "tile_starts",
+]
 
 MIN_GAUSSIAN_WEIGHT = 1e-4
+MIN_INPUT_SIZE = 16
+"""Smallest side every registry model accepts (four halvings); smaller inputs are padded up to it."""
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -119,18 +135,33 @@ def _logits(model: nn.Module, batch: Tensor) -> Tensor:
     return output
 
 
-def _probabilities(model: nn.Module, batch: Tensor, tta_flips: bool) -> Tensor:
+def _min_side(model: nn.Module, min_size: int) -> int:
+    """The side inputs are padded up to: ``min_size``, or the model's own ``min_size`` attribute when larger
+    (:class:`~convunext.inference.optimize.OnnxRuntimeModule` carries its exported graph's minimum)."""
+    return max(int(min_size), int(getattr(model, "min_size", 1)))
+
+
+def _softmax(model: nn.Module, batch: Tensor, min_side: int) -> Tensor:
+    """Softmax of the model's logits for ``batch``, padded at the bottom/right with 0 up to ``min_side`` per
+    side for the forward pass and cropped back to the batch's size."""
+    height, width = batch.shape[-2:]
+    pad_h, pad_w = max(0, min_side - height), max(0, min_side - width)
+    if pad_h or pad_w:
+        batch = F.pad(batch, (0, pad_w, 0, pad_h))
+    return torch.softmax(_logits(model, batch)[..., :height, :width].float(), dim=1)
+
+
+def _probabilities(model: nn.Module, batch: Tensor, tta_flips: bool, min_side: int) -> Tensor:
     """Softmax probabilities N x K x h x w for a batch of tiles, optionally flip-TTA averaged.
 
     The forward passes run under ``torch.inference_mode``; the result is cloned out of it so callers get an
     ordinary tensor they may modify in place.
     """
     with torch.inference_mode():
-        probs = torch.softmax(_logits(model, batch).float(), dim=1)
+        probs = _softmax(model, batch, min_side)
         if tta_flips:
             for dim in (-1, -2):
-                flipped = torch.softmax(_logits(model, batch.flip(dim)).float(), dim=1)
-                probs = probs + flipped.flip(dim)
+                probs = probs + _softmax(model, batch.flip(dim), min_side).flip(dim)
             probs = probs / 3.0
     return probs.clone()
 
@@ -162,6 +193,7 @@ def sliding_window_inference(
     device: torch.device | str | None = None,
     output_device: torch.device | str = "cpu",
     progress: bool = False,
+    min_size: int = MIN_INPUT_SIZE,
 ) -> Tensor:
     """Blended softmax probabilities of ``model`` over ``image``, tile by tile.
 
@@ -169,7 +201,8 @@ def sliding_window_inference(
         model: maps N x C x h x w to logits N x K x h x w (any h, w down to the tile size).
         image: N x C x H x W float tensor (C x H x W also accepted; the batch dim is then dropped on return),
             on any device; tiles are copied to ``device`` one batch at a time.
-        tile_size: tile side, or (height, width); clipped to the image where the image is smaller.
+        tile_size: tile side, or (height, width); raised to the minimum side (``min_size``) and then clipped to
+            the image where the image is smaller.
         overlap: minimum fraction of a tile shared with its neighbour, in [0, 1).
         blend: ``"gaussian"`` (centre-weighted, nnU-Net style) or ``"constant"`` (plain average).
         sigma_scale: Gaussian sigma as a fraction of the tile side.
@@ -178,6 +211,8 @@ def sliding_window_inference(
         device: where the model runs; default the device of the model's parameters.
         output_device: where the accumulators and the result live (default CPU: bounded GPU memory).
         progress: show a tqdm bar over tile batches (if tqdm is installed).
+        min_size: smallest side the model accepts (or its ``min_size`` attribute, when larger); smaller
+            tiles are padded up to it (see the module docstring).
 
     Returns:
         N x K x H x W float32 probabilities on ``output_device`` (sum to 1 over K at every pixel).
@@ -189,7 +224,8 @@ def sliding_window_inference(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n, _, height, width = image.shape
     tile_h, tile_w = _pair(tile_size)
-    tile_h, tile_w = min(tile_h, height), min(tile_w, width)
+    min_side = _min_side(model, min_size)
+    tile_h, tile_w = min(max(tile_h, min_side), height), min(max(tile_w, min_side), width)
     run_device = torch.device(device) if device is not None else _model_device(model, image.device)
     out_device = torch.device(output_device)
 
@@ -222,7 +258,7 @@ def sliding_window_inference(
             for start in batches:
                 chunk = tiles[start : start + batch_size]
                 batch = torch.stack([image[b, :, y : y + tile_h, x : x + tile_w] for b, y, x in chunk])
-                probs = _probabilities(model, batch.to(run_device), tta_flips).to(out_device)
+                probs = _probabilities(model, batch.to(run_device), tta_flips, min_side).to(out_device)
                 if accumulator is None:
                     accumulator = torch.zeros(n, probs.shape[1], height, width, device=out_device)
                 for (b, y, x), tile_probs in zip(chunk, probs, strict=True):
@@ -250,12 +286,15 @@ def predict_probabilities(
     device: torch.device | str | None = None,
     output_device: torch.device | str = "cpu",
     progress: bool = False,
+    min_size: int = MIN_INPUT_SIZE,
 ) -> Tensor:
     """Softmax probabilities for whole images: one pass when they fit, sliding windows otherwise.
 
     When ``tile_size`` is None, or the image fits in one tile (H <= tile_h and W <= tile_w), the model sees
     the whole image (``batch_size`` images per pass, optional flip TTA); otherwise this is
-    ``sliding_window_inference`` with the same arguments.
+    ``sliding_window_inference`` with the same arguments. Either way an image or tile with a side below
+    ``min_size`` (or the model's ``min_size`` attribute) is padded for the forward pass and its probabilities
+    cropped back: the result always has the image's size.
 
     Args:
         model: maps N x C x H x W to logits N x K x H x W.
@@ -282,6 +321,7 @@ def predict_probabilities(
                 device=device,
                 output_device=output_device,
                 progress=progress,
+                min_size=min_size,
             )
             return result[0] if squeeze else result
     if batch_size < 1:
@@ -292,6 +332,6 @@ def predict_probabilities(
     with _eval_mode(model):
         for start in range(0, image.shape[0], batch_size):
             batch = image[start : start + batch_size].to(run_device)
-            outputs.append(_probabilities(model, batch, tta_flips).to(out_device))
+            outputs.append(_probabilities(model, batch, tta_flips, _min_side(model, min_size)).to(out_device))
     result = torch.cat(outputs)
     return result[0] if squeeze else result

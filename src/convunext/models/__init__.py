@@ -3,6 +3,7 @@
 Importing this package registers every model; build one with ``create_model(name, **kwargs)``.
 """
 
+from .base import SegmentationModel
 from .convunext import ConvUNeXt, convert_reference_state_dict, load_reference_state_dict
 from .registry import create_model, list_models, model_arguments, register_model
 
@@ -19,6 +20,7 @@ __all__ = [
     "AttentionUNet",
     "ConvUNeXt",
     "ResUNet",
+    "SegmentationModel",
     "UNet",
     "UNetPlusPlus",
     "convert_reference_state_dict",

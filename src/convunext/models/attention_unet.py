@@ -18,9 +18,9 @@ plus 88,732 in the four gates).
 
 from __future__ import annotations
 
-from .blocks import AdditiveAttentionGate
 from .registry import register_model
 from .unet import UNetBase
+from .unet_blocks import AdditiveAttentionGate
 
 __all__ = ["AttentionUNet", "attention_gate"]
 

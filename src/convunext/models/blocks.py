@@ -1,19 +1,32 @@
-"""Building blocks shared by the models of this package.
+"""ConvUNeXt's building blocks, and the helpers every model's constructor uses.
 
-Every module here works on NCHW tensors. The ConvUNeXt pieces (:class:`ConvNeXtBlock`,
-:class:`DownStage`, :class:`GatedUpStage`) expose the ablation knobs of the paper's Section 3 through
-one :class:`BlockOptions` value, so a whole network can be re-configured from its constructor.
+Every module here works on NCHW tensors. :class:`ConvNeXtBlock`, :class:`Stem`, :class:`DownStage` and
+:class:`GatedUpStage` keep the ablation knobs of the paper's Section 3 (one :class:`BlockOptions` value, so a whole
+network is re-configured from its constructor); they compute with the ops of :mod:`convunext.models.layers`, read
+the switches of :class:`~convunext.models.base.SegmentationModel` and build their own fast inference form
+(``fast_form()``, see :mod:`convunext.models.fast`), refusing with a clear error the options it does not support.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConvUNeXtError
+from .fast import FastBlock, FastDownStage, FastStem, FastUpStage
+from .layers.activations import activation_kind
+from .layers.banding import DEFAULT_BAND_ELEMENTS, flat, from_rows, rows_eligible
+from .layers.checkpoint import maybe_checkpoint
+from .layers.folding import bn_affine, fold_after, fold_before, require_bn_affine
+from .layers.gate import GateWeights, banded_gate, fold_gate
+from .layers.mlp import banded_mlp
+from .layers.padding import ReflectConv2d
+from .layers.upsample import upsample_to
 
 ActivationName = Literal["gelu", "relu"]
 NormName = Literal["bn", "ln"]
@@ -53,25 +66,6 @@ def make_activation(kind: str) -> nn.Module:
     return ACTIVATIONS[kind]()
 
 
-class ReflectConv2d(nn.Conv2d):
-    """A "same" convolution with reflect padding (ConvUNeXt's choice) that keeps working on tiny maps.
-
-    Reflect padding by ``p`` needs ``p`` < H and W; on smaller maps (the bottom of the network for inputs under
-    ``16 * (p + 1)`` pixels, where the authors' model raises an error) it falls back to replicate padding.
-    Weights and outputs equal ``nn.Conv2d(..., padding=k // 2, padding_mode="reflect")`` wherever that works.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=0, groups=groups)
-        self.same_padding = kernel_size // 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.same_padding
-        if p:
-            x = F.pad(x, (p, p, p, p), mode="reflect" if min(x.shape[-2:]) > p else "replicate")
-        return super().forward(x)
-
-
 @dataclass(frozen=True)
 class BlockOptions:
     """The per-block ablation knobs of ConvUNeXt (paper Section 3). Defaults are the paper's choices.
@@ -102,19 +96,59 @@ class BlockOptions:
         check_choice("residual", self.residual, RESIDUAL_STYLES)
 
 
+FAST_FORM_OPTIONS: dict[str, tuple[object, ...] | None] = {
+    "kernel_size": None,
+    "depthwise": None,
+    "expansion": None,
+    "act": ("gelu", "relu"),
+    "norm": ("bn",),
+    "residual": ("resnet", "convnext"),
+}
+"""The :class:`BlockOptions` values the fast forms support (``None``: every valid value). A field missing here
+(a new option) makes every fast form refuse the block, so no option is ever silently ignored."""
+
+
+def _options_problem(options: BlockOptions) -> str | None:
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if field.name not in FAST_FORM_OPTIONS:
+            return f"the fast form does not know the option {field.name}={value!r}"
+        allowed = FAST_FORM_OPTIONS[field.name]
+        if allowed is not None and value not in allowed:
+            return f"{field.name}={value!r} has no fast form (it supports {', '.join(map(repr, allowed))})"
+    return None
+
+
+def _modules_problem(acts: tuple[nn.Module, ...], norms: tuple[nn.Module, ...]) -> str | None:
+    for act in acts:
+        if activation_kind(act) is None:
+            return f"the activation {act!r} has no fast form (it supports exact GELU and ReLU)"
+    for norm in norms:
+        if bn_affine(norm) is None:
+            return f"{norm!r} has no fast form (it needs BatchNorm with running statistics)"
+    return None
+
+
+def _refuse(stage: nn.Module) -> None:
+    problem = stage.fast_form_problem()  # type: ignore[operator]
+    if problem is not None:
+        raise ConvUNeXtError(f"{type(stage).__name__}: {problem}")
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvUNeXt's basic unit: large-kernel conv, norm, inverted-bottleneck MLP, norm, residual.
 
     ``x -> dwconv(k x k, reflect padding) -> norm1 -> pwconv1 (dim -> e*dim) -> act -> pwconv2 (e*dim -> dim)``
     ``-> norm2``, then ``act(x + input)`` (ResNet style, the paper's choice) or ``x + input`` (ConvNeXt style).
-    The 1x1 layers are convolutions, so the block stays NCHW end to end. With ``fused_mlp`` (set by
-    :func:`~convunext.models.fused.enable_fused_training`) the MLP runs band by band on channels-last inputs.
+    The 1x1 layers are convolutions, so the block stays NCHW end to end. Switches: ``grad_checkpointing``,
+    ``fused_training`` (the MLP through :func:`~convunext.models.layers.mlp.banded_mlp` on channels-last inputs).
 
     Shape: ``N x dim x H x W -> N x dim x H x W``.
     """
 
     def __init__(self, dim: int, options: BlockOptions = BlockOptions()) -> None:
         super().__init__()
+        self.options = options
         k = options.kernel_size
         hidden = dim * options.expansion
         self.dwconv = ReflectConv2d(dim, dim, k, groups=dim if options.depthwise else 1)
@@ -124,17 +158,50 @@ class ConvNeXtBlock(nn.Module):
         self.pwconv2 = nn.Conv2d(hidden, dim, 1)
         self.norm2 = make_norm(options.norm, dim)
         self.out_act = make_activation(options.act) if options.residual == "resnet" else nn.Identity()
-        self.fused_mlp = False  # see convunext.models.fused.enable_fused_training
+        self.grad_checkpointing = False
+        self.fused_training = False
+        self.band_elements = DEFAULT_BAND_ELEMENTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(self.dwconv(x))
-        if self.fused_mlp:
-            from .fused import pointwise_mlp
+        return maybe_checkpoint(self, self._forward, x)
 
-            y = pointwise_mlp(y, self.pwconv1, self.act, self.pwconv2)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(self.dwconv(x))
+        kind = activation_kind(self.act)
+        if self.fused_training and kind is not None and rows_eligible(self.pwconv1.weight.dtype, y):
+            y = from_rows(banded_mlp(flat(y), *self._mlp_matrices(), kind, band_elements=self.band_elements), y)
         else:
             y = self.pwconv2(self.act(self.pwconv1(y)))
         return self.out_act(self.norm2(y) + x)
+
+    def _mlp_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(w1 dim x hidden, b1, w2 hidden x dim, b2)``: views of the 1x1 convs as the MLP op takes them."""
+        hidden, dim = self.pwconv1.weight.shape[:2]
+        w1, w2 = self.pwconv1.weight.view(hidden, dim).t(), self.pwconv2.weight.view(dim, hidden).t()
+        return w1, self.pwconv1.bias, w2, self.pwconv2.bias
+
+    def fast_form_problem(self) -> str | None:
+        """Why this block has no fast form, or ``None``."""
+        return _options_problem(self.options) or _modules_problem((self.act,), (self.norm1, self.norm2))
+
+    def fast_form(self, band_elements: int = DEFAULT_BAND_ELEMENTS) -> FastBlock:
+        """The eval-only, BN-folded, banded, in-place form of this block (:class:`~convunext.models.fast.FastBlock`).
+
+        Raises:
+            ConvUNeXtError: an option or layer the fast form does not support (:meth:`fast_form_problem`).
+        """
+        _refuse(self)
+        dw_w, dw_b = fold_after(self.dwconv.weight, self.dwconv.bias, self.norm1)
+        w2, b2 = fold_after(self.pwconv2.weight, self.pwconv2.bias, self.norm2)
+        w1, b1 = self._mlp_matrices()[:2]
+        dim, hidden = w1.shape
+        return FastBlock(
+            (dw_w, dw_b, self.dwconv.same_padding, self.dwconv.groups),
+            (w1.detach().clone(), b1.detach().clone(), w2.reshape(dim, hidden).t(), b2),
+            activation_kind(self.act),  # type: ignore[arg-type]
+            self.options.residual == "resnet",
+            band_elements,
+        )
 
 
 def make_blocks(dim: int, depth: int, options: BlockOptions) -> nn.Sequential:
@@ -150,6 +217,7 @@ class Stem(nn.Module):
 
     def __init__(self, in_channels: int, width: int, options: BlockOptions = BlockOptions()) -> None:
         super().__init__()
+        self.options = options
         self.conv = ReflectConv2d(in_channels, width, options.kernel_size)
         self.norm = make_norm(options.norm, width)
         self.act = make_activation(options.act)
@@ -157,6 +225,19 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(self.act(self.norm(self.conv(x))))
+
+    def fast_form_problem(self) -> str | None:
+        """Why this stage has no fast form, or ``None``."""
+        own = _options_problem(self.options) or _modules_problem((self.act,), (self.norm,))
+        return own or self.block.fast_form_problem()
+
+    def fast_form(self, band_elements: int = DEFAULT_BAND_ELEMENTS) -> FastStem:
+        """The fast form (:class:`~convunext.models.fast.FastStem`); raises ``ConvUNeXtError`` like
+        :meth:`ConvNeXtBlock.fast_form`."""
+        _refuse(self)
+        w, b = fold_after(self.conv.weight, self.conv.bias, self.norm)
+        kind = activation_kind(self.act)
+        return FastStem((w, b, self.conv.same_padding), kind, self.block.fast_form(band_elements), band_elements)  # type: ignore[arg-type]
 
 
 class DownStage(nn.Module):
@@ -178,6 +259,7 @@ class DownStage(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("downsample", downsample, DOWNSAMPLES)
+        self.options, self.downsample = options, downsample
         self.norm = make_norm(options.norm, in_channels)
         if downsample == "conv":
             self.reduce: nn.Module = nn.Conv2d(in_channels, out_channels, 2, stride=2)
@@ -188,19 +270,26 @@ class DownStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.reduce(self.norm(x)))
 
+    def fast_form_problem(self) -> str | None:
+        """Why this stage has no fast form, or ``None``."""
+        if self.downsample not in ("conv", "maxpool"):
+            return f"downsample={self.downsample!r} has no fast form (it supports 'conv', 'maxpool')"
+        own = _options_problem(self.options) or _modules_problem((), (self.norm,))
+        return own or next((p for b in self.blocks if (p := b.fast_form_problem()) is not None), None)
 
-def upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Upsample ``x`` by 2 (bilinear, ``align_corners=True``) and zero-pad it to ``reference``'s H, W.
-
-    The zero padding is split evenly, extra pixel at the bottom/right, as in UNet; it handles the odd sizes
-    the encoder produces by flooring at each stride-2 step. Shape: ``N x C x h x w -> N x C x H x W``.
-    """
-    x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-    dy = reference.shape[-2] - x.shape[-2]
-    dx = reference.shape[-1] - x.shape[-1]
-    if dy or dx:
-        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-    return x
+    def fast_form(self, band_elements: int = DEFAULT_BAND_ELEMENTS) -> FastDownStage:
+        """The fast form (:class:`~convunext.models.fast.FastDownStage`); raises ``ConvUNeXtError`` like
+        :meth:`ConvNeXtBlock.fast_form`."""
+        _refuse(self)
+        blocks = [block.fast_form(band_elements) for block in self.blocks]
+        if self.downsample == "conv":
+            conv = fold_before(self.norm, self.reduce.weight, self.reduce.bias)  # type: ignore[arg-type]
+            return FastDownStage(conv, None, blocks, band_elements)
+        pointwise = self.reduce[1]  # type: ignore[index]
+        dtype = pointwise.weight.dtype
+        affine = tuple(t.to(dtype) for t in require_bn_affine(self.norm))
+        conv = (pointwise.weight.detach().clone(), pointwise.bias.detach().clone())
+        return FastDownStage(conv, affine, blocks, band_elements)  # type: ignore[arg-type]
 
 
 class SkipGate(nn.Module):
@@ -231,7 +320,9 @@ class GatedUpStage(nn.Module):
     """ConvUNeXt's decoder stage: upsample the deep input, gate the skip, fuse, one block.
 
     ``x1 <- upsample_to(norm(x1), x2)``; ``x2 <- SkipGate(x1, x2)`` (or unchanged with ``attention_gate=False``);
-    ``concat[x2, x1] -> conv 1x1 (in -> out) -> ConvNeXtBlock(out)``.
+    ``concat[x2, x1] -> conv 1x1 (in -> out) -> ConvNeXtBlock(out)``. Switches: ``exportable``,
+    ``fused_training`` (gate and fusion through :func:`~convunext.models.layers.gate.banded_gate` on channels-last
+    inputs).
 
     Shape: deep ``N x in/2 x h x w`` and skip ``N x in/2 x H x W`` -> ``N x out_channels x H x W``.
     """
@@ -247,181 +338,42 @@ class GatedUpStage(nn.Module):
         if in_channels % 2:
             raise ValueError(f"in_channels={in_channels} must be even (deep input and skip have in_channels/2 each)")
         half = in_channels // 2
+        self.options, self.attention_gate = options, attention_gate
         self.norm = make_norm(options.norm, half)
         self.gate = SkipGate(half) if attention_gate else None
         self.fuse = nn.Conv2d(in_channels, out_channels, 1)
         self.block = ConvNeXtBlock(out_channels, options)
-        self.fused_gate = False  # see convunext.models.fused.enable_fused_training
+        self.exportable = False
+        self.fused_training = False
+        self.band_elements = DEFAULT_BAND_ELEMENTS
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        x1 = upsample_to(self.norm(x1), x2)
-        if self.fused_gate and self.gate is not None:
-            from .fused import gated_fusion
-
-            return self.block(gated_fusion(x1, x2, self.gate, self.fuse))
-        if self.gate is not None:
-            x2 = self.gate(x1, x2)
-        return self.block(self.fuse(torch.cat([x2, x1], dim=1)))
-
-
-class DoubleConv(nn.Sequential):
-    """UNet's unit: ``(conv 3x3 -> BN -> ReLU) x 2``; the middle width defaults to ``out_channels``.
-
-    Shape: ``N x in_channels x H x W -> N x out_channels x H x W``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None) -> None:
-        mid = mid_channels or out_channels
-        super().__init__(
-            nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
-def check_channels(name: str, value: int) -> None:
-    """Reject a non-positive or non-integer channel count with a ``ValueError`` naming the argument."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} is not valid; use a positive integer")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Shared pieces of the UNet-family baselines (UNet, Attention UNet, UNet++, ResUNet).
-
-UnitFactory = Callable[[int, int], nn.Module]
-"""Builds a convolutional unit ``N x in x H x W -> N x out x H x W`` from ``(in_channels, out_channels)``."""
-
-
-class PreActResidualUnit(nn.Module):
-    """Pre-activation residual unit of ResUNet (Zhang, Liu & Wang 2018; He et al. 2016 "identity mappings").
-
-    ``body = BN -> ReLU -> conv 3x3 -> BN -> ReLU -> conv 3x3``, ``shortcut = conv 1x1 -> BN`` when the width
-    changes (identity otherwise); the output is ``body(x) + shortcut(x)`` with no activation after the sum.
-    With ``first=True`` the leading ``BN -> ReLU`` is dropped (ResUNet's input unit sees the raw image).
-    All convolutions are bias-free (each is followed by a BN, or feeds one in the next unit).
-
-    Shape: ``N x in_channels x H x W -> N x out_channels x H x W``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, first: bool = False) -> None:
-        super().__init__()
-        pre: list[nn.Module] = [] if first else [nn.BatchNorm2d(in_channels), nn.ReLU()]
-        self.body = nn.Sequential(
-            *pre,
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        )
-        if in_channels == out_channels:
-            self.shortcut: nn.Module = nn.Identity()
+        x1 = upsample_to(self.norm(x1), x2, self.exportable)
+        if self.fused_training and rows_eligible(self.fuse.weight.dtype, x1, x2):
+            z = from_rows(banded_gate(flat(x1), flat(x2), self.gate_weights(), self.band_elements), x2)
         else:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
-            )
+            if self.gate is not None:
+                x2 = self.gate(x1, x2)
+            z = self.fuse(torch.cat([x2, x1], dim=1))
+        return self.block(z)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
+    def gate_weights(self, dtype: torch.dtype | None = None) -> GateWeights:
+        """The gate and fusion conv folded for :mod:`convunext.models.layers.gate` (differentiable; computed in
+        ``dtype`` when given)."""
+        convs = (self.fuse,) if self.gate is None else (self.fuse, self.gate.gate, self.gate.forget, self.gate.out)
+        tensors = [t.to(dtype) if dtype else t for conv in convs for t in (conv.weight.flatten(1), conv.bias)]
+        return fold_gate(tensors[0], tensors[1], tuple(tensors[2:]) if self.gate is not None else None)  # type: ignore[arg-type]
 
+    def fast_form_problem(self) -> str | None:
+        """Why this stage has no fast form, or ``None``."""
+        return _options_problem(self.options) or _modules_problem((), (self.norm,)) or self.block.fast_form_problem()
 
-class UNetEncoder(nn.Module):
-    """The contracting path shared by the UNet-family baselines.
-
-    ``in_conv = in_unit(in_channels, widths[0])`` (``in_unit`` defaults to ``unit``), then for each further
-    width a stage ``max-pool 2x2 -> unit(previous, width) -> (depth - 1) x unit(width, width)``, ``depths``
-    giving each stage's unit count (default one). ``forward`` returns every stage's output, shallowest first:
-    the skips, then the bottom.
-
-    Shape: ``N x in_channels x H x W -> [N x widths[i] x floor(H / 2^i) x floor(W / 2^i) for each i]``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        widths: Sequence[int],
-        unit: UnitFactory = DoubleConv,
-        in_unit: UnitFactory | None = None,
-        depths: Sequence[int] | None = None,
-    ) -> None:
-        super().__init__()
-        widths = tuple(widths)
-        depths = tuple(depths) if depths is not None else (1,) * (len(widths) - 1)
-        if not widths:
-            raise ValueError("widths must name at least one stage width")
-        if len(depths) != len(widths) - 1 or any(not isinstance(d, int) or d < 1 for d in depths):
-            raise ValueError(f"depths={depths!r} is not valid; give {len(widths) - 1} positive unit counts")
-        self.widths = widths
-        self.in_conv = (in_unit or unit)(in_channels, widths[0])
-        self.downs = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), unit(a, b), *(unit(b, b) for _ in range(d - 1)))
-            for a, b, d in zip(widths[:-1], widths[1:], depths)
-        )
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = [self.in_conv(x)]
-        for down in self.downs:
-            features.append(down(features[-1]))
-        return features
-
-
-class AdditiveAttentionGate(nn.Module):
-    """Additive attention gate of Attention U-Net (Oktay et al. 2018), gating after upsampling.
-
-    With the gating signal ``g`` (upsampled deep features) and the skip ``x`` at the same resolution::
-
-        alpha = sigmoid(BN(psi(relu(BN(W_g g) + BN(W_x x)))))   # N x 1 x H x W, in [0, 1]
-        return alpha * x
-
-    ``W_g``, ``W_x`` are 1x1 convolutions to ``inter_channels`` and ``psi`` a 1x1 convolution to one channel.
-
-    Shape: ``(N x gate_channels x H x W, N x skip_channels x H x W) -> N x skip_channels x H x W``.
-    """
-
-    def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int) -> None:
-        super().__init__()
-        self.w_g = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1), nn.BatchNorm2d(inter_channels))
-        self.w_x = nn.Sequential(nn.Conv2d(skip_channels, inter_channels, 1), nn.BatchNorm2d(inter_channels))
-        self.relu = nn.ReLU()
-        self.psi = nn.Sequential(nn.Conv2d(inter_channels, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
-
-    def coefficients(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The attention map ``alpha`` in ``[0, 1]``: ``(N x Cg x H x W, N x Cx x H x W) -> N x 1 x H x W``."""
-        return self.psi(self.relu(self.w_g(g) + self.w_x(x)))
-
-    def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.coefficients(g, x) * x
-
-
-class UpConcat(nn.Module):
-    """Decoder stage of the UNet-family baselines: upsample, (gate), concatenate, convolve.
-
-    ``up = upsample_to(deep, skips[0])`` (bilinear x2, zero-pad to the skip's size); with a ``gate`` each skip
-    becomes ``gate(up, skip)``; then ``unit(concat[*skips, up])``. One skip for UNet-like decoders, several
-    for UNet++'s dense skip pathways.
-
-    Shape: deep ``N x c x h x w`` and skips ``N x c_i x H x W`` -> ``N x out_channels x H x W``, where
-    ``in_channels = c + sum(c_i)``.
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, unit: UnitFactory = DoubleConv, gate: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.gate = gate
-        self.conv = unit(in_channels, out_channels)
-
-    def forward(self, deep: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
-        if not skips:
-            raise ValueError("UpConcat needs at least one skip tensor")
-        up = upsample_to(deep, skips[0])
-        if self.gate is not None:
-            skips = tuple(self.gate(up, skip) for skip in skips)
-        return self.conv(torch.cat([*skips, up], dim=1))
-
-
-def unet_up_unit(in_channels: int, out_channels: int) -> DoubleConv:
-    """UNet's bilinear decoder unit: :class:`DoubleConv` with a middle width of ``in_channels // 2``."""
-    return DoubleConv(in_channels, out_channels, in_channels // 2)
+    def fast_form(self, band_elements: int = DEFAULT_BAND_ELEMENTS) -> FastUpStage:
+        """The fast form (:class:`~convunext.models.fast.FastUpStage`); raises ``ConvUNeXtError`` like
+        :meth:`ConvNeXtBlock.fast_form`."""
+        _refuse(self)
+        dtype = self.fuse.weight.dtype
+        with torch.no_grad():
+            weights = self.gate_weights(torch.float64).map(lambda t: t.to(dtype))
+        affine = tuple(t.to(dtype) for t in require_bn_affine(self.norm))
+        return FastUpStage(affine, weights, self.block.fast_form(band_elements), band_elements)  # type: ignore[arg-type]

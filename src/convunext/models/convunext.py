@@ -15,21 +15,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .blocks import (
-    BlockOptions,
-    DownsampleName,
-    DownStage,
-    GatedUpStage,
-    Stem,
-    check_channels,
-)
+from .base import SegmentationModel, check_channels
+from .blocks import BlockOptions, DownsampleName, DownStage, GatedUpStage, Stem
 from .registry import register_model
 
-__all__ = ["ConvUNeXt", "convert_reference_state_dict", "load_reference_state_dict"]
+__all__ = ["ConvUNeXt", "convert_reference_state_dict", "load_reference_state_dict", "rename_reference_key"]
 
 
 @register_model("convunext")
-class ConvUNeXt(nn.Module):
+class ConvUNeXt(SegmentationModel):
     """ConvUNeXt for 2D segmentation; returns logits of the same spatial size as the input.
 
     Args:
@@ -98,6 +92,14 @@ class ConvUNeXt(nn.Module):
         x = self.up4(x, x1)
         return self.head(x)
 
+    def reparameterize(self) -> None:
+        """Called by :func:`~convunext.models.fast.reparameterize_model` once the stages are in their fast form:
+        the 1x1 head moves into the last block's bands (computed while each band is in cache) and becomes
+        ``nn.Identity``, so :meth:`forward` is unchanged."""
+        if isinstance(self.head, nn.Conv2d) and callable(getattr(self.up4, "attach_head", None)):
+            self.up4.attach_head(self.head)
+            self.head = nn.Identity()
+
 
 # Reference-code key prefixes -> ours. Within blocks the names (dwconv, norm1, pwconv1, pwconv2, norm2) coincide.
 _REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (
@@ -116,7 +118,8 @@ _REFERENCE_UP_RENAMES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _rename_reference_key(key: str) -> str:
+def rename_reference_key(key: str) -> str:
+    """The key of this package's ConvUNeXt holding the authors' reference ``state_dict`` entry ``key``."""
     for old, new in _REFERENCE_RENAMES:
         if key.startswith(old):
             return new + key[len(old) :]
@@ -153,7 +156,7 @@ def convert_reference_state_dict(reference: Mapping[str, torch.Tensor]) -> dict[
     """
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in reference.items():
-        new_key = _rename_reference_key(key)
+        new_key = rename_reference_key(key)
         if tensor.ndim == 2:  # nn.Linear weight -> 1x1 conv weight
             tensor = tensor[:, :, None, None]
         converted[new_key] = tensor

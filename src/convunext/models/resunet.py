@@ -27,15 +27,16 @@ from functools import partial
 import torch
 from torch import nn
 
-from .blocks import PreActResidualUnit, UNetEncoder, UpConcat, check_channels
+from .base import SegmentationModel, check_channels
 from .registry import register_model
 from .unet import unet_widths
+from .unet_blocks import PreActResidualUnit, UNetEncoder, UpConcat
 
 __all__ = ["ResUNet"]
 
 
 @register_model("resunet")
-class ResUNet(nn.Module):
+class ResUNet(SegmentationModel):
     """ResUNet (Zhang, Liu & Wang 2018): a UNet of pre-activation residual units; 7,502,338 parameters at the
     defaults (ConvUNeXt / ResUNet = 0.467).
 

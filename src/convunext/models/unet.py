@@ -23,8 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .blocks import UNetEncoder, UpConcat, check_channels, unet_up_unit
+from .base import SegmentationModel, check_channels
 from .registry import register_model
+from .unet_blocks import UNetEncoder, UpConcat, unet_up_unit
 
 __all__ = ["GateFactory", "UNet", "UNetBase", "unet_widths"]
 
@@ -37,7 +38,7 @@ def unet_widths(width: int) -> tuple[int, int, int, int, int]:
     return (width, 2 * width, 4 * width, 8 * width, 8 * width)
 
 
-class UNetBase(nn.Module):
+class UNetBase(SegmentationModel):
     """The bilinear UNet, optionally with a gate on each skip connection (``gate=None``: plain UNet).
 
     Args:

@@ -26,15 +26,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, UNetEncoder, UpConcat, check_channels
+from .base import SegmentationModel, check_channels
 from .registry import register_model
 from .unet import unet_widths
+from .unet_blocks import DoubleConv, UNetEncoder, UpConcat
 
 __all__ = ["UNetPlusPlus"]
 
 
 @register_model("unet_plus_plus")
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(SegmentationModel):
     """UNet++ (Zhou et al. 2018) with nested dense skips, bilinear upsampling and optional deep supervision.
 
     Args:

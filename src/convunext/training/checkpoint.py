@@ -1,33 +1,47 @@
 """Safe, complete checkpoints.
 
-A checkpoint called ``TAG`` (``last`` or ``best``) in a run folder is three files, each written atomically:
+A checkpoint called ``TAG`` (``last`` or ``best``) in a run folder is three files:
 
 * ``TAG.safetensors`` — the model weights (no pickle, safe to load from anyone);
 * ``TAG.json`` — everything needed to rebuild and use the model without the training config: registry name and
   constructor arguments, class names, the input normalisation, the recipe, epoch, validation metrics and the
-  SHA-256 of the weights file (so a tampered or truncated file is detected);
-* ``TAG_state.pt`` (``last`` only) — optimiser, scheduler, AMP scaler and RNG state for ``--resume``; plain
+  SHA-256 of the weights file (so a tampered or truncated file is detected); ``last.json`` also holds the SHA-256
+  of ``last_state.pt``;
+* ``last_state.pt`` (``last`` only) — optimiser, scheduler, AMP scaler and RNG state for ``--resume``; plain
   tensors and numbers only, loaded with ``torch.load(..., weights_only=True)``.
+
+The trainer writes an epoch's files as one set (:func:`save_checkpoint_set`): all are written to temporary files
+and synced first, then renamed into place, so a full disk leaves the previous epoch's set whole. Loading checks
+the weights' header against the architecture the JSON describes before the model is built (:func:`load_checkpoint`),
+so a crafted or mistaken description cannot make it allocate more than the weights file holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..errors import ConvUNeXtError
 from ..models import create_model
-from ..utils.io import atomic_path, atomic_write, atomic_write_json, sha256_file
+from ..utils.io import atomic_write_files, sha256_bytes, sha256_file
 
 CHECKPOINT_FORMAT = "convunext-checkpoint"
 CHECKPOINT_VERSION = 1
+STATE_FILE = "last_state.pt"
+_RESTART_HINT = "resume from an earlier copy of the run folder, or start the run again (train --overwrite)"
 
 
 @dataclass
@@ -57,23 +71,64 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def _weights_bytes(model: nn.Module) -> bytes:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    return safetensors_bytes(state, metadata={"format": CHECKPOINT_FORMAT})
+
+
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    # Serialised in memory and written by Python, so a failed write raises OSError with its errno (disk full,
+    # file size limit) rather than torch's RuntimeError without one.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _checkpoint_files(
+    run_dir: Path, tag: str, meta: dict[str, Any], weights: bytes, state: bytes | None = None
+) -> list[tuple[Path, bytes]]:
+    """``TAG.safetensors`` and ``TAG.json`` (weights first: the JSON names what it describes)."""
+    weights_path = run_dir / f"{tag}.safetensors"
+    record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta}
+    record["weights"] = {"file": weights_path.name, "sha256": sha256_bytes(weights)}
+    if state is not None:
+        record["state"] = {"file": STATE_FILE, "sha256": sha256_bytes(state)}
+    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    return [(weights_path, weights), (run_dir / f"{tag}.json", text.encode("utf-8"))]
+
+
 def save_checkpoint(run_dir: str | Path, tag: str, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``TAG.safetensors`` and ``TAG.json`` into ``run_dir`` atomically; return the JSON's path.
+    """Write ``TAG.safetensors`` and ``TAG.json`` into ``run_dir`` (both or neither); return the JSON's path.
 
     ``meta`` must hold ``model`` (``{"name", "kwargs"}``), ``classes`` and ``normalization`` (``{"mean", "std"}``);
     anything else (epoch, metrics, recipe) is stored as given.
+
+    Raises:
+        ConvUNeXtError: the disk is full (or another machine-side write failure), naming the file.
+    """
+    files = _checkpoint_files(Path(run_dir), tag, meta, _weights_bytes(model))
+    atomic_write_files(files)
+    return files[-1][0]
+
+
+def save_checkpoint_set(
+    run_dir: str | Path, model: nn.Module, meta: dict[str, Any], state: dict[str, Any], best: bool
+) -> None:
+    """Write one epoch's checkpoint set: ``last.*`` and ``last_state.pt``, plus ``best.*`` when ``best``.
+
+    Every file is written to a temporary file and synced before any is renamed into place, so a failure (a full
+    disk, say) leaves the whole previous set as it was. The training state is renamed last: even a crash during
+    the renames never leaves it newer than ``last.*``, and ``--resume`` then repeats the epoch.
+
+    Raises:
+        ConvUNeXtError: the disk is full (or another machine-side write failure), naming the file.
     """
     run_dir = Path(run_dir)
-    weights_path = run_dir / f"{tag}.safetensors"
-    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-        digest = sha256_file(tmp)
-    record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta}
-    record["weights"] = {"file": weights_path.name, "sha256": digest}
-    json_path = run_dir / f"{tag}.json"
-    atomic_write_json(json_path, record)
-    return json_path
+    weights, state_data = _weights_bytes(model), _state_bytes(state)
+    files = _checkpoint_files(run_dir, "best", meta, weights) if best else []
+    files += _checkpoint_files(run_dir, "last", meta, weights, state_data)
+    files.append((run_dir / STATE_FILE, state_data))
+    atomic_write_files(files)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -90,6 +145,40 @@ def _resolve(path: str | Path) -> Path:
     return path
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _description_problem(meta: dict[str, Any]) -> tuple[str, str] | None:
+    """The first ``(field, what is wrong)`` of a checkpoint description's required fields, or None."""
+    model, normalization, weights = meta["model"], meta["normalization"], meta["weights"]
+    if not isinstance(model, dict):
+        return "model", "expected {name, kwargs}"
+    if not isinstance(model.get("name"), str):
+        return "model.name", "expected a registry model name"
+    if not isinstance(model.get("kwargs", {}), dict):
+        return "model.kwargs", "expected a mapping of constructor arguments"
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes", "expected a list of class names"
+    if not isinstance(normalization, dict):
+        return "normalization", "expected {mean, std}"
+    for key in ("mean", "std"):
+        values = normalization.get(key)
+        if not isinstance(values, list) or not values or not all(_is_number(v) for v in values):
+            return f"normalization.{key}", "expected a list of numbers, one per input channel"
+    if len(normalization["std"]) != len(normalization["mean"]) or min(normalization["std"]) <= 0:
+        return "normalization.std", "expected one positive number per entry of normalization.mean"
+    if not isinstance(weights, dict):
+        return "weights", "expected {file, sha256}"
+    file = weights.get("file")
+    if not isinstance(file, str) or not file or Path(file).name != file:
+        return "weights.file", "expected a file name beside the JSON"
+    if not isinstance(weights.get("sha256"), str):
+        return "weights.sha256", "expected the hex SHA-256 of the weights file"
+    return None
+
+
 def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     """Parse and validate a checkpoint's JSON (``path`` may be a run folder, ``.json`` or ``.safetensors``)."""
     json_path = _resolve(path)
@@ -102,11 +191,79 @@ def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     for key in ("model", "classes", "normalization", "weights"):
         if key not in meta:
             raise ConvUNeXtError(f"{json_path}: checkpoint description lacks {key!r}")
+    problem = _description_problem(meta)
+    if problem is not None:
+        raise ConvUNeXtError(f"{json_path}: checkpoint description has an invalid {problem[0]!r} ({problem[1]})")
     return meta, json_path
 
 
+class _TooManyTensors(Exception):
+    """Raised while building a model that registers more parameters than the weights file holds."""
+
+
+@contextlib.contextmanager
+def _parameter_budget(limit: int) -> Iterator[None]:
+    """Abort any module construction in this block once it has registered more than ``limit`` parameters, so
+    absurd constructor arguments (a depth of millions) cost no more than the weights file they must match.
+    (The hook is process-wide: do not build other models in other threads meanwhile.)"""
+    count = 0
+
+    def hook(module: nn.Module, name: str, parameter: nn.Parameter | None) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyTensors
+
+    handle = nn.modules.module.register_module_parameter_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _check_architecture(weights_path: Path, json_path: Path, meta: dict[str, Any]) -> None:
+    """Compare the tensor names and shapes in the weights' header with the model the description builds, on the
+    ``meta`` device (no memory is allocated for it); raise naming the first mismatch."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise ConvUNeXtError(f"{weights_path}: cannot read weights ({str(error).strip()})") from error
+    name, kwargs = meta["model"]["name"], meta["model"].get("kwargs", {})
+    prefix = f"{weights_path}: weights do not fit model {name!r} as described in {json_path.name}"
+    try:
+        with torch.device("meta"), _parameter_budget(len(shapes)):
+            model = create_model(name, **kwargs)
+    except _TooManyTensors:
+        raise ConvUNeXtError(f"{prefix} (its arguments build more tensors than the file's {len(shapes)})") from None
+    except (ValueError, RuntimeError) as error:
+        raise ConvUNeXtError(f"{prefix} ({str(error).strip().splitlines()[0]})") from None
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    for key, shape in expected.items():
+        if key not in shapes:
+            raise ConvUNeXtError(f"{prefix} ({key}: the model needs {_shape(shape)}, the file has no such tensor)")
+        if shapes[key] != shape:
+            found = _shape(shapes[key])
+            raise ConvUNeXtError(f"{prefix} ({key}: the file has {found}, the model needs {_shape(shape)})")
+    extra = [key for key in shapes if key not in expected]
+    if extra:
+        raise ConvUNeXtError(f"{prefix} ({extra[0]}: in the file, not in the model)")
+    for attribute, described, field in (
+        ("num_classes", len(meta["classes"]), "classes"),
+        ("in_channels", len(meta["normalization"]["mean"]), "normalization.mean"),
+    ):
+        value = getattr(model, attribute, described)
+        if value != described:
+            raise ConvUNeXtError(f"{json_path}: the model has {attribute}={value} but {field!r} has {described}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the model of a checkpoint from the checkpoint alone, weights verified against their SHA-256.
+    """Rebuild the model of a checkpoint from the checkpoint alone, weights verified against their SHA-256 and
+    their header against the described architecture before the model is built.
 
     Args:
         path: a run folder (its ``best`` checkpoint, else ``last``), a ``TAG.json`` or a ``TAG.safetensors``.
@@ -121,33 +278,69 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ConvUNeXtError(f"{weights_path}: weights file of checkpoint {json_path.name} not found")
     if sha256_file(weights_path) != meta["weights"]["sha256"]:
         raise ConvUNeXtError(f"{weights_path}: weights do not match their checksum (file truncated or modified)")
+    _check_architecture(weights_path, json_path, meta)
     try:
         state = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError) as error:
         raise ConvUNeXtError(f"{weights_path}: cannot read weights ({error})") from error
-    try:
-        model = create_model(meta["model"]["name"], **meta["model"].get("kwargs", {}))
-        model.load_state_dict(state, strict=True)
-    except (ValueError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ConvUNeXtError(
-            f"{weights_path}: weights do not fit model {meta['model']['name']!r} ({first_line})"
-        ) from None
+    model = create_model(meta["model"]["name"], **meta["model"].get("kwargs", {}))
+    model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     return Checkpoint(model=model, meta=meta, path=json_path)
 
 
 def save_training_state(run_dir: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write the resumable training state (``last_state.pt``); tensors and plain values only."""
-    atomic_write(Path(run_dir) / "last_state.pt", lambda tmp: torch.save(state, tmp))
+    """Atomically write the resumable training state (``last_state.pt``) alone; tensors and plain values only.
+
+    The trainer writes it with its checkpoint instead (:func:`save_checkpoint_set`).
+    """
+    atomic_write_files([(Path(run_dir) / STATE_FILE, _state_bytes(state))])
+
+
+def _read_state(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with a one-line error for unsafe and for corrupt files."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):  # a well-formed file holding more than tensors and plain values
+            raise ConvUNeXtError(
+                f"{path}: cannot read training state: it holds objects other than tensors and plain values, "
+                "which are never loaded (torch.load weights_only=True)"
+            ) from error
+        corrupt: Exception = error
+    except Exception as error:  # torch raises RuntimeError, EOFError, OSError, ... for damaged archives
+        corrupt = error
+    raise ConvUNeXtError(
+        f"{path}: cannot read training state: the file is corrupt or truncated ({type(corrupt).__name__}); "
+        f"{_RESTART_HINT}"
+    ) from corrupt
 
 
 def load_training_state(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``last_state.pt`` with ``weights_only=True``; a clear error if it is missing or unreadable."""
-    path = Path(run_dir) / "last_state.pt"
+    """Read ``last_state.pt`` with ``weights_only=True`` and check that it belongs to ``last.json``.
+
+    A state one epoch older than ``last.json`` is accepted: the renames of the last save were interrupted and
+    resuming repeats that epoch. A state of the same epoch whose SHA-256 differs from the one ``last.json``
+    records is refused (a file from another run, or damaged).
+
+    Raises:
+        ConvUNeXtError: missing, corrupt, unsafe or foreign state file, naming it.
+    """
+    path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         raise ConvUNeXtError(f"{path}: no training state to resume from (has the run finished one epoch?)")
+    state = _read_state(path)
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise ConvUNeXtError(f"{path}: not a convunext training state (no epoch number); {_RESTART_HINT}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt/unsafe pickles
-        raise ConvUNeXtError(f"{path}: cannot read training state ({type(error).__name__})") from error
+        last = json.loads((path.parent / "last.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no readable last.json: the state alone is enough to resume
+        return state
+    recorded = last.get("state") if isinstance(last, dict) else None
+    if isinstance(recorded, dict) and last.get("epoch") == epoch and recorded.get("sha256") != sha256_file(path):
+        raise ConvUNeXtError(
+            f"{path}: does not belong to last.json (both say epoch {epoch}, but its SHA-256 differs from the "
+            f"recorded one: a file from another run, or damaged); {_RESTART_HINT}"
+        )
+    return state

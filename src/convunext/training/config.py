@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
@@ -115,6 +117,20 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def validate(self, source: str = "config") -> None:
+        """Refuse values that would train nothing or something else than asked: a non-positive length (epochs,
+        batch, crop, evaluation cadence...), a rate out of its range, or a run name that is not one plain folder
+        name (it would write outside ``train.output_dir``). One line naming the field; ``source`` prefixes it."""
+        for key, (valid, expected) in LIMITS.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value is not None and not valid(value):
+                raise ConvUNeXtError(f"{source}: {key}={_plain(value)!r} is not valid; expected {expected}")
+        if self.train.loss_ce_weight == 0 and self.train.loss_dice_weight == 0:
+            raise ConvUNeXtError(
+                f"{source}: train.loss_ce_weight and train.loss_dice_weight are both 0; the loss would be 0"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serialisable dict (tuples become lists)."""
         return _plain(asdict(self))
@@ -140,12 +156,14 @@ class ExperimentConfig:
             )
         optim_raw = raw.get("optim") or {}
         base_optim = OptimConfig.for_recipe(optim_raw.get("recipe", "paper"))
-        return cls(
+        config = cls(
             model=_build(ModelConfig, raw.get("model"), f"{source}: model", ModelConfig()),
             data=_build(DataConfig, raw.get("data"), f"{source}: data", DataConfig()),
             optim=_build(OptimConfig, optim_raw, f"{source}: optim", base_optim),
             train=_build(TrainConfig, raw.get("train"), f"{source}: train", TrainConfig()),
         )
+        config.validate(source)
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -158,6 +176,37 @@ class ExperimentConfig:
         if raw is not None and not isinstance(raw, dict):
             raise ConvUNeXtError(f"{resolved}: expected a mapping of sections, got {type(raw).__name__}")
         return cls.from_dict(raw or {}, str(resolved), overrides)
+
+
+def _plain_folder_name(name: str) -> bool:
+    """One path component on every OS: no ``/`` or ``\\``, no drive, not ``.`` or ``..``."""
+    return name not in (".", "..") and PurePosixPath(name).name == name and PureWindowsPath(name).name == name
+
+
+_POSITIVE_INTEGER = (lambda v: v >= 1, "a positive integer")
+_POSITIVE = (lambda v: v > 0 and math.isfinite(v), "a positive number")
+_NON_NEGATIVE = (lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.crop_size": _POSITIVE_INTEGER,
+    "data.eval_tile_size": _POSITIVE_INTEGER,
+    "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.scale_range": (lambda v: 0 < v[0] <= v[1] and math.isfinite(v[1]), "[low, high] with 0 < low <= high"),
+    "optim.lr": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.batch_size": _POSITIVE_INTEGER,
+    "optim.warmup_epochs": _NON_NEGATIVE,
+    "optim.warmup_start_factor": (lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "optim.decay_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1] (a decay)"),
+    "optim.poly_power": _POSITIVE,
+    "train.epochs": _POSITIVE_INTEGER,
+    "train.eval_every": _POSITIVE_INTEGER,
+    "train.early_stopping_patience": _POSITIVE_INTEGER,
+    "train.grad_clip_norm": _NON_NEGATIVE,
+    "train.loss_ce_weight": _NON_NEGATIVE,
+    "train.loss_dice_weight": _NON_NEGATIVE,
+    "train.run_name": (_plain_folder_name, "a plain folder name inside train.output_dir (no '/', '\\', '.' or '..')"),
+}
+"""What :meth:`ExperimentConfig.validate` accepts per field (``None`` is always accepted where the type allows it)."""
 
 
 def list_presets() -> list[str]:

@@ -1,4 +1,4 @@
-"""A small pool of worker threads for the banded kernels (``convunext.inference.fused``, ``convunext.models.fused``).
+"""A small pool of worker threads for the banded kernels (``convunext.models.layers``, ``convunext.models.fast``).
 
 The banded kernels cut an image into chunks of rows (or a batch of pixels into ranges), one per intra-op thread.
 Each worker runs its chunk with **one** intra-op thread. Parallelising every small operator with OpenMP instead

@@ -1,0 +1,105 @@
+"""The base class of the registry models: the switches that change how their layers compute, as methods.
+
+A switch is a plain attribute that the layers supporting it set in ``__init__`` and read in ``forward``:
+
+* ``grad_checkpointing`` — every repeated unit (ConvUNeXt's block, DoubleConv, ResUNet's unit) recomputes its
+  activations in backward (:func:`~convunext.models.layers.checkpoint.maybe_checkpoint`);
+* ``fused_training`` (with ``band_elements``) — ConvUNeXt's block MLP and gated fusion run the banded training
+  kernels (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`) on channels-last inputs;
+* ``exportable`` — the shape-dependent branches take their general form for graph export (reflect padding
+  without the replicate fallback, the zero padding after upsampling always applied).
+
+Nothing is patched: a ``copy.deepcopy`` of a switched model is switched the same way and runs on its own weights,
+and switching one model never affects another (the switches are thread-safe in that sense; a model is switched
+for every thread that runs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+__all__ = ["SegmentationModel", "check_channels", "set_switch", "switched"]
+
+
+def check_channels(name: str, value: int) -> None:
+    """Reject a non-positive or non-integer channel count with a ``ValueError`` naming the argument."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} is not valid; use a positive integer")
+
+
+def _supporting(model: nn.Module, switch: str, types: tuple[type[nn.Module], ...] | None) -> list[nn.Module]:
+    """The modules of ``model`` (of ``types``, when given) that read ``switch``."""
+    found = []
+    for module in model.modules():
+        if types is not None and not isinstance(module, types):
+            continue
+        if switch in vars(module):
+            found.append(module)
+        elif types is not None:
+            raise ValueError(f"{type(module).__name__} does not support {switch}")
+    return found
+
+
+def set_switch(
+    model: nn.Module,
+    switch: str,
+    enable: bool,
+    types: tuple[type[nn.Module], ...] | None = None,
+    **settings: object,
+) -> int:
+    """Set ``switch`` to ``enable`` (and the attributes ``settings``) on every module of ``model`` that reads it,
+    restricted to ``types`` when given; returns how many modules changed state.
+
+    Raises:
+        ValueError: a module of ``types`` does not support ``switch``.
+    """
+    changed = 0
+    for module in _supporting(model, switch, types):
+        changed += getattr(module, switch) != enable
+        setattr(module, switch, enable)
+        for name, value in settings.items():
+            setattr(module, name, value)
+    return changed
+
+
+@contextlib.contextmanager
+def switched(model: nn.Module, switch: str, enable: bool = True) -> Iterator[nn.Module]:
+    """``model`` with ``switch`` set to ``enable`` for the duration; every module's previous state is restored."""
+    modules = _supporting(model, switch, None)
+    previous = [getattr(module, switch) for module in modules]
+    for module in modules:
+        setattr(module, switch, enable)
+    try:
+        yield model
+    finally:
+        for module, value in zip(modules, previous):
+            setattr(module, switch, value)
+
+
+class SegmentationModel(nn.Module):
+    """Base of every registry model: ``N x in_channels x H x W -> N x num_classes x H x W`` logits, plus the
+    switches of the module docstring. Each ``set_*`` method returns how many layers changed state."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Recompute each repeated unit's activations in backward (training mode with gradients only); outputs,
+        gradients and BN running statistics are unchanged."""
+        return set_switch(self, "grad_checkpointing", enable)
+
+    def set_fused_training(self, enable: bool = True, band_elements: int | None = None) -> int:
+        """Run ConvUNeXt's block MLPs and gated fusions through the banded training kernels on channels-last
+        inputs (same loss, gradients and BN statistics; far fewer full-size temporaries). ``band_elements``:
+        values in one band's widest temporary (default :data:`~convunext.models.layers.DEFAULT_BAND_ELEMENTS`)."""
+        settings = {} if band_elements is None else {"band_elements": band_elements}
+        return set_switch(self, "fused_training", enable, **settings)
+
+    def set_exportable(self, enable: bool = True) -> int:
+        """Make the shape-dependent branches take their general form for graph export (the model then needs
+        ``H, W >= convunext.inference.export.min_input_size(model)``)."""
+        return set_switch(self, "exportable", enable)
+
+    def export_mode(self) -> contextlib.AbstractContextManager[nn.Module]:
+        """Context manager: :meth:`set_exportable` for the duration, the previous state restored after."""
+        return switched(self, "exportable")

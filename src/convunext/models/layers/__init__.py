@@ -1,0 +1,20 @@
+"""The per-pixel ops of the models, each defined once with its eager reference and its banded kernels.
+
+Ops import only torch and ``convunext.utils`` (never the blocks that use them):
+
+* :mod:`.padding` — the reflect/replicate "same" padding rule (:func:`~.padding.same_pad`), its banded rows
+  (:func:`~.padding.padded_rows`) and :class:`~.padding.ReflectConv2d`;
+* :mod:`.upsample` — bilinear x2 + zero padding (:func:`~.upsample.upsample_to`) and its banded rows
+  (:class:`~.upsample.BandUpsampler`);
+* :mod:`.mlp` — the ConvNeXt block's MLP (+ residual, + output activation): :func:`~.mlp.mlp_reference`,
+  :func:`~.mlp.banded_mlp` (autograd forward/backward, or the no-grad inference kernel), :func:`~.mlp.mlp_rows_`;
+* :mod:`.gate` — the decoder's skip gate and fusion conv on folded weights: :func:`~.gate.gate_reference`,
+  :func:`~.gate.banded_gate`, :func:`~.gate.gate_rows_`;
+* :mod:`.folding` — BatchNorm folding arithmetic; :mod:`.activations` — the fusable activations;
+  :mod:`.banding` — band sizes, pixel-row views, the per-thread workspace; :mod:`.checkpoint` — activation
+  checkpointing of one call.
+"""
+
+from .banding import DEFAULT_BAND_ELEMENTS
+
+__all__ = ["DEFAULT_BAND_ELEMENTS"]
