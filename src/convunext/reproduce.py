@@ -320,10 +320,11 @@ def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
 
 def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
     """:func:`evaluate_run`'s work, in the locked run folder."""
+    from .checkpoint import load_checkpoint
     from .data import open_dataset
     from .evaluation.evaluate import evaluate_checkpoint, write_report
-    from .training.checkpoint import load_checkpoint
-    from .training.trainer import remove_temp_files, resolve_device
+    from .training.trainer import remove_temp_files
+    from .utils.device import resolve_device
 
     remove_temp_files(spec.test_dir)
     checkpoint = load_checkpoint(spec.run_dir / "best.json")
@@ -706,7 +707,7 @@ def _report_lock(report_dir: Path) -> RunLock:
 
 
 def _device_text(device: str) -> str:
-    from .training.trainer import resolve_device
+    from .utils.device import resolve_device
 
     resolved = resolve_device(device)
     if resolved.type == "cuda":

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from convunext import create_model
+from convunext.checkpoint import save_checkpoint
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
 from convunext.inference.export import export_model, export_onnx_bytes, min_input_size, verify_export
 from convunext.inference.optimize import OnnxRuntimeModule, make_backend
-from convunext.training.checkpoint import save_checkpoint
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 import torch
 
+from convunext import checkpoint as checkpoint_module
 from convunext import create_model
-from convunext.cli.main import main
-from convunext.errors import ConvUNeXtError
-from convunext.training import checkpoint as checkpoint_module
-from convunext.training.checkpoint import (
+from convunext.checkpoint import (
     load_checkpoint,
     load_training_state,
     save_checkpoint,
     save_checkpoint_set,
     save_training_state,
 )
+from convunext.cli.main import main
+from convunext.errors import ConvUNeXtError
 
 META = {
     "model": {"name": "convunext", "kwargs": {"in_channels": 1, "num_classes": 2, "width": 8}},

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from convunext import create_model
+from convunext.checkpoint import load_checkpoint, save_checkpoint, save_checkpoint_set
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
-from convunext.training.checkpoint import load_checkpoint, save_checkpoint, save_checkpoint_set
 from convunext.utils.io import atomic_write, sha256_file
 
 TINY = [

@@ -19,11 +19,11 @@ from PIL import Image
 from torch import nn
 
 from convunext import create_model
+from convunext.checkpoint import save_checkpoint
 from convunext.cli.main import main
 from convunext.evaluation.metrics import FovMetrics, SegmentationMetrics
 from convunext.inference.predictor import Predictor
 from convunext.inference.sliding_window import MIN_INPUT_SIZE, predict_probabilities
-from convunext.training.checkpoint import save_checkpoint
 
 SMALL_SIZES = [(8, 8), (1, 20), (15, 15)]
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.15]

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from convunext import create_model
-from convunext.errors import ConvUNeXtError
-from convunext.training.checkpoint import (
+from convunext.checkpoint import (
     load_checkpoint,
     load_training_state,
     save_checkpoint,
     save_training_state,
 )
+from convunext.errors import ConvUNeXtError
 
 META = {
     "model": {"name": "convunext", "kwargs": {"in_channels": 1, "num_classes": 3, "width": 8, "kernel_size": 5}},

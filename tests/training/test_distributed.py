@@ -33,6 +33,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from convunext.checkpoint import load_checkpoint
 from convunext.cli.main import build_parser, main
 from convunext.cli.train import forwarded_arguments
 from convunext.data import EvalTransform, open_dataset
@@ -40,7 +41,6 @@ from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_model
 from convunext.evaluation.metrics import SegmentationMetrics
 from convunext.models import create_model
-from convunext.training.checkpoint import load_checkpoint
 from convunext.training.config import ExperimentConfig
 from convunext.training.distributed import DistributedContext, context_from_environment
 from convunext.training.trainer import Trainer

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from convunext.checkpoint import load_checkpoint
 from convunext.errors import ConvUNeXtError
-from convunext.training.checkpoint import load_checkpoint
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 

@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+from ..checkpoint import load_checkpoint
 from ..data import open_dataset
 from ..data.detect import detect_dataset
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_checkpoint, write_report
-from ..training.checkpoint import load_checkpoint
-from ..training.trainer import resolve_device
+from ..utils.device import resolve_device
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoint import load_checkpoint
 from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, export_model
-from ..training.checkpoint import load_checkpoint
 
 
 def run(args: argparse.Namespace) -> int:

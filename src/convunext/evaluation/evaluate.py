@@ -25,7 +25,7 @@ from ..utils.table import markdown_table
 from .metrics import SegmentationMetrics
 
 if TYPE_CHECKING:
-    from ..training.checkpoint import Checkpoint
+    from ..checkpoint import Checkpoint
 
 # (key in SegmentationMetrics.compute(), label in the printed table)
 REPORTED_METRICS: tuple[tuple[str, str], ...] = (

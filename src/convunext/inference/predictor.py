@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.io import is_image_file, read_image
 from ..errors import ConvUNeXtError
-from ..training.checkpoint import Checkpoint, load_checkpoint
 from .sliding_window import predict_probabilities
 
 # Overlay colours for classes 1..K-1 (class 0, background, is not tinted); green first: it stands out on both
@@ -72,7 +72,7 @@ class Predictor:
         class_names: Sequence[str] | None = None,
         backend: str = "eager",
     ) -> None:
-        from ..training.trainer import resolve_device
+        from ..utils.device import resolve_device
         from .optimize import make_backend
 
         self.device = resolve_device(device) if isinstance(device, str) else device

@@ -21,6 +21,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ..errors import ConvUNeXtError
+from ..utils.device import resolve_device
 
 
 @dataclass
@@ -109,7 +110,6 @@ def context_from_environment(device: str = "auto", sync_batchnorm: bool = False)
     Each rank uses ``cuda:LOCAL_RANK`` with NCCL when CUDA is available (and ``device`` is not ``cpu``), else the
     CPU with gloo.
     """
-    from .trainer import resolve_device
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     requested = resolve_device(device)  # a clear error for cuda without CUDA, or a bad name

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from ..checkpoint import load_training_state, save_checkpoint_set
 from ..data import (
     DatasetInfo,
     EvalTransform,
@@ -47,9 +48,9 @@ from ..data.io import image_size
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_model
 from ..models import create_model, model_arguments
+from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json
 from ..utils.lock import LOCK_NAME, RunLock
-from .checkpoint import load_training_state, save_checkpoint_set
 from .config import DataConfig, ExperimentConfig
 from .distributed import DistributedContext, single_process
 from .losses import SegmentationLoss
@@ -72,19 +73,6 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConvUNeXtError(f"train.device={name!r} is not a valid device") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConvUNeXtError(f"train.device={name!r} but CUDA is not available on this machine")
-    return device
 
 
 def default_run_name(config: ExperimentConfig) -> str:

@@ -34,9 +34,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..errors import ConvUNeXtError
-from ..models import create_model
-from ..utils.io import atomic_write_files, sha256_bytes, sha256_file
+from .errors import ConvUNeXtError
+from .models import create_model
+from .utils.io import atomic_write_files, sha256_bytes, sha256_file
 
 CHECKPOINT_FORMAT = "convunext-checkpoint"
 CHECKPOINT_VERSION = 1
