@@ -16,7 +16,7 @@ try:
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convunext.benchmarking.core import main
+from convunext.benchmarking import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ everything else passes without ``../shared``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,14 @@ def reference(request: pytest.FixtureRequest) -> dict:
     if not path.exists():
         missing_shared(f"parity fixture not found at {path}")
     return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module: tiny models and many small ops run faster on one, and the CI CPU is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,7 +10,9 @@ import torch
 
 from convunext import create_model
 from convunext.benchmarking import AuthorsConvUNeXt, authors_from_convunext, main
-from convunext.benchmarking.core import Config, measure_in_subprocess, parse_args
+from convunext.benchmarking.cli import parse_args
+from convunext.benchmarking.configs import Config, build_configs
+from convunext.benchmarking.measure import measure_in_subprocess
 from convunext.cli.main import build_parser
 
 
@@ -49,8 +51,6 @@ def test_quick_benchmark_writes_its_table(tmp_path: Path, capsys, monkeypatch: p
 
 def test_full_run_plan_covers_the_issue() -> None:
     args = parse_args(["--hrf", "--allocators"])
-    from convunext.benchmarking.core import build_configs
-
     configs = build_configs(args)
     inference = {(c.model, c.path) for c in configs if c.section == "inference" and c.size == (480, 480)}
     assert {("convunext", p) for p in ("authors", "eager", "channels_last", "fast", "compile", "onnx")} <= inference

@@ -6,10 +6,8 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
@@ -20,13 +18,7 @@ MODELS = ["convunext", "unet"]
 QUIET = ["train.progress_bar=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny models run faster on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
 @pytest.fixture(scope="module")

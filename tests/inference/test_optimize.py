@@ -18,13 +18,7 @@ from convunext.models.layers.banding import Workspace
 SIZES = [(64, 64), (67, 53)]  # even and odd (the odd one pads after upsampling at every decoder stage)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small, many-op passes are slower with more, and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

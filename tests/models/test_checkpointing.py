@@ -12,13 +12,7 @@ from convunext.models.blocks import ConvNeXtBlock
 from convunext.models.checkpointing import CHECKPOINTED_BLOCKS, enable_activation_checkpointing
 from convunext.models.unet_blocks import DoubleConv, PreActResidualUnit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
 def test_every_baseline_unit_is_covered() -> None:

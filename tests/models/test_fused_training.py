@@ -11,13 +11,7 @@ from convunext import create_model
 from convunext.models.checkpointing import enable_activation_checkpointing
 from convunext.models.fused import enable_fused_training
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:

@@ -12,9 +12,10 @@ import torch
 
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
-from convunext.training import trainer as trainer_module
+from convunext.training import memory as memory_module
 from convunext.training.config import ExperimentConfig
-from convunext.training.trainer import Trainer, available_memory
+from convunext.training.memory import available_memory
+from convunext.training.trainer import Trainer
 
 TINY = [
     "model.kwargs.width=8",
@@ -43,16 +44,16 @@ def test_a_crop_larger_than_every_image_is_refused_at_once(tmp_path: Path, capsy
 
 def test_a_crop_the_random_resize_can_reach_is_accepted(tmp_path: Path) -> None:
     config = ExperimentConfig.from_yaml("synthetic", [*TINY, "data.crop_size=96", "data.scale_range=[1, 1.5]"])
-    trainer_module.check_crop_size(Trainer(config).train_set, config.data)
+    memory_module.check_crop_size(Trainer(config).train_set, config.data)
     config = ExperimentConfig.from_yaml("synthetic", [*TINY, "data.crop_size=65", "data.scale_range=[1, 1]"])
     with pytest.raises(ConvUNeXtError, match="use data.crop_size <= 64"):
-        trainer_module.check_crop_size(Trainer(config).train_set, config.data)
+        memory_module.check_crop_size(Trainer(config).train_set, config.data)
 
 
 def test_a_step_that_cannot_fit_is_refused_with_the_estimate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trainer_module, "available_memory", lambda device: (1024**2, "MemAvailable"))
+    monkeypatch.setattr(memory_module, "available_memory", lambda device: (1024**2, "MemAvailable"))
     assert main(_argv(tmp_path, "train.run_name=big")) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "one training step needs about" in err

@@ -20,9 +20,10 @@ import pytest
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
 from convunext.reproduce import BUDGETS, plan_runs, reproduce
-from convunext.training import trainer as trainer_module
+from convunext.training import run_folder as run_folder_module
 from convunext.training.config import ExperimentConfig
-from convunext.training.trainer import Trainer, claim_run_dir
+from convunext.training.run_folder import claim_run_dir
+from convunext.training.trainer import Trainer
 from convunext.utils import lock as lock_module
 from convunext.utils.lock import LOCK_NAME, RunLock
 
@@ -130,7 +131,7 @@ def test_automatic_names_never_collide(tmp_path: Path, monkeypatch: pytest.Monke
         def now(cls, tz: object = None) -> Frozen:  # type: ignore[override]
             return cls(2030, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(trainer_module, "datetime", Frozen)
+    monkeypatch.setattr(run_folder_module, "datetime", Frozen)
     config = ExperimentConfig.from_yaml("synthetic", [*TINY, "train.epochs=1", f"train.output_dir={tmp_path}"])
     first, second = Trainer(config).fit().run_dir, Trainer(config).fit().run_dir
     assert first.name == "convunext-synthetic-20300102-030405"

@@ -113,13 +113,7 @@ def _worker(rank: int, out: str) -> None:
         dist.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One intra-op thread, like each DDP worker: tiny convolutions are far slower with 2 threads on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
 @pytest.fixture(scope="module")

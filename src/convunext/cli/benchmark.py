@@ -1,6 +1,6 @@
 """``convunext benchmark``: speed and memory of the registry models and of ConvUNeXt's inference paths.
 
-The same suite as ``python benchmarks/benchmark.py`` (see :mod:`convunext.benchmarking.core`).
+The same suite as ``python benchmarks/benchmark.py`` (see :mod:`convunext.benchmarking`).
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarking.core import finalize_args
-    from ..benchmarking.core import run as run_suite
+    from ..benchmarking.cli import finalize_args
+    from ..benchmarking.cli import run as run_suite
 
     return run_suite(finalize_args(args))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..benchmarking.core import DESCRIPTION, add_arguments
+    from ..benchmarking.cli import DESCRIPTION, add_arguments
 
     parser = subparsers.add_parser("benchmark", help="measure latency, throughput and memory of the models",
                                    description=DESCRIPTION)  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import create_model, list_models
-from ..utils.flops import count_flops, count_parameters
+from ..models import list_models
+from ..models.cost import model_cost
 from ..utils.table import markdown_table
 
 
@@ -14,9 +14,7 @@ def model_summary(size: int = 480, in_channels: int = 3, num_classes: int = 2) -
     and ``params_vs_unet`` (its parameters over UNet's at the same arguments)."""
     rows = []
     for name in list_models():
-        model = create_model(name, in_channels=in_channels, num_classes=num_classes)
-        params = count_parameters(model)
-        gflops = count_flops(model, (1, in_channels, size, size)) / 1e9
+        params, gflops = model_cost(name, size, in_channels=in_channels, num_classes=num_classes)
         rows.append({"name": name, "params": params, "gflops": gflops})
     unet_params = next((row["params"] for row in rows if row["name"] == "unet"), None)
     for row in rows:

@@ -18,11 +18,86 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConvUNeXtError
 from ..training.config import ExperimentConfig, list_presets
 from ..training.distributed import DistributedContext
-from ..training.trainer import TrainResult, check_new_run_dir, claim_run_dir, default_run_name
+from ..training.run_folder import check_new_run_dir, claim_run_dir, default_run_name
+from ..training.trainer import TrainResult
+
+
+class _Flag:
+    """One ``convunext train`` argument, declared once: how the parser reads it, how ``--devices`` forwards it to
+    the torchrun workers, and the config field it sets (``sets``), if any.
+
+    Args:
+        name: ``--option``, or a positional argument's name.
+        help: the ``--help`` text.
+        sets: the ``SECTION.FIELD`` that a given value overrides (before every ``--set``).
+        forwarded: whether the workers get it (``--devices`` itself is not forwarded).
+        options: the rest of ``argparse.ArgumentParser.add_argument``'s keywords (type, nargs, action, metavar).
+    """
+
+    def __init__(self, name: str, help: str, *, sets: str | None = None, forwarded: bool = True, **options: Any):
+        self.name, self.help, self.sets, self.forwarded, self.options = name, help, sets, forwarded, options
+        self.dest = name.lstrip("-").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(self.name, help=self.help, **self.options)
+
+    def command_line(self, value: Any) -> list[str]:
+        """``value`` (as parsed) as command-line arguments; none when it was not given."""
+        if value is None or value is False or value == []:
+            return []
+        if not self.name.startswith("-"):
+            return [str(value)]
+        action, nargs = self.options.get("action"), self.options.get("nargs")
+        if action == "store_true":
+            return [self.name]
+        if action == "append":
+            return [part for item in value for part in (self.name, str(item))]
+        if nargs == "+":
+            return [self.name, *map(str, value)]
+        return [self.name, str(value)]
+
+
+def _flags() -> tuple[_Flag, ...]:
+    return (
+        _Flag("config", f"preset ({', '.join(list_presets())}) or YAML file", nargs="?"),
+        _Flag("--data", "dataset: synthetic, drive, glas, hrf or folder (sets data.name)", sets="data.name"),
+        _Flag("--data-root", "dataset folder (sets data.root)", sets="data.root"),
+        _Flag("--model", "registry model name (sets model.name); see `convunext models`", sets="model.name"),
+        _Flag("--epochs", "number of epochs (sets train.epochs)", sets="train.epochs", type=int),
+        _Flag("--output-dir", "parent folder of run folders (sets train.output_dir)", sets="train.output_dir"),
+        _Flag("--device", "auto, cpu, cuda or cuda:N (sets train.device)", sets="train.device"),
+        _Flag("--set", "override any config field", action="append", metavar="SECTION.FIELD=VALUE"),
+        _Flag(
+            "--resume",
+            "continue the run in RUN_DIR from its last checkpoint (with its config.yaml)",
+            metavar="RUN_DIR",
+        ),
+        _Flag(
+            "--overwrite",
+            "delete what the run folder holds (a finished or stopped run of the same train.run_name) and start "
+            "again; without it such a folder is refused",
+            action="store_true",
+        ),
+        _Flag("--seeds", "train once per seed and report mean ± std", type=int, nargs="+"),
+        _Flag(
+            "--sync-batchnorm",
+            "DDP only (CUDA): BatchNorm statistics over the global batch instead of each process's own batch",
+            action="store_true",
+        ),
+        _Flag(
+            "--devices",
+            "train on N processes of this machine (one per GPU, or N CPU processes) with DistributedDataParallel, "
+            "via torchrun; optim.batch_size is per process, so the global batch is batch_size x N",
+            forwarded=False,
+            type=int,
+            metavar="N",
+        ),
+    )
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -37,19 +112,11 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         source = str(existing[0])
     else:
         source = args.data if args.data in list_presets() else "synthetic"
-    overrides: list[str] = []
-    if args.data:
-        overrides.append(f"data.name={args.data}")
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-    if args.model:
-        overrides.append(f"model.name={args.model}")
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
+    overrides = [
+        f"{flag.sets}={value}"
+        for flag in _flags()
+        if flag.sets and (value := getattr(args, flag.dest)) is not None and value != ""
+    ]
     return ExperimentConfig.from_yaml(source, overrides + list(args.set or []))
 
 
@@ -85,27 +152,7 @@ def _summary(results: list[TrainResult], seeds: list[int], config: ExperimentCon
 
 def forwarded_arguments(args: argparse.Namespace) -> list[str]:
     """The ``convunext train`` arguments of ``args`` as a command line, without ``--devices``."""
-    argv: list[str] = [args.config] if args.config else []
-    for flag, value in (
-        ("--data", args.data),
-        ("--data-root", args.data_root),
-        ("--model", args.model),
-        ("--epochs", args.epochs),
-        ("--output-dir", args.output_dir),
-        ("--device", args.device),
-        ("--resume", args.resume),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    for override in args.set or []:
-        argv += ["--set", override]
-    if args.seeds:
-        argv += ["--seeds", *map(str, args.seeds)]
-    if args.sync_batchnorm:
-        argv.append("--sync-batchnorm")
-    if args.overwrite:
-        argv.append("--overwrite")
-    return argv
+    return [part for flag in _flags() if flag.forwarded for part in flag.command_line(getattr(args, flag.dest))]
 
 
 def launch_command(args: argparse.Namespace) -> list[str]:
@@ -200,36 +247,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a registry model with a preset (synthetic, drive, glas, hrf) or a YAML config file. "
         "Every config field can be overridden with --set SECTION.FIELD=VALUE.",
     )
-    parser.add_argument("config", nargs="?", help=f"preset ({', '.join(list_presets())}) or YAML file")
-    parser.add_argument("--data", help="dataset: synthetic, drive, glas, hrf or folder (sets data.name)")
-    parser.add_argument("--data-root", help="dataset folder (sets data.root)")
-    parser.add_argument("--model", help="registry model name (sets model.name); see `convunext models`")
-    parser.add_argument("--epochs", type=int, help="number of epochs (sets train.epochs)")
-    parser.add_argument("--output-dir", help="parent folder of run folders (sets train.output_dir)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets train.device)")
-    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override any config field")
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint (with its config.yaml)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete what the run folder holds (a finished or stopped run of the same train.run_name) and start "
-        "again; without it such a folder is refused",
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", help="train once per seed and report mean ± std")
-    parser.add_argument(
-        "--sync-batchnorm",
-        action="store_true",
-        help="DDP only (CUDA): BatchNorm statistics over the global batch instead of each process's own batch",
-    )
-    parser.add_argument(
-        "--devices",
-        type=int,
-        metavar="N",
-        help="train on N processes of this machine (one per GPU, or N CPU processes) with DistributedDataParallel, "
-        "via torchrun; optim.batch_size is per process, so the global batch is batch_size x N",
-    )
+    for flag in _flags():
+        flag.add_to(parser)
     parser.set_defaults(func=run)

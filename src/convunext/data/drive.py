@@ -22,7 +22,7 @@ from ..errors import ConvUNeXtError
 from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split, load_split_file, locate_root, split_stems
 
 # Mean/std of the 20 official training images ("trainval") inside the FOV, pooled over pixels, values in [0, 1];
-# recomputed from the real copy by tests/data/test_drive.py: compute_mean_std(DriveDataset(split="trainval")).
+# recomputed from the real copy by tests/data/test_data_drive.py: compute_mean_std(DriveDataset(split="trainval")).
 # The mean equals the reference code's (0.709, 0.381, 0.224); its std (0.127, 0.079, 0.043) is the average of
 # per-image stds, reproduced by compute_mean_std(..., per_image=True).
 DRIVE_MEAN = (0.7087, 0.3815, 0.2239)

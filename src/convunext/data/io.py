@@ -19,7 +19,6 @@ header, before anything is decoded. The environment variable ``CONVUNEXT_MAX_IMA
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Iterable
@@ -273,12 +272,3 @@ def read_fov(path: Path) -> np.ndarray:
     if maximum <= 1:
         return array > 0
     return array >= (128 if maximum <= 255 else 32768)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -27,12 +27,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ConvUNeXtError
+from ..utils.io import sha256_file
 from .base import DatasetInfo, FileDataset, Record
 from .drive import DriveDataset, locate_drive
 from .folder import INCOMPLETE_MARKER, FolderDataset, folder_info_without_stats, load_dataset_json
 from .glas import GlasDataset, locate_glas
 from .hrf import HrfDataset, locate_hrf
-from .io import image_channels, image_size, list_images, open_image, read_image, sha256_file
+from .io import image_channels, image_size, list_images, open_image, read_image
 from .stats import compute_mean_std
 
 PREPARABLE = ("drive", "glas", "hrf", "folder")

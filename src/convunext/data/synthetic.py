@@ -32,7 +32,7 @@ DEFAULT_SIZE = 256
 VAL_EVERY = 5  # every 5th image of the training pool is a validation image
 
 # Per-channel mean/std of the default synthetic "trainval" split (num_images=30, size=256, seed=0), inside the FOV
-# for "vessels" and over all pixels for "glands"; recomputed by tests/data/test_synthetic.py.
+# for "vessels" and over all pixels for "glands"; recomputed by tests/data/test_data_synthetic.py.
 SYNTHETIC_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "vessels": ((0.6304, 0.3151, 0.1625), (0.1252, 0.0789, 0.0579)),
     "glands": ((0.8141, 0.5583, 0.7525), (0.1377, 0.1414, 0.1052)),
@@ -414,11 +414,6 @@ def synthetic_info(task: str = "vessels") -> DatasetInfo:
 
 
 # --------------------------------------------------------------------------------------------------- baseline
-def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
-    total = prediction.sum() + target.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(prediction, target).sum() / total)
-
-
 def threshold_baseline(dataset: Any, num_thresholds: int = 101, channel: str = "gray") -> dict[str, float]:
     """How far a plain intensity threshold gets: the Dice of the best *global* threshold, chosen with the
     labels (an oracle, so an upper bound for any threshold rule), and of the best threshold per image.

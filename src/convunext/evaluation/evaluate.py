@@ -7,7 +7,6 @@ pixel accuracy, as the authors' reference code does; the ``fov_*`` vessel metric
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,8 +148,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    """Read a ``metrics.json`` written by :func:`write_report`."""
-    return json.loads(Path(path).read_text())

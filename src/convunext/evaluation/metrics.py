@@ -27,21 +27,30 @@ The named metrics:
   ``FovMetrics``).
 
 Every accumulator keeps its state as CPU tensors of integer counts (plus image names and, for the exact AUC,
-the float32 FOV scores), so results from
-several processes merge exactly: ``merge`` / ``state`` / ``from_state`` and
-``SegmentationMetrics.gather_across_processes`` give the same numbers as one process over all the images
+the float32 FOV scores), so results from several processes merge exactly: ``merge`` / ``state`` / ``from_state``
+and ``SegmentationMetrics.gather_across_processes`` give the same numbers as one process over all the images
 (means over images use ``math.fsum``, so the order of images does not matter either).
+
+One metric family per module, all importable from here: :mod:`~convunext.evaluation.confusion` (confusion
+matrices, IoU, mIoU, pixel accuracy), :mod:`~convunext.evaluation.dice` (the paper's Dice),
+:mod:`~convunext.evaluation.auc` (exact and binned AUC-ROC), :mod:`~convunext.evaluation.fov` (``FovMetrics``);
+this module composes them into ``SegmentationMetrics``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from .auc import auc_roc
+from .confusion import ConfusionMatrix, confusion_matrix, per_image_confusion
+from .dice import foreground_dice, foreground_scores
+from .fov import VESSEL_RATES, FovMetrics, vessel_rates
+from .utils import as_labels, as_target, nan_mean, nan_std, ratio
 
 __all__ = [
     "ConfusionMatrix",
@@ -52,484 +61,6 @@ __all__ = [
     "foreground_dice",
     "per_image_confusion",
 ]
-
-_SEARCH_CHUNK = 1 << 22  # positives per searchsorted call in the exact AUC (bounds its int64 temporaries)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _as_labels(pred: Tensor) -> Tensor:
-    """Class ids N x H x W from scores N x K x H x W (argmax), labels N x H x W, or one label map H x W."""
-    if pred.dim() == 4:
-        return pred.argmax(dim=1)
-    if pred.dim() == 3:
-        if pred.is_floating_point():
-            raise TypeError("a 3-D prediction must hold integer class ids; pass scores as N x K x H x W")
-        return pred.long()
-    if pred.dim() == 2:
-        if pred.is_floating_point():
-            raise TypeError("a 2-D prediction must hold integer class ids")
-        return pred.long().unsqueeze(0)
-    raise ValueError(f"prediction must be N x K x H x W scores or N x H x W labels, got shape {tuple(pred.shape)}")
-
-
-def _as_target(target: Tensor, shape: torch.Size) -> Tensor:
-    if target.dim() == 2:
-        target = target.unsqueeze(0)
-    if target.is_floating_point():
-        raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
-    if tuple(target.shape) != tuple(shape):
-        raise ValueError(f"target shape {tuple(target.shape)} does not match the prediction's {tuple(shape)}")
-    return target.long()
-
-
-def _check_labels(target: Tensor, valid: Tensor, num_classes: int, ignore_index: int) -> None:
-    bad = valid & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        values = torch.unique(target[bad])[:5].tolist()
-        raise ValueError(
-            f"target holds labels {values} outside [0, {num_classes}) that are not the ignore value {ignore_index}"
-        )
-
-
-def _as_mask(mask: Tensor, shape: torch.Size, what: str) -> Tensor:
-    if mask.dim() == 2:
-        mask = mask.unsqueeze(0)
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{what} shape {tuple(mask.shape)} does not match the target's {tuple(shape)}")
-    return mask if mask.dtype == torch.bool else mask != 0
-
-
-def _ratio(numerator: int | float, denominator: int | float, empty: float = math.nan) -> float:
-    return float(numerator) / float(denominator) if denominator else empty
-
-
-def _mean(values: Iterable[float]) -> float:
-    """Order-independent (exactly rounded) mean; NaN values are skipped; NaN when nothing is left."""
-    kept = [v for v in values if not math.isnan(v)]
-    return math.fsum(kept) / len(kept) if kept else math.nan
-
-
-def _std(values: Iterable[float]) -> float:
-    """Population standard deviation (ddof=0), order-independent; NaN values are skipped."""
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return math.nan
-    mean = math.fsum(kept) / len(kept)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in kept) / len(kept))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# confusion matrices
-
-
-def per_image_confusion(
-    pred: Tensor,
-    target: Tensor,
-    num_classes: int,
-    ignore_index: int = 255,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """One confusion matrix per image.
-
-    Args:
-        pred: N x K x H x W scores (argmax taken) or N x H x W class ids.
-        target: N x H x W labels in ``[0, K)`` or ``ignore_index``.
-        num_classes: K.
-        ignore_index: label of pixels to skip.
-        mask: optional N x H x W bool; only pixels where it is true count.
-
-    Returns:
-        N x K x K int64 on the input's device; ``[n, t, p]`` = pixels of image n with target t predicted p.
-    """
-    labels = _as_labels(pred)
-    target = _as_target(target, labels.shape)
-    valid = target != ignore_index
-    _check_labels(target, valid, num_classes, ignore_index)
-    if mask is not None:
-        valid = valid & _as_mask(mask, target.shape, "mask")
-    if bool(valid.any()) and int(labels[valid].max()) >= num_classes:
-        raise ValueError(f"prediction holds class ids >= num_classes={num_classes}")
-    n = target.shape[0]
-    image_index = torch.arange(n, device=target.device).view(n, 1, 1).expand_as(target)
-    flat = (image_index * num_classes + target) * num_classes + labels
-    counts = torch.bincount(flat[valid], minlength=n * num_classes * num_classes)
-    return counts.view(n, num_classes, num_classes)
-
-
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
-    """Confusion matrix K x K int64 (rows target, columns prediction) over all non-ignored pixels of a batch."""
-    return per_image_confusion(pred, target, num_classes, ignore_index).sum(dim=0)
-
-
-def _foreground_scores(cm: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image, per-foreground-class Dice and IoU from N x K x K confusion matrices.
-
-    Returns two N x (K-1) float64 tensors; a class absent from both target and prediction scores 1.0.
-    """
-    cm = cm.double()
-    tp = torch.diagonal(cm, dim1=1, dim2=2)[:, 1:]
-    predicted = cm.sum(dim=1)[:, 1:]
-    actual = cm.sum(dim=2)[:, 1:]
-    total = predicted + actual
-    union = total - tp
-    ones = torch.ones_like(tp)
-    dice = torch.where(total > 0, 2.0 * tp / torch.where(total > 0, total, ones), ones)
-    iou = torch.where(union > 0, tp / torch.where(union > 0, union, ones), ones)
-    return dice, iou
-
-
-def foreground_dice(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
-    """The paper's per-image Dice: foreground classes only, ignore pixels skipped.
-
-    For each image and each foreground class ``c >= 1``: ``2 |P_c ∩ T_c| / (|P_c| + |T_c|)`` over the image's
-    non-ignored pixels, 1.0 when class c is absent from both (empty-foreground convention); the image's value
-    is the mean over foreground classes (for binary segmentation: the Dice of class 1).
-
-    Args:
-        pred: N x K x H x W scores (argmax taken) or N x H x W class ids.
-        target: N x H x W labels in ``[0, K)`` or ``ignore_index``.
-        num_classes: K (>= 2).
-        ignore_index: label of pixels to skip.
-
-    Returns:
-        N float64 Dice values (CPU), one per image. Average them over images for the paper's Dice.
-    """
-    if num_classes < 2:
-        raise ValueError("foreground Dice needs num_classes >= 2 (class 0 is background)")
-    dice, _ = _foreground_scores(per_image_confusion(pred, target, num_classes, ignore_index).cpu())
-    return dice.mean(dim=1)
-
-
-class ConfusionMatrix:
-    """Dataset-wide K x K confusion matrix (int64, rows target, columns prediction) skipping ignore pixels.
-
-    ``update(pred, target)`` with pred N x K x H x W scores or N x H x W ids and target N x H x W;
-    then ``iou_per_class()``, ``mean_iou()`` (over all classes including background), ``pixel_accuracy()``.
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.ignore_index = int(ignore_index)
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-
-    def reset(self) -> None:
-        self.matrix.zero_()
-
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add a batch: pred N x K x H x W (scores) or N x H x W (ids), target N x H x W."""
-        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu()
-
-    def merge(self, other: ConfusionMatrix | Tensor) -> None:
-        """Add another accumulator's counts (or a K x K count tensor)."""
-        matrix = other.matrix if isinstance(other, ConfusionMatrix) else other
-        if tuple(matrix.shape) != tuple(self.matrix.shape):
-            raise ValueError(f"cannot merge a {tuple(matrix.shape)} confusion matrix into {tuple(self.matrix.shape)}")
-        self.matrix += matrix.to(device="cpu", dtype=torch.int64)
-
-    def iou_per_class(self) -> Tensor:
-        """K float64: ``TP / (TP + FP + FN)`` per class; NaN for a class absent from target and prediction."""
-        m = self.matrix.double()
-        tp = torch.diagonal(m)
-        union = m.sum(dim=0) + m.sum(dim=1) - tp
-        return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
-
-    def mean_iou(self) -> float:
-        """Mean IoU over classes *including background* (NaN classes skipped): the paper's mIoU."""
-        return _mean(self.iou_per_class().tolist())
-
-    def pixel_accuracy(self) -> float:
-        """Global pixel accuracy: correctly classified / all counted pixels (NaN when empty)."""
-        return _ratio(int(torch.diagonal(self.matrix).sum()), int(self.matrix.sum()))
-
-    def class_accuracy(self) -> Tensor:
-        """K float64 recall per class ``TP / (TP + FN)`` (NaN for a class absent from the target)."""
-        m = self.matrix.double()
-        actual = m.sum(dim=1)
-        return torch.where(actual > 0, torch.diagonal(m) / actual.clamp(min=1), torch.full_like(actual, math.nan))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# AUC-ROC
-
-
-def _auc_from_histograms(positives: Tensor, negatives: Tensor) -> float:
-    """AUC from counts of positives / negatives per ordered score bin (ties within a bin count 1/2).
-
-    ``AUC = P(s+ > s-) + 0.5 P(s+ == s-)``, computed in exact integer arithmetic, one rounding at the end.
-    """
-    positives = positives.to(torch.int64)
-    negatives = negatives.to(torch.int64)
-    n_pos = int(positives.sum())
-    n_neg = int(negatives.sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    below = torch.cumsum(negatives, dim=0) - negatives
-    twice_wins = 2 * int((positives * below).sum()) + int((positives * negatives).sum())
-    return twice_wins / (2 * n_pos * n_neg)
-
-
-def _exact_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """Exact AUC of two score arrays (ties counted 1/2); sorts both **in place**.
-
-    For every positive, ``searchsorted`` in the sorted negatives counts the negatives strictly below it (left
-    side) and those below or equal (right side); their sum is twice its wins, ties counting once. Integer
-    arithmetic throughout, one rounding at the end. Temporaries are bounded by ``_SEARCH_CHUNK`` positives.
-    """
-    n_pos, n_neg = positives.size, negatives.size
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    positives.sort()  # sorted keys speed the searches up: numpy narrows each from the previous result
-    negatives.sort()
-    twice_wins = 0
-    for start in range(0, n_pos, _SEARCH_CHUNK):
-        chunk = positives[start : start + _SEARCH_CHUNK]
-        twice_wins += int(np.searchsorted(negatives, chunk, side="left").sum(dtype=np.int64))
-        twice_wins += int(np.searchsorted(negatives, chunk, side="right").sum(dtype=np.int64))
-    return twice_wins / (2 * n_pos * n_neg)
-
-
-def _as_numpy_scores(scores: Tensor) -> np.ndarray:
-    """A CPU numpy copy of float scores (half precisions widened to float32 exactly, which keeps the order)."""
-    scores = scores.detach()
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()
-    return scores.cpu().numpy().copy()
-
-
-def auc_roc(scores: Tensor, labels: Tensor) -> float:
-    """Exact area under the ROC curve (Mann-Whitney statistic with ties counted 1/2).
-
-    Args:
-        scores: any shape, float; higher means "more positive".
-        labels: same shape, bool (or 0/1): the positive class.
-
-    Returns:
-        ``P(score of a random positive > score of a random negative) + 0.5 P(equal)``; NaN if either
-        class is empty. Sorting-based, O(n log n), exact (integer counts, one rounding).
-    """
-    scores = scores.reshape(-1)
-    labels = labels.reshape(-1)
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores ({scores.numel()}) and labels ({labels.numel()}) differ in size")
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores contain NaN")
-    labels = labels if labels.dtype == torch.bool else labels != 0
-    return _exact_auc(_as_numpy_scores(scores[labels]), _as_numpy_scores(scores[~labels]))
-
-
-def _probability_bins(scores: Tensor, mantissa_bits: int, octaves: int) -> tuple[Tensor, int]:
-    """Map probabilities in [0, 1] to ordered bins with *relative* resolution ``2**-mantissa_bits``.
-
-    Bins follow the float32 bit pattern of ``q = min(p, 1 - p)`` (``1 - p`` is exact in float32 for
-    ``p >= 0.5``), keeping the top ``mantissa_bits`` mantissa bits and ``octaves`` binary exponents below 0.5,
-    mirrored for the upper half so the index is monotone in p. Values of q below ``2**-(octaves + 1)`` share
-    the outermost bin; ``octaves=126`` resolves every float32 exponent, subnormals included, down to 0 (float32
-    bit patterns of non-negative values are ordered like the values). Equal probabilities share a bin.
-
-    Returns:
-        (bin index per element (int64), number of bins).
-    """
-    p = scores.float().clamp(0.0, 1.0)
-    upper = p >= 0.5
-    q = torch.where(upper, 1.0 - p, p).contiguous()
-    shift = 23 - mantissa_bits
-    key = (q.view(torch.int32) >> shift).long()
-    low = (126 - octaves) << mantissa_bits
-    high = 126 << mantissa_bits
-    per_half = high - low + 1
-    key = key.clamp(min=low) - low
-    index = torch.where(upper, 2 * per_half - 1 - key, key)
-    return index, 2 * per_half
-
-
-class FovMetrics:
-    """Vessel-style metrics inside a field-of-view (FOV) mask, pooled over every pixel of every image.
-
-    Foreground = any label other than 0 (and not ``ignore_index``); the score is the foreground probability.
-    Counts (TP, FP, FN, TN) give sensitivity, specificity and accuracy; AUC-ROC is computed over all FOV
-    pixels of all images seen (as vessel papers report it), in one of two modes:
-
-    * ``auc="exact"`` (default): keeps every FOV pixel's float32 score, in one list for foreground pixels and
-      one for background pixels (4 bytes per pixel: DRIVE's test set ~18 MB, HRF's ~170M FOV pixels ~680 MB,
-      twice that for a moment while ``auc()`` joins the lists), and computes the Mann-Whitney statistic of
-      :func:`auc_roc` by sorting (ties in float32 counted 1/2): the exact AUC of the float32 scores, any
-      values, in about a second for DRIVE.
-    * ``auc="binned"``: streaming, fixed memory — two histograms (positives / negatives) over ``num_bins``
-      ordered probability bins (:func:`_probability_bins`; defaults: every float32 exponent down to 0 and
-      ``2**12`` bins per exponent, 1,032,194 bins, 16 MB) with relative resolution ``2**-mantissa_bits`` on
-      ``q = min(p, 1 - p)``. Only scores sharing a bin are confused (counted as ties): two values of q above
-      ``2**-126`` (1.2e-38) that differ by a factor ``1 + 2**-mantissa_bits`` or more never share one, and the
-      error against the exact AUC is at most :meth:`auc_error_bound` — half the fraction of (positive,
-      negative) pairs sharing a bin, computed from the histograms and reported with the result (tested).
-
-    Both modes merge exactly across processes (histograms add, score lists concatenate).
-    """
-
-    def __init__(
-        self,
-        auc: Literal["binned", "exact"] = "exact",
-        threshold: float = 0.5,
-        ignore_index: int = 255,
-        mantissa_bits: int = 12,
-        octaves: int = 126,
-    ) -> None:
-        if auc not in ("binned", "exact"):
-            raise ValueError(f"auc must be 'binned' or 'exact', got {auc!r}")
-        if not 1 <= mantissa_bits <= 23:
-            raise ValueError("mantissa_bits must be in [1, 23]")
-        if not 1 <= octaves <= 126:
-            raise ValueError("octaves must be in [1, 126]")
-        self.auc_mode: Literal["binned", "exact"] = auc
-        self.threshold = float(threshold)
-        self.ignore_index = int(ignore_index)
-        self.mantissa_bits = int(mantissa_bits)
-        self.octaves = int(octaves)
-        self.reset()
-
-    @property
-    def num_bins(self) -> int:
-        return 2 * (self.octaves * (1 << self.mantissa_bits) + 1)
-
-    def reset(self) -> None:
-        self.counts = torch.zeros(4, dtype=torch.int64)  # TP, FP, FN, TN
-        self.positive_hist = torch.zeros(self.num_bins if self.auc_mode == "binned" else 0, dtype=torch.int64)
-        self.negative_hist = torch.zeros_like(self.positive_hist)
-        self.positive_scores: list[Tensor] = []
-        self.negative_scores: list[Tensor] = []
-
-    def update(
-        self,
-        scores: Tensor | None,
-        target: Tensor,
-        fov: Tensor | None = None,
-        pred: Tensor | None = None,
-    ) -> Tensor:
-        """Add a batch.
-
-        Args:
-            scores: N x H x W foreground probabilities in [0, 1], or None (then no AUC for this batch and
-                ``pred`` is required).
-            target: N x H x W labels; foreground = label not in {0, ignore_index}; ignore pixels are skipped.
-            fov: N x H x W bool field of view (None: the whole image).
-            pred: N x H x W bool predicted foreground; default ``scores > threshold``.
-
-        Returns:
-            N x 4 int64 per-image counts (TP, FP, FN, TN) inside the FOV, on the CPU.
-        """
-        if target.dim() == 2:
-            target = target.unsqueeze(0)
-        if target.is_floating_point():
-            raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
-        if scores is not None:
-            scores = scores.unsqueeze(0) if scores.dim() == 2 else scores
-            if tuple(scores.shape) != tuple(target.shape):
-                raise ValueError(f"scores shape {tuple(scores.shape)} does not match target {tuple(target.shape)}")
-        if pred is None:
-            if scores is None:
-                raise ValueError("give scores, pred or both")
-            pred = scores > self.threshold
-        else:
-            pred = _as_mask(pred, target.shape, "pred")
-        valid = target != self.ignore_index
-        if fov is not None:
-            valid = valid & _as_mask(fov, target.shape, "fov")
-        actual = target != 0
-        n = target.shape[0]
-        code = actual.long() * 2 + pred.long()  # 0: TN, 1: FP, 2: FN, 3: TP
-        image_index = torch.arange(n, device=target.device).view(n, 1, 1).expand_as(target)
-        per_image = torch.bincount((image_index * 4 + code)[valid], minlength=4 * n).view(n, 4)
-        per_image = per_image[:, [3, 1, 2, 0]].cpu()
-        self.counts += per_image.sum(dim=0)
-        if scores is not None:
-            kept_scores = scores[valid]
-            kept_labels = actual[valid]
-            if bool(torch.isnan(kept_scores).any()):
-                raise ValueError("scores contain NaN inside the FOV")
-            if self.auc_mode == "binned":
-                index, num_bins = _probability_bins(kept_scores, self.mantissa_bits, self.octaves)
-                self.positive_hist += torch.bincount(index[kept_labels], minlength=num_bins).cpu()
-                self.negative_hist += torch.bincount(index[~kept_labels], minlength=num_bins).cpu()
-            else:
-                kept_scores = kept_scores.float()
-                self.positive_scores.append(kept_scores[kept_labels].cpu())
-                self.negative_scores.append(kept_scores[~kept_labels].cpu())
-        return per_image
-
-    def _joined_scores(self) -> tuple[Tensor, Tensor]:
-        """The positive and negative score lists, each joined into one tensor (kept so, to join only once)."""
-        for parts in (self.positive_scores, self.negative_scores):
-            if len(parts) != 1:
-                joined = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float32)
-                parts.clear()
-                parts.append(joined)
-        return self.positive_scores[0], self.negative_scores[0]
-
-    def auc(self) -> float:
-        """AUC-ROC over every FOV pixel seen with a score (NaN if one class is missing)."""
-        if self.auc_mode == "binned":
-            return _auc_from_histograms(self.positive_hist, self.negative_hist)
-        positives, negatives = self._joined_scores()
-        # sorting in place keeps the stored lists valid (the AUC does not depend on their order) and sorted,
-        # which makes the next call cheap
-        return _exact_auc(positives.numpy(), negatives.numpy())
-
-    def auc_error_bound(self) -> float:
-        """Largest possible ``|auc() - exact AUC|``: 0 in exact mode; binned, half the fraction of
-        (positive, negative) pairs whose scores share a bin (NaN if one class is missing)."""
-        if self.auc_mode == "exact":
-            positives, negatives = self._joined_scores()
-            return 0.0 if positives.numel() and negatives.numel() else math.nan
-        n_pos, n_neg = int(self.positive_hist.sum()), int(self.negative_hist.sum())
-        if n_pos == 0 or n_neg == 0:
-            return math.nan
-        return int((self.positive_hist * self.negative_hist).sum()) / (2 * n_pos * n_neg)
-
-    def compute(self) -> dict[str, float | int]:
-        """``{"sensitivity", "specificity", "accuracy", "auc", "auc_error_bound", "pixels"}`` over all FOV
-        pixels seen."""
-        tp, fp, fn, tn = (int(v) for v in self.counts)
-        return {
-            "sensitivity": _ratio(tp, tp + fn),
-            "specificity": _ratio(tn, tn + fp),
-            "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-            "auc": self.auc(),
-            "auc_error_bound": self.auc_error_bound(),
-            "pixels": tp + fp + fn + tn,
-        }
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to merge: CPU tensors (and the settings, to check compatibility)."""
-        positives, negatives = self._joined_scores()
-        return {
-            "settings": (self.auc_mode, self.threshold, self.ignore_index, self.mantissa_bits, self.octaves),
-            "counts": self.counts.clone(),
-            "positive_hist": self.positive_hist.clone(),
-            "negative_hist": self.negative_hist.clone(),
-            "positive_scores": positives.clone(),
-            "negative_scores": negatives.clone(),
-        }
-
-    def merge(self, other: FovMetrics | dict[str, Any]) -> None:
-        """Add another accumulator (or its ``state()``): counts and histograms add, score lists concatenate."""
-        state = other.state() if isinstance(other, FovMetrics) else other
-        mine = (self.auc_mode, self.threshold, self.ignore_index, self.mantissa_bits, self.octaves)
-        if tuple(state["settings"]) != mine:
-            raise ValueError(f"cannot merge FovMetrics with settings {tuple(state['settings'])} into {mine}")
-        self.counts += state["counts"]
-        self.positive_hist += state["positive_hist"]
-        self.negative_hist += state["negative_hist"]
-        # copies: auc() sorts the stored scores in place, which must not reorder the caller's state
-        self.positive_scores.append(state["positive_scores"].to(torch.float32, copy=True))
-        self.negative_scores.append(state["negative_scores"].to(torch.float32, copy=True))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# everything together
 
 
 class SegmentationMetrics:
@@ -608,8 +139,8 @@ class SegmentationMetrics:
             labels = probabilities.argmax(dim=1)
         else:
             probabilities = None
-            labels = _as_labels(output)
-        target = _as_target(target, labels.shape)
+            labels = as_labels(output)
+        target = as_target(target, labels.shape)
         n = labels.shape[0]
         if names is None:
             names = [f"image_{len(self.names) + i}" for i in range(n)]
@@ -703,7 +234,7 @@ class SegmentationMetrics:
     # -- results -------------------------------------------------------------------------------------------
 
     def _per_image_scores(self) -> tuple[Tensor, Tensor]:
-        return _foreground_scores(self.image_confusions)
+        return foreground_scores(self.image_confusions)
 
     def compute(self) -> dict[str, Any]:
         """All dataset-level metrics as plain Python numbers (JSON-ready; NaN where undefined).
@@ -729,19 +260,19 @@ class SegmentationMetrics:
         cm = matrix.matrix.double()
         tp = torch.diagonal(cm)[1:]
         total = cm.sum(dim=0)[1:] + cm.sum(dim=1)[1:]
-        global_dice = [_ratio(2 * t, s) for t, s in zip(tp.tolist(), total.tolist(), strict=True)]
+        global_dice = [ratio(2 * t, s) for t, s in zip(tp.tolist(), total.tolist(), strict=True)]
         iou_per_class = matrix.iou_per_class().tolist()
         results: dict[str, Any] = {
             "num_images": n,
             "pixels": int(matrix.matrix.sum()),
-            "dice_fg_mean": _mean(image_dice),
-            "dice_fg_std": _std(image_dice),
-            "dice_fg_per_class": [_mean(dice[:, c].tolist()) for c in range(dice.shape[1])],
-            "iou_fg_mean": _mean(image_iou),
+            "dice_fg_mean": nan_mean(image_dice),
+            "dice_fg_std": nan_std(image_dice),
+            "dice_fg_per_class": [nan_mean(dice[:, c].tolist()) for c in range(dice.shape[1])],
+            "iou_fg_mean": nan_mean(image_iou),
             "miou_cm": matrix.mean_iou(),
             "iou_per_class": iou_per_class,
-            "iou_fg_cm": _mean(iou_per_class[1:]),
-            "dice_fg_cm": _mean(global_dice),
+            "iou_fg_cm": nan_mean(iou_per_class[1:]),
+            "dice_fg_cm": nan_mean(global_dice),
             "pixel_accuracy": matrix.pixel_accuracy(),
         }
         self._compact()
@@ -774,17 +305,14 @@ class SegmentationMetrics:
                 "name": name,
                 "dice_fg": float(dice[i].mean()),
                 "iou_fg": float(iou[i].mean()),
-                "pixel_accuracy": _ratio(int(torch.diagonal(cm).sum()), pixels),
+                "pixel_accuracy": ratio(int(torch.diagonal(cm).sum()), pixels),
                 "pixels": pixels,
             }
             if self.num_classes > 2:
                 for c in range(1, self.num_classes):
                     row[f"dice_class_{c}"] = float(dice[i, c - 1])
             if any_fov:
-                tp, fp, fn, tn = (int(v) for v in fov_counts[i])
-                ok = bool(has_fov[i])
-                row["fov_sensitivity"] = _ratio(tp, tp + fn) if ok else math.nan
-                row["fov_specificity"] = _ratio(tn, tn + fp) if ok else math.nan
-                row["fov_accuracy"] = _ratio(tp + tn, tp + fp + fn + tn) if ok else math.nan
+                rates = vessel_rates(fov_counts[i]) if bool(has_fov[i]) else dict.fromkeys(VESSEL_RATES, math.nan)
+                row.update({f"fov_{key}": value for key, value in rates.items()})
             rows.append(row)
         return rows

@@ -39,6 +39,7 @@ from ..errors import ConvUNeXtError
 from ..models.base import switched
 from ..models.layers.padding import ReflectConv2d
 from ..utils.io import atomic_write_files, prepare_output_file
+from ..utils.modules import eval_mode, module_device
 from .onnx_runtime import MIN_SIZE_KEY, OnnxRuntimeModule, require_onnxruntime
 
 __all__ = [
@@ -73,12 +74,6 @@ def export_friendly(model: nn.Module) -> contextlib.AbstractContextManager[nn.Mo
     return switched(model, "exportable")
 
 
-def _device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _in_channels(model: nn.Module) -> int:
     channels = getattr(model, "in_channels", None)
     if isinstance(channels, int):
@@ -87,17 +82,6 @@ def _in_channels(model: nn.Module) -> int:
         if isinstance(module, nn.Conv2d):
             return module.in_channels
     raise ConvUNeXtError("cannot tell the model's input channels; it has no in_channels attribute")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the duration (its previous mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _require_onnx_exporter() -> None:
@@ -133,13 +117,13 @@ def _onnx_proto(model: nn.Module, opset: int) -> Any:
     from torch.export import Dim
 
     low = min_input_size(model)
-    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=_device(model))
+    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=module_device(model))
     dims = {
         0: Dim("batch", min=1, max=4096),
         2: Dim("height", min=low, max=MAX_SIDE),
         3: Dim("width", min=low, max=MAX_SIDE),
     }
-    with _eval_mode(model), export_friendly(model), _quiet_exporter(), torch.no_grad():
+    with eval_mode(model), export_friendly(model), _quiet_exporter(), torch.no_grad():
         try:
             program = torch.onnx.export(
                 model,
@@ -181,8 +165,8 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """
     path = prepare_output_file(path)
     low = min_input_size(model)
-    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=_device(model))
-    with _eval_mode(model), export_friendly(model), warnings.catch_warnings(), torch.no_grad():
+    example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=module_device(model))
+    with eval_mode(model), export_friendly(model), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
         traced = torch.jit.trace(model, example, check_trace=False)
     buffer = io.BytesIO()
@@ -226,13 +210,13 @@ def verify_export(
         require_onnxruntime()
         runner: nn.Module = OnnxRuntimeModule(Path(path))
     elif fmt == "torchscript":
-        runner = torch.jit.load(str(path), map_location=_device(model))
+        runner = torch.jit.load(str(path), map_location=module_device(model))
     else:
         raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     results = []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for shape in shapes:
-            x = torch.randn(*shape, generator=generator).to(_device(model))
+            x = torch.randn(*shape, generator=generator).to(module_device(model))
             expected = model(x)
             got = runner(x)
             results.append((tuple(shape), (got - expected).abs().max().item(), expected.abs().max().item()))

@@ -27,15 +27,15 @@ The model is switched to eval mode during the call (its previous mode is restore
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..utils.modules import eval_mode, module_device
 
 __all__ = [
     "MIN_INPUT_SIZE",
@@ -99,24 +99,6 @@ def gaussian_importance_map(
     weights /= weights.max()
     weights = np.maximum(weights, MIN_GAUSSIAN_WEIGHT)
     return torch.from_numpy(weights).to(dtype)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return fallback
 
 
 def _logits(model: nn.Module, batch: Tensor) -> Tensor:
@@ -226,7 +208,7 @@ def sliding_window_inference(
     tile_h, tile_w = _pair(tile_size)
     min_side = _min_side(model, min_size)
     tile_h, tile_w = min(max(tile_h, min_side), height), min(max(tile_w, min_side), width)
-    run_device = torch.device(device) if device is not None else _model_device(model, image.device)
+    run_device = torch.device(device) if device is not None else module_device(model, image.device)
     out_device = torch.device(output_device)
 
     ys = tile_starts(height, tile_h, overlap)
@@ -253,7 +235,7 @@ def sliding_window_inference(
         except ImportError:  # pragma: no cover - tqdm is a dependency, but stay usable without it
             bar = None
 
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             for start in batches:
                 chunk = tiles[start : start + batch_size]
@@ -326,10 +308,10 @@ def predict_probabilities(
             return result[0] if squeeze else result
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    run_device = torch.device(device) if device is not None else _model_device(model, image.device)
+    run_device = torch.device(device) if device is not None else module_device(model, image.device)
     out_device = torch.device(output_device)
     outputs = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, image.shape[0], batch_size):
             batch = image[start : start + batch_size].to(run_device)
             outputs.append(_probabilities(model, batch, tta_flips, _min_side(model, min_size)).to(out_device))

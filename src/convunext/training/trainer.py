@@ -6,25 +6,21 @@ the sample order of epoch ``e`` and every augmentation draw are functions of ``(
 resumed from its ``last`` checkpoint ends with the same weights as the same run uninterrupted.
 
 The run folder is safe from mistakes: before anything is written the crop is checked against the training images
-and the memory of one training step against the machine's (:func:`check_crop_size`, :func:`available_memory`); a
-new run never replaces a folder that already holds one unless asked to (``overwrite``), automatic names never
-collide (:func:`claim_run_dir`), and rank 0 holds the folder's :class:`~convunext.utils.lock.RunLock` for the whole
-run, so a second process training into the same folder is refused.
+and the memory of one training step against the machine's (:mod:`convunext.training.memory`); a new run never
+replaces a folder that already holds one unless asked to (``overwrite``), automatic names never collide, and rank 0
+holds the folder's :class:`~convunext.utils.lock.RunLock` for the whole run, so a second process training into the
+same folder is refused (:mod:`convunext.training.run_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
-import fnmatch
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,32 +30,21 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ..checkpoint import load_training_state, save_checkpoint_set
-from ..data import (
-    DatasetInfo,
-    EvalTransform,
-    FileDataset,
-    SyntheticDataset,
-    TrainTransform,
-    TransformedDataset,
-    open_dataset,
-    pad_collate,
-)
-from ..data.io import image_size
+from ..data import DatasetInfo, EvalTransform, TrainTransform, TransformedDataset, open_dataset, pad_collate
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_model
 from ..models import create_model, model_arguments
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json
-from ..utils.lock import LOCK_NAME, RunLock
-from .config import DataConfig, ExperimentConfig
+from .config import ExperimentConfig
 from .distributed import DistributedContext, single_process
 from .losses import SegmentationLoss
+from .memory import check_crop_size, check_step_memory, estimate_step_memory
 from .plots import plot_progress
+from .run_folder import default_run_name, open_run_dir
 from .schedule import build_scheduler
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_dice", "val_miou", "val_accuracy", "epoch_seconds")
-TEMP_FILES = ".*.tmp"  # the temporary files of convunext.utils.io.atomic_path
-PROBE_SIDE = 64  # side of the probe crop whose activations estimate a training step's memory
 _T = TypeVar("_T")
 
 
@@ -75,144 +60,43 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def default_run_name(config: ExperimentConfig) -> str:
-    """The automatic run name, ``<model>-<data>-<YYYYmmdd-HHMMSS>`` (:func:`claim_run_dir` makes it unique)."""
-    return datetime.now().strftime(f"{config.model.name}-{config.data.name}-%Y%m%d-%H%M%S")
+@dataclass
+class _Loop:
+    """The objects of one :meth:`Trainer.fit` and the progress that its ``last_state.pt`` checkpoint keeps."""
 
+    augmented: TransformedDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    writer: Any = None  # tensorboard's SummaryWriter, when on
+    epoch: int = 0  # the last epoch trained
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0})
+    history: list[dict[str, float]] = field(default_factory=list)
 
-def claim_run_dir(output_dir: str | Path, name: str) -> Path:
-    """Create and return a new, empty folder ``output_dir/name``, or ``name-2``, ``name-3``... when taken: automatic
-    run names never share a folder, even for runs started in the same second."""
-    parent = Path(output_dir)
-    parent.mkdir(parents=True, exist_ok=True)
-    index = 1
-    while True:
-        folder = parent / (name if index == 1 else f"{name}-{index}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            index += 1
+    def state(self, model: nn.Module, world_size: int) -> dict[str, Any]:
+        """The training state after :attr:`epoch`, for ``last_state.pt``."""
+        return {
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "world_size": world_size,
+            "epoch": self.epoch,
+            "best": self.best,
+            "history": self.history,
+        }
 
-
-def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse to start a new run in a folder that already holds files: the old run's checkpoints and metrics
-    would be replaced, or mixed with the new run's. Its lock and temporary files do not count."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise ConvUNeXtError(f"{run_dir}: exists and is not a folder; choose another train.run_name")
-    held = sorted(path.name for path in run_dir.iterdir() if not _disposable(path))
-    if not held:
-        return
-    resume = f"continue it with --resume {run_dir}, " if (run_dir / "last_state.pt").is_file() else ""
-    shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-    raise ConvUNeXtError(
-        f"{run_dir}: this folder already holds a run ({shown}); {resume}choose another train.run_name, "
-        "or pass --overwrite to delete it and start again"
-    )
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Delete everything in ``run_dir`` but its lock (``overwrite``), so that no file of the old run is left
-    beside the new run's."""
-    for path in run_dir.iterdir():
-        if path.name == LOCK_NAME:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def remove_temp_files(run_dir: Path) -> None:
-    """Delete the temporary files that a killed run left half-written, in ``run_dir`` and its sub-folders."""
-    for path in run_dir.rglob(TEMP_FILES):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-
-
-def _disposable(path: Path) -> bool:
-    return path.name == LOCK_NAME or (path.is_file() and fnmatch.fnmatch(path.name, TEMP_FILES))
-
-
-def check_crop_size(dataset: Dataset, data: DataConfig) -> None:
-    """Refuse a crop larger than any training image can become at the largest random resize: every crop would
-    then be mostly padding (ignored pixels), at the memory cost of the whole crop (a 4096 crop of 64-pixel images
-    takes gigabytes)."""
-    sizes = _image_sizes(dataset)
-    high = data.scale_range[1]
-    reach = max(round(max(size) * high) for size in sizes)
-    if data.crop_size <= reach:
-        return
-    smallest, largest = min(sizes, key=_area), max(sizes, key=_area)
-    extent = _pixels(largest) if smallest == largest else f"{_pixels(smallest)} to {_pixels(largest)}"
-    raise ConvUNeXtError(
-        f"data.crop_size={data.crop_size} is larger than any training image, even after the random resize "
-        f"(data.scale_range up to x{high:g}): the images are {extent} px, at most {reach} px on a side after "
-        f"resizing, so every crop would be mostly padding; use data.crop_size <= {reach}"
-    )
-
-
-def _image_sizes(dataset: Any) -> list[tuple[int, int]]:
-    """``(height, width)`` of every image of ``dataset``, from the file headers where there are files."""
-    if isinstance(dataset, SyntheticDataset):
-        return [(dataset.size, dataset.size)] * len(dataset)
-    if isinstance(dataset, FileDataset):
-        return [image_size(record.image) for record in dataset.records]
-    return [tuple(item["image"].shape[-2:]) for item in dataset]
-
-
-def _area(size: tuple[int, int]) -> int:
-    return size[0] * size[1]
-
-
-def _pixels(size: tuple[int, int]) -> str:
-    return f"{size[1]}x{size[0]}"
-
-
-def available_memory(device: torch.device) -> tuple[int, str] | None:
-    """Bytes that a training step on ``device`` can still allocate, and where the figure comes from: CUDA's free
-    memory (plus what PyTorch has cached unused), or on the CPU ``MemAvailable`` of ``/proc/meminfo`` and the
-    headroom under a cgroup v2 memory limit (containers, batch schedulers), whichever is less. None where unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free + cached, f"free on {torch.cuda.get_device_name(device)}"
-    if device.type != "cpu":
-        return None
-    found = []
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append((int(line.split()[1]) * 1024, "MemAvailable"))
-    headroom = _cgroup_headroom()
-    if headroom is not None:
-        found.append((headroom, "cgroup memory limit"))
-    return min(found) if found else None
-
-
-def _cgroup_headroom() -> int | None:
-    """Bytes left under this process's cgroup v2 ``memory.max`` (its page cache counts as free), None if none."""
-    try:
-        line = next(line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
-        folder = Path("/sys/fs/cgroup") / line[3:].strip().lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        stat = dict(entry.split() for entry in (folder / "memory.stat").read_text().splitlines())
-        used = int((folder / "memory.current").read_text()) - int(stat.get("file", 0))
-        return int(limit) - used
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-def _bytes_text(count: float) -> str:
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    index = 0
-    while count >= 1024 and index < len(units) - 1:
-        count, index = count / 1024, index + 1
-    return f"{count:.1f} {units[index]}"
+    def load(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Continue from a :meth:`state` (``model`` too): the next epoch is the one after the saved one."""
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
 
 
 class Trainer:
@@ -221,11 +105,11 @@ class Trainer:
     Args:
         config: the experiment (model, data, optimiser, loop settings); validated here.
         run_dir: where checkpoints, logs and plots go (default ``train.output_dir/<run_name>``, or a new folder
-            named by :func:`default_run_name`).
+            named by :func:`~convunext.training.run_folder.default_run_name`).
         resume: continue the run in ``run_dir`` from its ``last`` checkpoint.
         dist: the distributed context (default: a single process); only rank 0 writes files.
         overwrite: a new run (not ``resume``) in a folder that holds files deletes them first; without it such a
-            folder is refused (:func:`check_new_run_dir`).
+            folder is refused (:func:`~convunext.training.run_folder.check_new_run_dir`).
     """
 
     def __init__(
@@ -261,6 +145,10 @@ class Trainer:
 
             enable_activation_checkpointing(self.model)
         self.train_model: nn.Module = self.dist.wrap(self.model)
+        self.loss_fn = SegmentationLoss(
+            ce_weight=config.train.loss_ce_weight, dice_weight=config.train.loss_dice_weight
+        )
+        self.autocast_enabled, self.amp_dtype = self._autocast()
 
     def _model_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.config.model.kwargs)
@@ -308,42 +196,24 @@ class Trainer:
 
     def estimate_step_memory(self, crop_size: int | None = None, batch_size: int | None = None) -> int:
         """Bytes that one training step needs (default: at the configured crop and batch), estimated without
-        running one: the parameters with their gradients and AdamW's two moments, plus the activations autograd
-        keeps for the backward pass, measured on one probe crop of at most :data:`PROBE_SIDE` pixels and scaled by
-        pixels x batch (activation memory grows linearly with both). A lower bound: the backward pass's own
-        temporaries and the allocator's slack come on top."""
+        running one (:func:`~convunext.training.memory.estimate_step_memory`)."""
         crop = self.config.data.crop_size if crop_size is None else crop_size
         batch = self.config.optim.batch_size if batch_size is None else batch_size
-        side = min(crop, PROBE_SIDE)
-        parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return int(4 * parameters + self._saved_activation_bytes(side) * batch * (crop / side) ** 2)
+        return estimate_step_memory(self.model, self._probe, self.device, crop, batch)
 
-    def _saved_activation_bytes(self, side: int) -> int:
-        """Bytes of the tensors autograd saves in a forward pass and loss of one ``side x side`` crop, on a copy of
-        the model (BatchNorm statistics untouched) with the random stream restored afterwards."""
-        cfg = self.config
-        model = copy.deepcopy(self.model).train()
-        parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        saved: dict[int, int] = {}
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in parameters:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
+    def _probe(self, model: nn.Module, side: int) -> None:
+        """The forward pass and loss of a training step on one blank ``side x side`` crop."""
         images = torch.zeros(1, self.info.in_channels, side, side, device=self.device)
-        if cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         targets = torch.zeros(1, side, side, dtype=torch.long, device=self.device)
-        autocast_enabled, amp_dtype = self._autocast()
-        loss_fn = SegmentationLoss(ce_weight=cfg.train.loss_ce_weight, dice_weight=cfg.train.loss_dice_weight)
-        cuda_devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=autocast_enabled):
-                outputs = model(images)
-            loss_fn(_to_float(outputs), targets)
-        return sum(saved.values())
+        self._forward_loss(model, images, targets)
+
+    def _forward_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of ``model`` on a batch (the forward pass under the run's autocast)."""
+        if self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast_enabled):
+            outputs = model(images)
+        return self.loss_fn(_to_float(outputs), targets)
 
     def _autocast(self) -> tuple[bool, torch.dtype]:
         """Whether the training step runs under autocast, and in which dtype."""
@@ -354,48 +224,16 @@ class Trainer:
 
     def check_memory(self) -> None:
         """Refuse a training step estimated (:meth:`estimate_step_memory`) to need more memory than the device
-        has available (:func:`available_memory`; on a CPU shared by ``LOCAL_WORLD_SIZE`` processes, their sum)."""
-        available = available_memory(self.device)
-        if available is None:
-            return
-        free, source = available
-        cfg = self.config
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
-        need = self.estimate_step_memory() * processes
-        if need <= free:
-            return
-        crop = cfg.data.crop_size
-        each = f", x {processes} processes" if processes > 1 else ""
-        checkpointing = "" if cfg.train.activation_checkpointing else ", or set train.activation_checkpointing=true"
-        raise ConvUNeXtError(
-            f"one training step needs about {_bytes_text(need)} (estimated: {cfg.model.name}, batch "
-            f"{cfg.optim.batch_size} of {crop}x{crop} crops{each}) but only {_bytes_text(free)} is available "
-            f"({source}); lower optim.batch_size or data.crop_size{checkpointing}"
-        )
+        has available (:func:`~convunext.training.memory.check_step_memory`)."""
+        check_step_memory(self.config, self.device, self.estimate_step_memory)
 
     def _preflight(self) -> None:
         check_crop_size(self.train_set, self.config.data)
         self.check_memory()
 
     def _open_run_dir(self, held: contextlib.ExitStack) -> Path:
-        """Rank 0: claim the run folder and lock it for the run (the lock joins ``held``); a new run refuses a
-        folder that holds another run's files, or deletes them with ``overwrite``; stale temporary files go."""
-        run_dir = self.run_dir
-        if self.auto_name:
-            try:
-                run_dir = claim_run_dir(run_dir.parent, run_dir.name)
-            except OSError as error:
-                raise ConvUNeXtError(f"{run_dir}: cannot create the run folder ({error.strerror or error})") from error
-        elif run_dir.exists() and not run_dir.is_dir():
-            raise ConvUNeXtError(f"{run_dir}: exists and is not a folder; choose another train.run_name")
-        held.enter_context(RunLock(run_dir, hint="wait for it to finish, or choose another train.run_name"))
-        if not self.resume:
-            if self.overwrite:
-                clear_run_dir(run_dir)
-            else:
-                check_new_run_dir(run_dir)
-        remove_temp_files(run_dir)
-        return run_dir
+        """Rank 0: claim and lock the run folder for the run (:func:`~convunext.training.run_folder.open_run_dir`)."""
+        return open_run_dir(self.run_dir, held, auto_name=self.auto_name, resume=self.resume, overwrite=self.overwrite)
 
     def _on_main(self, action: Callable[[], _T]) -> _T:
         """Run ``action`` on rank 0 and give its result to every rank; a user error there is raised on every rank,
@@ -421,15 +259,24 @@ class Trainer:
         self._on_main(self._preflight)
         with contextlib.ExitStack() as held:
             self.run_dir = self._on_main(lambda: self._open_run_dir(held))
-            return self._train()
+            start_time = time.perf_counter()
+            loop = self._prepare()
+            self._resume_or_start(loop)
+            for epoch in range(loop.epoch + 1, self.config.train.epochs + 1):
+                epoch_start = time.perf_counter()
+                train_loss = self._train_epoch(loop, epoch)
+                self._validate_and_save(loop, epoch, train_loss, epoch_start)
+                if self._early_stop(loop):
+                    break
+            return self._finish(loop, time.perf_counter() - start_time)
 
-    def _train(self) -> TrainResult:
-        cfg, info, device = self.config, self.info, self.device
-        start_time = time.perf_counter()
+    def _prepare(self) -> _Loop:
+        """The augmented, sharded training data and the optimiser, schedule and gradient scaler of a fresh run."""
+        cfg = self.config
         transform = TrainTransform(
             cfg.data.crop_size,
-            info.mean,
-            info.std,
+            self.info.mean,
+            self.info.std,
             scale_range=cfg.data.scale_range,
             hflip=cfg.data.hflip,
             vflip=cfg.data.vflip,
@@ -439,25 +286,18 @@ class Trainer:
             augmented, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.train.seed
         )
         loader = self._loader(augmented, sampler)
-        steps_per_epoch = len(loader)
-        if steps_per_epoch == 0:
-            raise ConvUNeXtError(f"dataset {info.name!r}: the training split is empty")
+        if len(loader) == 0:
+            raise ConvUNeXtError(f"dataset {self.info.name!r}: the training split is empty")
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        scheduler = build_scheduler(optimizer, steps_per_epoch, cfg.train.epochs, cfg.optim)
-        autocast_enabled, amp_dtype = self._autocast()
-        scaler = torch.amp.GradScaler("cuda", enabled=autocast_enabled and amp_dtype == torch.float16)
-        loss_fn = SegmentationLoss(ce_weight=cfg.train.loss_ce_weight, dice_weight=cfg.train.loss_dice_weight)
+        scheduler = build_scheduler(optimizer, len(loader), cfg.train.epochs, cfg.optim)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_enabled and self.amp_dtype == torch.float16)
+        return _Loop(augmented, sampler, loader, optimizer, scheduler, scaler)
 
-        start_epoch, best = 1, {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0}
-        history: list[dict[str, float]] = []
+    def _resume_or_start(self, loop: _Loop) -> None:
+        """Load the ``last`` state when resuming; rank 0 writes the run's ``config.yaml`` and says how it runs."""
         if self.resume:
             state = load_training_state(self.run_dir)
-            self.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng_cpu"])
-            start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+            loop.load(state, self.model)
             saved_world = int(state.get("world_size", 1))
             if saved_world != self.dist.world_size and self.dist.is_main:
                 print(
@@ -466,109 +306,105 @@ class Trainer:
                 )
         if self.dist.is_main:
             self.config.to_yaml(self.run_dir / "config.yaml")
-        writer = self._tensorboard()
+        loop.writer = self._tensorboard()
         if self.dist.enabled and self.dist.is_main:
+            batch = self.config.optim.batch_size
             print(
                 f"distributed: {self.dist.world_size} processes ({self.dist.device.type}) x batch "
-                f"{cfg.optim.batch_size} = global batch {cfg.optim.batch_size * self.dist.world_size}, "
+                f"{batch} = global batch {batch * self.dist.world_size}, "
                 f"SyncBatchNorm {'on' if self.dist.sync_batchnorm else 'off'}"
             )
 
-        epoch = start_epoch - 1
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            epoch_start = time.perf_counter()
-            sampler.set_epoch(epoch)
-            augmented.set_epoch(epoch)
-            self.train_model.train()
-            total_loss = torch.zeros((), device=device, dtype=torch.float64)
-            seen = 0
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch}/{cfg.train.epochs}",
-                leave=False,
-                unit="batch",
-                disable=not (cfg.train.progress_bar and self.dist.is_main),
-            )
-            for step_in_epoch, batch in enumerate(bar):
-                images = batch["image"].to(device, non_blocking=True)
-                targets = batch["mask"].to(device, non_blocking=True)
-                if cfg.train.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast_enabled):
-                    outputs = self.train_model(images)
-                loss = loss_fn(_to_float(outputs), targets)
-                if not torch.isfinite(loss):
-                    raise ConvUNeXtError(
-                        f"loss became {loss.item()} at epoch {epoch}, step {step_in_epoch + 1}/{steps_per_epoch} "
-                        f"(lr {scheduler.get_last_lr()[0]:.3g}); lower optim.lr or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.train.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                total_loss += loss.detach().double() * images.shape[0]
-                seen += images.shape[0]
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            bar.close()
-            train_loss = self.dist.mean_of(total_loss, seen)
-
-            row: dict[str, float] = {
-                "epoch": epoch,
-                "step": epoch * steps_per_epoch,
-                "lr": scheduler.get_last_lr()[0],
-                "train_loss": train_loss,
-                "val_dice": math.nan,
-                "val_miou": math.nan,
-                "val_accuracy": math.nan,
-            }
-            metrics: dict[str, float] = {}
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-                metrics = self.validate()
-                row.update(
-                    val_dice=metrics["dice_fg_mean"],
-                    val_miou=metrics["miou_cm"],
-                    val_accuracy=metrics["pixel_accuracy"],
-                )
-                if metrics["dice_fg_mean"] > best["dice"]:
-                    best = {"epoch": epoch, "dice": metrics["dice_fg_mean"], "metrics": metrics, "stale": 0}
-                else:
-                    best["stale"] += 1
-            row["epoch_seconds"] = time.perf_counter() - epoch_start
-            history.append(row)
-            if self.dist.is_main:
-                save_checkpoint_set(  # best.*, last.* and last_state.pt together: all or none
-                    self.run_dir,
-                    self.model,
-                    self.checkpoint_meta(epoch, metrics),
-                    {
-                        "model": self.model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng_cpu": torch.get_rng_state(),
-                        "world_size": self.dist.world_size,
-                        "epoch": epoch,
-                        "best": best,
-                        "history": history,
-                    },
-                    best=best["epoch"] == epoch,
-                )
-                self._log(row, history, writer)  # after the state: a listed epoch is always resumable
-            self.dist.barrier()
-            patience = cfg.train.early_stopping_patience
-            if patience is not None and best["stale"] >= patience:
-                if self.dist.is_main:
-                    print(f"early stopping: no validation Dice gain for {patience} evaluations")
-                break
-        if writer is not None:
-            writer.close()
-        result = TrainResult(
-            self.run_dir, best["epoch"], best["metrics"], epoch, time.perf_counter() - start_time, history
+    def _train_epoch(self, loop: _Loop, epoch: int) -> float:
+        """One pass over the training data; returns the mean training loss over every rank's images."""
+        cfg = self.config
+        loop.sampler.set_epoch(epoch)
+        loop.augmented.set_epoch(epoch)
+        self.train_model.train()
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        seen = 0
+        bar = tqdm(
+            loop.loader,
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            leave=False,
+            unit="batch",
+            disable=not (cfg.train.progress_bar and self.dist.is_main),
         )
+        for step_in_epoch, batch in enumerate(bar):
+            images = batch["image"].to(self.device, non_blocking=True)
+            targets = batch["mask"].to(self.device, non_blocking=True)
+            loss = self._forward_loss(self.train_model, images, targets)
+            if not torch.isfinite(loss):
+                raise ConvUNeXtError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step_in_epoch + 1}/{len(loop.loader)} "
+                    f"(lr {loop.scheduler.get_last_lr()[0]:.3g}); lower optim.lr or check the data"
+                )
+            self._optimizer_step(loop, loss)
+            total_loss += loss.detach().double() * images.shape[0]
+            seen += images.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{loop.scheduler.get_last_lr()[0]:.2e}")
+        bar.close()
+        return self.dist.mean_of(total_loss, seen)
+
+    def _optimizer_step(self, loop: _Loop, loss: torch.Tensor) -> None:
+        """Backward pass (scaled, gradients clipped if asked), optimiser step and schedule step."""
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        if self.config.train.grad_clip_norm:
+            loop.scaler.unscale_(loop.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip_norm)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.scheduler.step()
+
+    def _validate_and_save(self, loop: _Loop, epoch: int, train_loss: float, epoch_start: float) -> None:
+        """Validate (on evaluation epochs), track the best epoch, then on rank 0 save the checkpoint set and the
+        logs of ``epoch``."""
+        metrics: dict[str, float] = {}
+        if epoch % self.config.train.eval_every == 0 or epoch == self.config.train.epochs:
+            metrics = self.validate()
+            if metrics["dice_fg_mean"] > loop.best["dice"]:
+                loop.best = {"epoch": epoch, "dice": metrics["dice_fg_mean"], "metrics": metrics, "stale": 0}
+            else:
+                loop.best["stale"] += 1
+        row: dict[str, float] = {
+            "epoch": epoch,
+            "step": epoch * len(loop.loader),
+            "lr": loop.scheduler.get_last_lr()[0],
+            "train_loss": train_loss,
+            "val_dice": metrics.get("dice_fg_mean", math.nan),
+            "val_miou": metrics.get("miou_cm", math.nan),
+            "val_accuracy": metrics.get("pixel_accuracy", math.nan),
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
+        loop.epoch = epoch
+        loop.history.append(row)
+        if self.dist.is_main:
+            save_checkpoint_set(  # best.*, last.* and last_state.pt together: all or none
+                self.run_dir,
+                self.model,
+                self.checkpoint_meta(epoch, metrics),
+                loop.state(self.model, self.dist.world_size),
+                best=loop.best["epoch"] == epoch,
+            )
+            self._log(row, loop.history, loop.writer)  # after the state: a listed epoch is always resumable
+        self.dist.barrier()
+
+    def _early_stop(self, loop: _Loop) -> bool:
+        """Whether the last ``train.early_stopping_patience`` evaluations brought no validation Dice gain."""
+        patience = self.config.train.early_stopping_patience
+        if patience is None or loop.best["stale"] < patience:
+            return False
+        if self.dist.is_main:
+            print(f"early stopping: no validation Dice gain for {patience} evaluations")
+        return True
+
+    def _finish(self, loop: _Loop, seconds: float) -> TrainResult:
+        """Close the logs; rank 0 writes ``summary.json``; every rank returns the result once it is written."""
+        if loop.writer is not None:
+            loop.writer.close()
+        best = loop.best
+        result = TrainResult(self.run_dir, best["epoch"], best["metrics"], loop.epoch, seconds, loop.history)
         if self.dist.is_main:
             atomic_write_json(
                 self.run_dir / "summary.json",

@@ -1,0 +1,129 @@
+"""The configurations of the benchmark suite: what one measurement is, and the grid the command line asks for."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["INFERENCE_PATHS", "REGISTRY_MODELS", "SECTIONS", "Config", "build_configs"]
+
+REGISTRY_MODELS = ("convunext", "unet", "attention_unet", "unet_plus_plus", "resunet")
+INFERENCE_PATHS = ("authors", "eager", "channels_last", "fast", "compile", "onnx")
+TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
+"""The GLIBC_TUNABLES value docs/speed.md recommends: no mmap for allocations under 1 GiB, never trim the heap."""
+OPENMP_ENV = {"CONVUNEXT_FUSED_PARALLELISM": "openmp"}
+"""The fast path with PyTorch's per-operator OpenMP parallelism instead of its worker threads."""
+SECTIONS = ("inference", "training", "checkpointing", "sliding window")
+"""The report's sections, in table order."""
+
+
+@dataclass
+class Config:
+    """One measurement: ``model`` (registry name) run by ``path`` in ``mode`` (``"infer"``, ``"train"`` or
+    ``"window"``: sliding-window prediction of one ``size`` image with tiles of ``tile``) on ``batch`` images of
+    ``channels x size``; ``env`` adds environment variables (allocator variants) to the worker process."""
+
+    section: str
+    model: str
+    path: str
+    mode: str = "infer"
+    batch: int = 1
+    size: tuple[int, int] = (480, 480)
+    channels: int = 3
+    classes: int = 2
+    checkpointing: bool = False
+    repeats: int = 10
+    warmup: int = 2
+    tile: int = 512
+    env: dict[str, str] = field(default_factory=dict)
+    env_label: str = ""
+    device: str = "cpu"
+    amp: str = "none"
+
+    @property
+    def label(self) -> str:
+        """Row label, e.g. ``convunext fast`` or ``convunext channels_last + checkpointing``."""
+        names = {
+            "authors": "authors' style",
+            "channels_last": "channels-last",
+            "fused": "channels-last + fused kernels",
+        }
+        path = names.get(self.path, self.path)
+        if self.mode == "infer" and self.path == "channels_last":
+            path = "BN-folded channels-last"
+        text = f"{self.model} {path}"
+        if self.checkpointing:
+            text += " + checkpointing"
+        if self.env_label:
+            text += f" [{self.env_label}]"
+        return text
+
+
+def build_configs(args: argparse.Namespace) -> list[Config]:
+    """Every configuration the command line asks for, in table order."""
+    configs: list[Config] = []
+
+    def add(section: str, model: str, path: str, mode: str, batch: int, size: int | tuple[int, int], **kw: Any) -> None:
+        kw.setdefault("repeats", args.repeats)
+        kw.setdefault("warmup", args.warmup)
+        hw = (size, size) if isinstance(size, int) else size
+        configs.append(Config(section, model, path, mode, batch, hw, device=args.device, amp=args.amp, **kw))
+
+    paths = [p for p in args.paths.split(",") if p]
+    for size in args.sizes:
+        for path in paths:
+            if path != "compile" or size == args.sizes[0]:  # one compile measurement is enough (slow)
+                add("inference", "convunext", path, "infer", args.batch, size)
+        if "fast" in paths and not args.in_process:
+            add(
+                "inference",
+                "convunext",
+                "fast",
+                "infer",
+                args.batch,
+                size,
+                env=OPENMP_ENV,
+                env_label="OpenMP operators",
+            )
+        for model in REGISTRY_MODELS[1:]:
+            add("inference", model, "eager", "infer", args.batch, size)
+        add("inference", "unet", "channels_last", "infer", args.batch, size)
+    if args.allocators:
+        variants = [("glibc tunables", {"GLIBC_TUNABLES": TUNABLES})]
+        if args.tcmalloc:
+            variants.append(("tcmalloc", {"LD_PRELOAD": args.tcmalloc}))
+        for label, env in variants:
+            for model, path in (
+                ("convunext", "authors"),
+                ("convunext", "eager"),
+                ("convunext", "fast"),
+                ("unet", "eager"),
+            ):
+                add("inference", model, path, "infer", args.batch, args.sizes[0], env=env, env_label=label)
+            if not args.no_train:
+                for model, path in (("convunext", "authors"), ("convunext", "fused"), ("unet", "eager")):
+                    add("training", model, path, "train", args.train_batch, args.train_size, env=env, env_label=label,
+                        repeats=args.train_repeats)  # fmt: skip
+    if not args.no_train:
+        runs = [
+            ("convunext", "authors"),
+            ("convunext", "eager"),
+            ("convunext", "channels_last"),
+            ("convunext", "fused"),
+        ]
+        runs += [(model, "eager") for model in REGISTRY_MODELS[1:]]
+        for model, path in runs:
+            add("training", model, path, "train", args.train_batch, args.train_size, repeats=args.train_repeats)
+        if args.checkpointing_size:
+            for model, path in (("convunext", "channels_last"), ("convunext", "fused"), ("resunet", "eager")):
+                for checkpointing in (False, True):
+                    add("checkpointing", model, path, "train", args.checkpointing_batch, args.checkpointing_size,
+                        checkpointing=checkpointing, repeats=args.checkpointing_repeats, warmup=1)  # fmt: skip
+    if args.hrf:
+        for path in [p for p in args.hrf_paths.split(",") if p]:
+            if path != "compile":
+                add("sliding window", "convunext", path, "window", 1, (2336, 3504), repeats=args.hrf_repeats, warmup=1,
+                    tile=args.tile)  # fmt: skip
+    configs.sort(key=lambda c: SECTIONS.index(c.section))
+    return configs

@@ -1,0 +1,151 @@
+"""Planning a reproduction: where each dataset lives, and every run with its config and folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConvUNeXtError
+from ..utils.io import sha256_file
+from .budgets import Budget
+
+DATASETS = ("drive", "glas", "hrf", "synthetic")
+DATASET_DIRS = {"drive": "DRIVE", "glas": "GlaS", "hrf": "HRF"}
+# config fields that do not change what is trained (where it is written, how it is shown)
+_NOT_RECIPE = {
+    "data": ("root", "num_workers"),
+    "train": ("output_dir", "run_name", "progress_bar", "tensorboard", "device"),
+}
+
+
+@dataclass
+class RunSpec:
+    """One training run of the reproduction: a dataset, a model, a seed, its config and its folder."""
+
+    dataset: str
+    model: str
+    seed: int
+    config: Any  # ExperimentConfig
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} / {self.model} / seed {self.seed}"
+
+    @property
+    def test_dir(self) -> Path:
+        return self.run_dir / "test"
+
+    def status(self) -> str:
+        """``done`` (trained and tested), ``evaluate`` (trained, test pending), ``resume`` or ``new``."""
+        if (self.run_dir / "summary.json").is_file():
+            return "done" if self._tested() else "evaluate"
+        if (self.run_dir / "last_state.pt").is_file():
+            return "resume"
+        return "new"
+
+    def _tested(self) -> bool:
+        report = self.test_dir / "metrics.json"
+        best = self.run_dir / "best.safetensors"
+        if not (report.is_file() and best.is_file()):
+            return False
+        return json.loads(report.read_text()).get("weights_sha256") == sha256_file(best)
+
+    def check_recipe(self) -> None:
+        """Refuse to continue a run folder that was made with another recipe (e.g. another budget)."""
+        from ..training.config import ExperimentConfig
+
+        saved = self.run_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        if _recipe(ExperimentConfig.from_yaml(saved)) != _recipe(self.config):
+            raise ConvUNeXtError(
+                f"{self.run_dir}: this run folder was trained with another recipe (budget or --set changed); "
+                "use another --out folder, or delete the folder to start this run again"
+            )
+
+
+def _recipe(config: Any) -> dict[str, Any]:
+    raw = config.to_dict()
+    for section, keys in _NOT_RECIPE.items():
+        for key in keys:
+            raw[section].pop(key, None)
+    return raw
+
+
+def locate_dataset(name: str, data_root: str | Path) -> Path:
+    """The folder of dataset ``name`` under ``data_root`` (``DRIVE/``, ``GlaS/``, ``HRF/``; any case), or
+    ``data_root`` itself when it holds that dataset's layout."""
+    root = Path(data_root).expanduser()
+    wanted = DATASET_DIRS[name]
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and child.name.lower() == wanted.lower():
+                return child
+        from ..data.detect import detect_dataset
+
+        try:
+            if detect_dataset(root) == name:
+                return root
+        except ConvUNeXtError:
+            pass
+    raise ConvUNeXtError(
+        f"{wanted} not found under {root} (expected {root / wanted}); pass --data-root, or leave {name} out of "
+        "--datasets"
+    )
+
+
+def available_datasets(data_root: str | Path) -> list[str]:
+    """The paper's datasets (drive, glas, hrf) present under ``data_root``."""
+    found = []
+    for name in DATASET_DIRS:
+        try:
+            locate_dataset(name, data_root)
+        except ConvUNeXtError:
+            continue
+        found.append(name)
+    return found
+
+
+def plan_runs(
+    report_dir: str | Path,
+    models: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    budget: Budget,
+    data_root: str | Path,
+    overrides: Sequence[str] = (),
+) -> list[RunSpec]:
+    """Every run of the reproduction, dataset-major, with its config (preset + budget + ``overrides``)."""
+    from ..models import list_models
+    from ..training.config import ExperimentConfig
+
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        raise ConvUNeXtError(f"unknown model {unknown[0]!r}; valid models: {', '.join(list_models())}")
+    bad = sorted(set(datasets) - set(DATASETS))
+    if bad:
+        raise ConvUNeXtError(f"unknown dataset {bad[0]!r}; choose from {', '.join(DATASETS)}")
+    report_dir = Path(report_dir)
+    specs = []
+    for dataset in datasets:
+        root = None if dataset == "synthetic" else locate_dataset(dataset, data_root)
+        for model in models:
+            for seed in seeds:
+                run_dir = report_dir / "runs" / dataset / model / f"seed{seed}"
+                sets = [
+                    f"data.name={dataset}",
+                    *([f"data.root={root}"] if root is not None else []),
+                    *budget.overrides_for(dataset),
+                    *overrides,
+                    f"model.name={model}",
+                    f"train.seed={seed}",
+                    f"train.output_dir={run_dir.parent}",
+                    f"train.run_name={run_dir.name}",
+                ]
+                config = ExperimentConfig.from_yaml(dataset, sets)
+                specs.append(RunSpec(dataset, model, seed, config, run_dir))
+    return specs

@@ -1,0 +1,210 @@
+"""The report of a reproduction: one row per run, statistics over seeds, ``results.csv``, ``summary.csv`` and the
+text of ``results.md``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..models.cost import model_cost
+from ..utils.io import atomic_path
+from ..utils.table import markdown_table
+from .budgets import Budget
+from .plan import RunSpec
+
+DATASET_TITLES = {"drive": "DRIVE", "glas": "GlaS", "hrf": "HRF", "synthetic": "Synthetic"}
+VESSEL_DATASETS = ("drive", "hrf")
+MODEL_TITLES = {
+    "convunext": "ConvUNeXt",
+    "unet": "UNet",
+    "attention_unet": "Attention UNet",
+    "unet_plus_plus": "UNet++",
+    "resunet": "ResUNet",
+}
+FLOPS_SIZE = 480
+FOV_METRICS = (
+    ("fov_sensitivity", "Sensitivity"),
+    ("fov_specificity", "Specificity"),
+    ("fov_accuracy", "Accuracy"),
+    ("fov_auc", "AUC"),
+)
+TEST_METRICS = ("dice_fg_mean", "miou_cm", "pixel_accuracy", "iou_fg_cm", *(key for key, _ in FOV_METRICS))
+
+
+def _training_seconds(run_dir: Path) -> float:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return math.fsum(float(row["epoch_seconds"]) for row in csv.DictReader(handle))
+
+
+def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``results.csv`` row of a finished, tested run."""
+    meta = json.loads((spec.run_dir / "best.json").read_text())
+    summary = json.loads((spec.run_dir / "summary.json").read_text())
+    params, gflops = model_cost(spec.model, FLOPS_SIZE, **meta["model"]["kwargs"])
+    row: dict[str, Any] = {
+        "dataset": spec.dataset,
+        "model": spec.model,
+        "seed": spec.seed,
+        "params": params,
+        f"gflops_{FLOPS_SIZE}": gflops,
+    }
+    for key in TEST_METRICS:
+        value = test_metrics.get(key)
+        row[f"test_{key}"] = math.nan if value is None else float(value)
+    row["best_val_epoch"] = summary["best_epoch"]
+    row["best_val_dice"] = summary["best_val_metrics"].get("dice_fg_mean", math.nan)
+    row["epochs_run"] = summary["epochs_run"]
+    row["train_seconds"] = _training_seconds(spec.run_dir)
+    row["run_dir"] = str(spec.run_dir)
+    return row
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (n-1) of the non-NaN ``values``; NaN where undefined (std of one value)."""
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return math.nan, math.nan
+    return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else math.nan)
+
+
+def _pm(values: Sequence[float], digits: int = 4) -> str:
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def group_runs(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """The rows by ``(dataset, model)``, in order of first appearance (one row per seed in each group)."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["model"]), []).append(row)
+    return groups
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``summary.csv``: per dataset and model, the mean and sample std (n-1) over seeds of every test metric."""
+    out = []
+    for (dataset, model), group in group_runs(rows).items():
+        entry: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "seeds": len(group),
+            "params": group[0]["params"],
+            f"gflops_{FLOPS_SIZE}": group[0][f"gflops_{FLOPS_SIZE}"],
+        }
+        for key in (*(f"test_{k}" for k in TEST_METRICS), "train_seconds"):
+            mean, std = mean_std([float(r[key]) for r in group])
+            entry[f"{key}_mean"], entry[f"{key}_std"] = mean, std
+        out.append(entry)
+    return out
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` to ``path`` atomically (floats with 6 significant digits)."""
+    fields = list(rows[0]) if rows else ["dataset", "model", "seed"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _params_text(params: int) -> str:
+    return f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
+
+
+def results_markdown(
+    rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
+) -> str:
+    """The text of ``results.md``: the budget, the paper-style tables, the recipe and the protocol."""
+    groups = group_runs(rows)
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    seeds = sorted({int(row["seed"]) for row in rows})
+    title = lambda m: MODEL_TITLES.get(m, m)  # noqa: E731
+    lines = [
+        f"# ConvUNeXt reproduction — budget `{budget.name}`",
+        "",
+        f"**Produced by the `{budget.name}` budget**: {budget.description}",
+        "",
+        f"- command: `{context.get('command', 'convunext reproduce')}`",
+        f"- finished: {context.get('finished')}; convunext {__version__}, torch {torch.__version__}, "
+        f"{context.get('device')}; seeds: {', '.join(map(str, seeds))} ({len(seeds)} per model)",
+        "- protocol: the best checkpoint of each run is chosen on the **validation** split (carved from the "
+        "training images); the **test** split is evaluated once, with that checkpoint. Same recipe for every model.",
+        "- Dice = mean over test images of the per-image foreground Dice; mIoU = mean IoU over classes *including "
+        "background* from one confusion matrix over the test set (the paper's definitions; see SPEC section 6). "
+        "Values are mean ± sample std over seeds (no ± with one seed).",
+        "",
+    ]
+    headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
+    for dataset in datasets:
+        headers += [f"{DATASET_TITLES[dataset]} Dice", f"{DATASET_TITLES[dataset]} mIoU"]
+    table = []
+    for model in models:
+        first = next(group[0] for (d, m), group in groups.items() if m == model)
+        line = [title(model), _params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
+        for dataset in datasets:
+            group = groups.get((dataset, model), [])
+            line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
+            line += [_pm([float(r["test_miou_cm"]) for r in group])]
+        table.append(line)
+    lines += ["## Test results", "", markdown_table(headers, table), ""]
+    for dataset in (d for d in datasets if d in VESSEL_DATASETS):
+        vessel = []
+        for model in models:
+            group = groups.get((dataset, model), [])
+            vessel.append([title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)])
+        lines += [
+            f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
+            "",
+            markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
+            "",
+        ]
+    runs = []
+    for (dataset, model), group in groups.items():
+        runs.append(
+            [
+                DATASET_TITLES[dataset],
+                title(model),
+                str(len(group)),
+                ", ".join(f"{int(r['best_val_epoch'])}/{int(r['epochs_run'])}" for r in group),
+                _pm([float(r["best_val_dice"]) for r in group]),
+                f"{statistics.fmean(float(r['train_seconds']) for r in group) / 60:.1f}",
+            ]
+        )
+    lines += [
+        "## Runs",
+        "",
+        markdown_table(["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed"], runs),
+        "",
+        "## Recipe",
+        "",
+    ]
+    for dataset in datasets:
+        config = next(spec.config for spec in specs if spec.dataset == dataset)
+        optim, train, data = config.optim, config.train, config.data
+        lines.append(
+            f"- {DATASET_TITLES[dataset]}: {train.epochs} epoch(s), crop {data.crop_size}, batch {optim.batch_size} "
+            f"(per process), AdamW lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {optim.recipe} schedule "
+            f"(warm-up {optim.warmup_epochs:g} epoch(s), "
+            + (f"decay x{optim.decay_gamma:g} per epoch" if optim.decay == "exponential" else "poly decay")
+            + f"), validation every {train.eval_every} epoch(s)"
+            + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
+        )
+    lines += [
+        "",
+        f"Files: `results.csv` (one row per run), `summary.csv` (mean/std), `dice_vs_params.png`, and the run "
+        f"folders under `runs/` ({len(rows)} runs).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""Running a reproduction: train and test every planned run, then write the report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import ConvUNeXtError
+from ..utils.device import resolve_device
+from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.lock import RunLock
+from .budgets import BUDGETS, Budget
+from .plan import RunSpec, available_datasets, plan_runs
+from .plots import plot_dice_vs_params
+from .report import collect_row, results_markdown, summarize, write_csv
+
+REPORT_LOCK_WAIT_S = 120.0  # writing the report files takes seconds; another process may be writing them
+RUN_IN_USE = "another `convunext reproduce` (or `convunext train`) is working on this run; give it other --models"
+
+
+def train_run(spec: RunSpec) -> None:
+    """Train (or resume) one run to its end; a finished run is left alone."""
+    from ..training.trainer import Trainer
+
+    if (spec.run_dir / "summary.json").is_file():
+        return
+    spec.check_recipe()
+    resume = (spec.run_dir / "last_state.pt").is_file()
+    # not resumable = killed before its first epoch ended: whatever it left is replaced
+    Trainer(spec.config, run_dir=spec.run_dir, resume=resume, overwrite=not resume).fit()
+
+
+def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
+    """Evaluate the run's best (validation-selected) checkpoint on the test split; return the test metrics.
+
+    Writes ``test/metrics.json``, ``per_image.csv`` and ``metrics.md`` (as ``convunext evaluate``), with the
+    SHA-256 of the evaluated weights so that a later invocation knows the report is current. The run folder is
+    locked meanwhile.
+    """
+    if spec.status() == "done":
+        return json.loads((spec.test_dir / "metrics.json").read_text())["metrics"]
+    with RunLock(spec.run_dir, hint=RUN_IN_USE):
+        return _evaluate_best(spec, device)
+
+
+def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
+    """:func:`evaluate_run`'s work, in the locked run folder."""
+    from ..checkpoint import load_checkpoint
+    from ..data import open_dataset
+    from ..evaluation.evaluate import evaluate_checkpoint, write_report
+    from ..training.run_folder import remove_temp_files
+
+    remove_temp_files(spec.test_dir)
+    checkpoint = load_checkpoint(spec.run_dir / "best.json")
+    data = spec.config.data
+    dataset = open_dataset(data.name, data.root, "test", **data.options)
+    torch_device = resolve_device(device)
+    start = time.perf_counter()
+    metrics = evaluate_checkpoint(checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False)
+    context = {
+        "checkpoint": str(checkpoint.path),
+        "weights_sha256": checkpoint.meta["weights"]["sha256"],
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "split": "test",
+        "seed": spec.seed,
+        "best_val_epoch": checkpoint.meta.get("epoch"),
+        "images": len(dataset),  # type: ignore[arg-type]
+        "tile_size": data.eval_tile_size,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names)
+    return results
+
+
+def write_results(
+    report_dir: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    budget: Budget,
+    context: Mapping[str, Any],
+    specs: Sequence[RunSpec],
+) -> None:
+    """Write ``results.csv``, ``summary.csv``, ``results.md`` and ``dice_vs_params.png`` into ``report_dir``."""
+    report_dir = Path(report_dir)
+    write_csv(report_dir / "results.csv", rows)
+    write_csv(report_dir / "summary.csv", summarize(rows))
+    atomic_write_text(report_dir / "results.md", results_markdown(rows, budget, context, specs))
+    plot_dice_vs_params(rows, report_dir / "dice_vs_params.png", budget.name)
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`reproduce` did: the report folder, one row per run, and how many runs it trained."""
+
+    report_dir: Path
+    rows: list[dict[str, Any]]
+    trained: int
+    skipped: int
+    seconds: float
+
+
+def reproduce(
+    report_dir: str | Path,
+    budget: str | Budget = "cpu",
+    datasets: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    data_root: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """Train, test and tabulate every model x dataset x seed; see the module docstring.
+
+    Args:
+        report_dir: the report folder (created; runs live under ``report_dir/runs``).
+        budget: ``paper``, ``cpu``, ``smoke`` or a :class:`Budget`.
+        datasets: among ``drive, glas, hrf, synthetic`` (default: the paper's datasets found under ``data_root``).
+        models: registry names (default: every registered model).
+        seeds: default: the budget's (paper: 0 1 2, cpu: 0, smoke: 0 1).
+        data_root: folder holding ``DRIVE/``, ``GlaS/``, ``HRF/`` (default :func:`convunext.data.default_data_root`).
+        overrides: extra ``section.field=value`` settings for every run (after the budget's).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for training and testing.
+        command: the command line to quote in ``results.md``.
+    """
+    from ..data import default_data_root
+    from ..models import list_models
+    from ..training.run_folder import TEMP_FILES
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConvUNeXtError(
+            "reproduce runs one process per model; for several GPUs start one `convunext reproduce --models ...` "
+            "per GPU (CUDA_VISIBLE_DEVICES) on the same --out folder, then run it once more to write the report"
+        )
+    start = time.perf_counter()
+    chosen = BUDGETS[budget] if isinstance(budget, str) else budget
+    root = Path(data_root) if data_root is not None else default_data_root()
+    if not datasets:
+        datasets = available_datasets(root)
+        if not datasets:
+            raise ConvUNeXtError(
+                f"none of DRIVE, GlaS, HRF found under {root}; pass --data-root, or --datasets synthetic"
+            )
+        log(f"datasets found under {root}: {', '.join(datasets)}")
+    models = list(models or list_models())
+    seeds = list(seeds if seeds is not None else chosen.default_seeds)
+    overrides = [*overrides, f"train.device={device}"]
+    specs = plan_runs(report_dir, models, datasets, seeds, chosen, root, overrides)
+    for spec in specs:  # before training anything: a report never mixes budgets
+        spec.check_recipe()
+    report_dir = Path(report_dir)
+    with _report_lock(report_dir):
+        for stale in report_dir.glob(TEMP_FILES):  # the run folders below clean their own, under their locks
+            stale.unlink(missing_ok=True)
+        atomic_write_json(
+            report_dir / "reproduce.json",
+            {
+                "budget": chosen.name,
+                "budget_description": chosen.description,
+                "datasets": list(datasets),
+                "models": models,
+                "seeds": seeds,
+                "data_root": str(root),
+                "overrides": list(overrides),
+                "command": command,
+                "convunext": __version__,
+                "torch": torch.__version__,
+            },
+        )
+    rows, trained, skipped = [], 0, 0
+    for index, spec in enumerate(specs, 1):
+        status = spec.status()
+        prefix = f"[{index}/{len(specs)}] {spec.label}"
+        if status == "done":
+            skipped += 1
+            log(f"{prefix}: finished earlier, skipped")
+        else:
+            if status in ("new", "resume"):
+                log(f"{prefix}: {'resuming' if status == 'resume' else 'training'} ({spec.run_dir})")
+                run_start = time.perf_counter()
+                train_run(spec)
+                trained += 1
+                log(f"{prefix}: trained in {(time.perf_counter() - run_start) / 60:.1f} min")
+            else:
+                skipped += 1
+            log(f"{prefix}: testing the best validation checkpoint")
+        test_metrics = evaluate_run(spec, device)
+        rows.append(collect_row(spec, test_metrics))
+        log(
+            f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
+            f"(best validation epoch {rows[-1]['best_val_epoch']})"
+        )
+    context = {
+        "command": command or "convunext reproduce",
+        "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "device": _device_text(device),
+    }
+    with _report_lock(report_dir):
+        write_results(report_dir, rows, chosen, context, specs)
+    return ReproduceResult(report_dir, rows, trained, skipped, time.perf_counter() - start)
+
+
+def _report_lock(report_dir: Path) -> RunLock:
+    """The report folder's lock: processes sharing the folder write its files one at a time (waiting their turn)."""
+    return RunLock(report_dir, timeout=REPORT_LOCK_WAIT_S, hint="another `convunext reproduce` is writing its report")
+
+
+def _device_text(device: str) -> str:
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(resolved)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
