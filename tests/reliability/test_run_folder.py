@@ -327,3 +327,18 @@ def test_under_ddp_every_rank_refuses_a_taken_folder_without_hanging(finished: P
     refusal = f"convunext train: error: {finished}: this folder already holds a run"
     assert done.stderr.count(refusal) == 2, done.stderr[-3000:]  # both ranks, each with the one line
     assert _snapshot(finished) == before
+
+
+def test_a_run_in_progress_is_reported_as_in_use_not_as_resumable(finished: Path) -> None:
+    """The folder already holds files and a process is training into it: name the holder, do not offer --resume."""
+    holder = _hold_lock(finished)
+    try:
+        argv = [sys.executable, "-m", "convunext", *_train_argv(finished.parent, f"train.run_name={finished.name}")]
+        done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert f"{finished}: in use by another process (pid {holder.pid} on " in line and "--resume" not in line
+    assert RunLock(finished).busy() is None  # the holder is gone: free again

@@ -44,6 +44,11 @@ def check_new_run_dir(run_dir: Path) -> None:
         return
     if not run_dir.is_dir():
         raise ConvUNeXtError(f"{run_dir}: exists and is not a folder; choose another train.run_name")
+    holder = RunLock(run_dir).busy()
+    if holder is not None:  # a run in progress: say so, rather than suggest resuming it
+        raise ConvUNeXtError(
+            f"{run_dir}: in use by another process ({holder}); wait for it to finish, or choose another train.run_name"
+        )
     held = sorted(path.name for path in run_dir.iterdir() if not _disposable(path))
     if not held:
         return

@@ -103,6 +103,30 @@ class RunLock:
             os.close(fd)
             self.path.unlink(missing_ok=True)
 
+    def busy(self) -> str | None:
+        """Who holds the folder (``"pid P on HOST since T"``) when another process does, else None; takes nothing."""
+        holder = self._holder()
+        mine = holder is not None and (holder["pid"], holder.get("host")) == (os.getpid(), socket.gethostname())
+        if self._fd is not None or mine or not self.path.exists():
+            return None
+        if self._flock:
+            try:
+                fd = os.open(self.path, os.O_RDWR)
+            except FileNotFoundError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._describe_holder()
+            except OSError:  # no flock on this filesystem: judge by the holder's pid
+                pass
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+            finally:
+                os.close(fd)
+        return None if self._stale() else self._describe_holder()
+
     def _try_lock(self) -> int | None:
         """The descriptor of the locked ``.lock`` file, or None while another process holds it."""
         if self._flock:
