@@ -329,16 +329,20 @@ def test_under_ddp_every_rank_refuses_a_taken_folder_without_hanging(finished: P
     assert _snapshot(finished) == before
 
 
-def test_a_run_in_progress_is_reported_as_in_use_not_as_resumable(finished: Path) -> None:
-    """The folder already holds files and a process is training into it: name the holder, do not offer --resume."""
-    holder = _hold_lock(finished)
+def test_a_seed_run_in_progress_is_reported_as_in_use_not_as_resumable(tmp_path: Path) -> None:
+    """--seeds checks every seed's folder before training: one that holds files because a process is training into
+    it right now is reported with its holder, not as a finished run to resume or overwrite."""
+    busy = tmp_path / "n" / "seed1"
+    busy.mkdir(parents=True)
+    (busy / "metrics.csv").write_text("epoch\n")
+    holder = _hold_lock(busy)
     try:
-        argv = [sys.executable, "-m", "convunext", *_train_argv(finished.parent, f"train.run_name={finished.name}")]
+        argv = [sys.executable, "-m", "convunext", *_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"]
         done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120)
     finally:
         holder.kill()
         holder.wait()
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
-    assert f"{finished}: in use by another process (pid {holder.pid} on " in line and "--resume" not in line
-    assert RunLock(finished).busy() is None  # the holder is gone: free again
+    assert f"{busy}: in use by another process (pid {holder.pid} on " in line and "--overwrite" not in line
+    assert RunLock(busy).busy() is None  # the holder is gone: free again
