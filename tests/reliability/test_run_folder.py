@@ -140,17 +140,24 @@ def test_automatic_names_never_collide(tmp_path: Path, monkeypatch: pytest.Monke
     assert claim_run_dir(tmp_path, "x") == tmp_path / "x" and claim_run_dir(tmp_path, "x") == tmp_path / "x-2"
 
 
-def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
-    holder = _hold_lock(tmp_path / "busy")
+def _train_while_held(folder: Path, argv: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run ``convunext ARGV`` in a new process while another process holds ``folder``'s lock; return the result
+    and the holder's pid (the holder is gone afterwards)."""
+    holder = _hold_lock(folder)
     try:
-        argv = [sys.executable, "-m", "convunext", *_train_argv(tmp_path, "train.run_name=busy")]
-        done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120)
+        command = [sys.executable, "-m", "convunext", *argv]
+        done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
     finally:
         holder.kill()
         holder.wait()
+    return done, holder.pid
+
+
+def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
+    done, pid = _train_while_held(tmp_path / "busy", _train_argv(tmp_path, "train.run_name=busy"))
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
-    assert "\n" not in line and f"{tmp_path / 'busy'}: in use by another process (pid {holder.pid} on " in line
+    assert "\n" not in line and f"{tmp_path / 'busy'}: in use by another process (pid {pid} on " in line
     assert not (tmp_path / "busy" / "config.yaml").exists(), "the refused run wrote nothing"
 
 
@@ -335,14 +342,8 @@ def test_a_seed_run_in_progress_is_reported_as_in_use_not_as_resumable(tmp_path:
     busy = tmp_path / "n" / "seed1"
     busy.mkdir(parents=True)
     (busy / "metrics.csv").write_text("epoch\n")
-    holder = _hold_lock(busy)
-    try:
-        argv = [sys.executable, "-m", "convunext", *_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"]
-        done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120)
-    finally:
-        holder.kill()
-        holder.wait()
+    done, pid = _train_while_held(busy, [*_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"])
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
-    assert f"{busy}: in use by another process (pid {holder.pid} on " in line and "--overwrite" not in line
+    assert f"{busy}: in use by another process (pid {pid} on " in line and "--overwrite" not in line
     assert RunLock(busy).busy() is None  # the holder is gone: free again
