@@ -55,10 +55,15 @@ def writing(path: str | Path) -> Iterator[None]:
         raise failure from error
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()
+"""The mode a plain ``open(path, "w")`` gives. Read once: reading the umask sets it for a moment, and every other
+thread creating a file in that moment would get the wrong mode."""
 
 
 def _temp_beside(path: Path) -> Path:
@@ -67,7 +72,7 @@ def _temp_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, _FILE_MODE)
     except (AttributeError, OSError):  # no fchmod (Windows) or a file system without modes
         pass
     finally:
