@@ -23,7 +23,7 @@ import io
 import json
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,15 @@ def save_checkpoint(run_dir: str | Path, tag: str, model: nn.Module, meta: dict[
 
 
 def save_checkpoint_set(
-    run_dir: str | Path, model: nn.Module, meta: dict[str, Any], state: dict[str, Any], best: bool
+    run_dir: str | Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    state: dict[str, Any],
+    best: bool,
+    extra: Sequence[tuple[str, nn.Module, dict[str, Any]]] = (),
 ) -> None:
-    """Write one epoch's checkpoint set: ``last.*`` and ``last_state.pt``, plus ``best.*`` when ``best``.
+    """Write one epoch's checkpoint set: ``last.*`` and ``last_state.pt``, plus ``best.*`` when ``best`` and one
+    ``TAG.*`` pair per ``(tag, model, meta)`` of ``extra`` (e.g. the EMA weights' ``ema_best``).
 
     Every file is written to a temporary file and synced before any is renamed into place, so a failure (a full
     disk, say) leaves the whole previous set as it was. The training state is renamed last: even a crash during
@@ -126,6 +132,8 @@ def save_checkpoint_set(
     run_dir = Path(run_dir)
     weights, state_data = _weights_bytes(model), _state_bytes(state)
     files = _checkpoint_files(run_dir, "best", meta, weights) if best else []
+    for tag, other, other_meta in extra:
+        files += _checkpoint_files(run_dir, tag, other_meta, _weights_bytes(other))
     files += _checkpoint_files(run_dir, "last", meta, weights, state_data)
     files.append((run_dir / STATE_FILE, state_data))
     atomic_write_files(files)

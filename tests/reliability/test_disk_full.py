@@ -94,12 +94,12 @@ def test_file_size_limit_in_a_real_process_keeps_the_set_and_resumes(tmp_path: P
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         validate, calls = Trainer.validate, []
 
-        def limited_after_epoch_1(self):
+        def limited_after_epoch_1(self, model=None):
             calls.append(1)
             if len(calls) == 2:  # the weights (same size every epoch) still fit, the training state does not
                 limit = 2 * os.path.getsize(self.run_dir / "last.safetensors")
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-            return validate(self)
+            return validate(self, model)
 
         Trainer.validate = limited_after_epoch_1
         sys.exit(main(sys.argv[1:]))

@@ -40,6 +40,7 @@ from convunext.data import EvalTransform, open_dataset
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_model
 from convunext.evaluation.metrics import SegmentationMetrics
+from convunext.inference.optimize import optimize_for_inference
 from convunext.models import create_model
 from convunext.training.config import ExperimentConfig
 from convunext.training.distributed import DistributedContext, context_from_environment
@@ -194,9 +195,14 @@ def test_validation_under_ddp_equals_single_process_evaluation(ddp: Path) -> Non
     checkpoint = load_checkpoint(ddp / "bn" / "best.json")
     recorded = checkpoint.meta["val_metrics"]
     dataset = open_dataset("synthetic", None, "val", **checkpoint.meta["data"]["options"])
-    metrics = evaluate_model(
-        checkpoint.model, dataset, EvalTransform(checkpoint.mean, checkpoint.std), 2, progress=False
-    ).compute()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: the fused kernels' row chunks, hence their roundings, match
+    try:
+        model = optimize_for_inference(checkpoint.model)  # the trainer validates through the fast path
+        metrics = evaluate_model(model, dataset, EvalTransform(checkpoint.mean, checkpoint.std), 2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = metrics.compute()
     assert recorded["num_images"] == metrics["num_images"] == 2
     assert recorded == metrics  # exact: same weights, same BatchNorm statistics on both shards
     buffers = torch.load(ddp / "gathered.pt", weights_only=False)["buffers"]

@@ -36,7 +36,8 @@ def tiny_config(tmp_path: Path, *extra: str) -> ExperimentConfig:
 
 def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "train.epochs=2", "train.run_name=run")
-    result = Trainer(config).fit()
+    trainer = Trainer(config)
+    result = trainer.fit()
     run = tmp_path / "run"
     assert result.run_dir == run and result.epochs_run == 2
     for name in (
@@ -54,7 +55,11 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)
-    assert ExperimentConfig.from_yaml(run / "config.yaml") == config
+    saved = ExperimentConfig.from_yaml(run / "config.yaml")
+    assert saved == trainer.config and saved.model == config.model and saved.optim == config.optim
+    # the speed switches are recorded resolved (this CPU run: all on), the rest as given
+    assert (saved.train.channels_last, saved.train.fused_kernels, saved.train.fast_validation) == ("on", "on", "on")
+    assert config.train.channels_last == "auto"  # the caller's config is left as it was
     meta = json.loads((run / "best.json").read_text())
     assert meta["model"] == {"name": "convunext", "kwargs": {"width": 8, "in_channels": 3, "num_classes": 2}}
     assert meta["classes"] == ["background", "vessel"] and len(meta["normalization"]["mean"]) == 3

@@ -12,9 +12,11 @@ from ..data.detect import detect_dataset
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_checkpoint, write_report
 from ..utils.device import resolve_device
+from .options import add_backend_argument, add_threads_argument, apply_threads
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
     trained_on = checkpoint.meta.get("data", {})
     if args.data == "synthetic":
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     tile = args.tile_size if args.tile_size is not None else trained_on.get("eval_tile_size")
     start = time.perf_counter()
     metrics = evaluate_checkpoint(
-        checkpoint, dataset, device=device, tile_size=tile or None, tta=args.tta, auc=args.auc
+        checkpoint, dataset, device=device, tile_size=tile or None, tta=args.tta, auc=args.auc, backend=args.backend
     )
     seconds = time.perf_counter() - start
     out_dir = Path(args.out) if args.out else checkpoint.path.parent / f"eval-{name}-{args.split}"
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         "tta": args.tta,
         "tile_size": tile,
         "auc": args.auc,
+        "backend": args.backend,
         "seconds": round(seconds, 1),
     }
     table, _ = write_report(metrics, out_dir, context, checkpoint.class_names)
@@ -84,4 +87,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(16 MB whatever the data; metrics.json gives its largest possible error, fov_auc_error_bound)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_backend_argument(parser)
+    add_threads_argument(parser)
     parser.set_defaults(func=run)

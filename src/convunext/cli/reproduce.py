@@ -8,18 +8,15 @@ import shlex
 import sys
 
 from ..reproduce import BUDGETS, DATASETS
+from .options import add_threads_argument, apply_threads
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..data import default_data_root
     from ..reproduce import available_datasets, estimate, plan_runs, reproduce
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: expected a positive number")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     out = args.out or f"reproduce-{args.budget}"
     if args.estimate or args.dry_run:
         budget = BUDGETS[args.budget]
@@ -81,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", nargs="+", help="registry models (default: all five; see `convunext models`)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the budget's; paper 0 1 2, cpu 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 on a shared machine")
+    add_threads_argument(parser)
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override for every run")
     parser.add_argument(
         "--estimate", action="store_true", help="time a few steps per model and print the projected duration"

@@ -25,6 +25,7 @@ from ..training.config import ExperimentConfig, list_presets
 from ..training.distributed import DistributedContext
 from ..training.run_folder import check_new_run_dir, claim_run_dir, default_run_name
 from ..training.trainer import TrainResult
+from .options import THREADS_HELP, positive_threads
 
 
 class _Flag:
@@ -71,6 +72,21 @@ def _flags() -> tuple[_Flag, ...]:
         _Flag("--epochs", "number of epochs (sets train.epochs)", sets="train.epochs", type=int),
         _Flag("--output-dir", "parent folder of run folders (sets train.output_dir)", sets="train.output_dir"),
         _Flag("--device", "auto, cpu, cuda or cuda:N (sets train.device)", sets="train.device"),
+        _Flag(
+            "--time-budget",
+            "train for about MINUTES: the epochs are fixed from the measured cost of a step and a validation, and "
+            "the schedule is compressed to that length (sets train.time_budget_minutes)",
+            sets="train.time_budget_minutes",
+            type=float,
+            metavar="MINUTES",
+        ),
+        _Flag(
+            "--threads",
+            f"{THREADS_HELP} (sets train.threads)",
+            sets="train.threads",
+            type=positive_threads,
+            metavar="N",
+        ),
         _Flag("--set", "override any config field", action="append", metavar="SECTION.FIELD=VALUE"),
         _Flag(
             "--resume",
@@ -130,6 +146,11 @@ def _summary(results: list[TrainResult], seeds: list[int], config: ExperimentCon
             f"mIoU {metrics.get('miou_cm', float('nan')):.4f} at epoch {result.best_epoch}/{result.epochs_run} "
             f"({result.seconds / 60:.1f} min)"
         )
+        if result.planned_seconds is not None:
+            lines.append(
+                f"    time budget {config.train.time_budget_minutes:g} min: planned {result.planned_seconds / 60:.1f} "
+                f"min, took {result.seconds / 60:.1f} min"
+            )
     if len(results) > 1:
         dice = [r.best_metrics.get("dice_fg_mean", float("nan")) for r in results]
         miou = [r.best_metrics.get("miou_cm", float("nan")) for r in results]
@@ -216,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
             config.train.seed = seed
             trainer = Trainer(config, run_dir=run_dir, resume=resume, dist=dist, overwrite=overwrite)
             results.append(trainer.fit())
+            config = trainer.config  # resolved: later seeds keep the first one's switches and time-budget plan
     finally:  # every rank leaves the process group, also when all of them refuse the run with the same error
         dist.close()
     if dist.is_main:

@@ -92,12 +92,15 @@ def evaluate_checkpoint(
     tta: bool = False,
     progress: bool = True,
     auc: Literal["exact", "binned"] = "exact",
+    backend: str = "fast",
 ) -> SegmentationMetrics:
-    """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes."""
+    """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes, run by ``backend``
+    (:func:`~convunext.inference.optimize.make_backend`; ``fast`` equals ``eager`` within float32 rounding)."""
     from ..data import EvalTransform
+    from ..inference.optimize import make_backend
 
     return evaluate_model(
-        checkpoint.model.to(device),
+        make_backend(checkpoint.model.to(device).eval(), backend),
         dataset,
         EvalTransform(checkpoint.mean, checkpoint.std),
         len(checkpoint.class_names),

@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..training.config import OptimConfig, TrainConfig
+from ..training.schedule import compress_schedule
+
 
 def paper_schedule(epochs: int) -> tuple[str, ...]:
     """``--set`` overrides that compress the paper's schedule (5 warm-up epochs of 300, then the lr decays by
-    0.985 per epoch to 0.985^295 = 1.16% of its peak) into ``epochs`` epochs with the same proportions."""
-    warmup = epochs * 5 / 300
-    gamma = 0.985 ** (295 / (epochs - warmup))
-    return (f"train.epochs={epochs}", f"optim.warmup_epochs={warmup:.4f}", f"optim.decay_gamma={gamma:.6f}")
+    0.985 per epoch to 0.985^295 = 1.16% of its peak) into ``epochs`` epochs with the same proportions
+    (:func:`~convunext.training.schedule.compress_schedule`)."""
+    optim = compress_schedule(OptimConfig(), TrainConfig().epochs, epochs)
+    return (
+        f"train.epochs={epochs}",
+        f"optim.warmup_epochs={optim.warmup_epochs:.4f}",
+        f"optim.decay_gamma={optim.decay_gamma:.6f}",
+    )
 
 
 @dataclass(frozen=True)

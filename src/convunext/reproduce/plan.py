@@ -17,8 +17,23 @@ DATASET_DIRS = {"drive": "DRIVE", "glas": "GlaS", "hrf": "HRF"}
 # config fields that do not change what is trained (where it is written, how it is shown)
 _NOT_RECIPE = {
     "data": ("root", "num_workers"),
-    "train": ("output_dir", "run_name", "progress_bar", "tensorboard", "device"),
+    "train": (
+        "output_dir",
+        "run_name",
+        "progress_bar",
+        "tensorboard",
+        "device",
+        "threads",
+        # the speed switches change how the work is computed, not the result (a saved run records them resolved)
+        "channels_last",
+        "fused_kernels",
+        "tune_malloc",
+        "fast_validation",
+        "time_budget_plan",
+    ),
 }
+_PLANNED_BY_TIME_BUDGET = {"train": ("epochs",), "optim": ("warmup_epochs", "decay_gamma")}
+"""What a ``train.time_budget_minutes`` plan resolves (a run with a budget keeps its measured length)."""
 
 
 @dataclass
@@ -70,7 +85,12 @@ class RunSpec:
 
 def _recipe(config: Any) -> dict[str, Any]:
     raw = config.to_dict()
-    for section, keys in _NOT_RECIPE.items():
+    ignored = dict(_NOT_RECIPE)
+    if raw["train"].get("time_budget_minutes"):
+        ignored = {
+            k: ignored.get(k, ()) + _PLANNED_BY_TIME_BUDGET.get(k, ()) for k in ignored | _PLANNED_BY_TIME_BUDGET
+        }
+    for section, keys in ignored.items():
         for key in keys:
             raw[section].pop(key, None)
     return raw

@@ -26,6 +26,9 @@ from ..errors import ConvUNeXtError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("paper", "reference")
+Switch = Literal["auto", "on", "off"]
+"""A speed switch: ``auto`` (on where it is faster for the model and device, see
+:mod:`convunext.training.fast_paths`), ``on`` or ``off``; YAML ``true``/``false`` mean ``on``/``off``."""
 
 
 @dataclass
@@ -65,7 +68,7 @@ class OptimConfig:
     batch_size: int = 4
     warmup_epochs: float = 5.0
     warmup_start_factor: float = 0.0
-    decay: Literal["exponential", "poly"] = "exponential"
+    decay: Literal["exponential", "poly", "cosine"] = "exponential"
     decay_gamma: float = 0.985
     poly_power: float = 0.9
 
@@ -88,7 +91,18 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop: length, evaluation cadence, devices and numerics, output location."""
+    """The training loop: length, evaluation cadence, devices and numerics, output location.
+
+    The speed switches (``channels_last``, ``fused_kernels``, ``tune_malloc``, ``fast_validation``) change how
+    the work is computed, never the result; ``auto`` is resolved when training starts and the resolved value is
+    what the run's ``config.yaml`` records. ``threads`` None uses PyTorch's default (the cores this process may
+    use). ``time_budget_minutes`` fixes ``epochs`` from the measured cost of a step and a validation, and
+    compresses the schedule to that length (:mod:`convunext.training.time_budget`); the resolved length and the
+    measurements are recorded in ``time_budget_plan`` (set: never measured again, e.g. on resume).
+    ``precise_bn_batches`` > 0 recomputes the BatchNorm statistics on that many batches of training crops before
+    each validation, so the checkpoint saved after it carries them (:mod:`convunext.training.batchnorm_stats`);
+    ``ema_decay`` keeps an exponential moving average of the weights, validated and saved as ``ema_best.*``.
+    """
 
     epochs: int = 300
     eval_every: int = 1
@@ -97,7 +111,15 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     cpu_bf16: bool = False
-    channels_last: bool = False
+    channels_last: Switch = "auto"
+    fused_kernels: Switch = "auto"
+    tune_malloc: Switch = "auto"
+    fast_validation: Switch = "auto"
+    threads: int | None = None
+    time_budget_minutes: float | None = None
+    time_budget_plan: dict[str, Any] | None = None
+    precise_bn_batches: int = 0
+    ema_decay: float | None = None
     activation_checkpointing: bool = False
     grad_clip_norm: float | None = 1.0
     loss_ce_weight: float = 1.0
@@ -199,6 +221,10 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.decay_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1] (a decay)"),
     "optim.poly_power": _POSITIVE,
     "train.epochs": _POSITIVE_INTEGER,
+    "train.threads": _POSITIVE_INTEGER,
+    "train.time_budget_minutes": _POSITIVE,
+    "train.precise_bn_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "train.ema_decay": (lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.999"),
     "train.eval_every": _POSITIVE_INTEGER,
     "train.early_stopping_patience": _POSITIVE_INTEGER,
     "train.grad_clip_norm": _NON_NEGATIVE,
@@ -266,7 +292,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against the type ``hint`` (int accepted for float; lists for tuples); raise on mismatch."""
     origin, args = get_origin(hint), get_args(hint)
     if origin is Literal:
-        if value not in args:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):  # YAML reads on/off/yes/no as booleans
+            value = "on" if value else "off"
+        if isinstance(value, bool) or value not in args:
             raise ConvUNeXtError(f"{where}={value!r} is not valid; choose one of {', '.join(map(str, args))}")
         return value
     if args and type(None) in args:  # Optional[...]

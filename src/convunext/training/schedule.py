@@ -2,10 +2,15 @@
 
 Warm-up is linear from ``warmup_start_factor`` to 1 over ``warmup_epochs``; afterwards the ``paper`` recipe decays
 exponentially (``decay_gamma`` per epoch, applied smoothly per iteration) and the ``reference`` recipe polynomially,
-``(1 - t)^poly_power`` with ``t`` the fraction of post-warm-up steps done — both stepped once per iteration.
+``(1 - t)^poly_power`` with ``t`` the fraction of post-warm-up steps done; ``decay: cosine`` gives
+``(1 + cos(pi t)) / 2`` — all stepped once per iteration. :func:`compress_schedule` fits a schedule to another
+length with the same proportions (what ``train.time_budget_minutes`` and the ``cpu`` reproduce budget do).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 
@@ -21,8 +26,22 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, optim: OptimConfig) 
     done = step - warmup
     if optim.decay == "exponential":
         return optim.decay_gamma ** (done / steps_per_epoch)
-    remaining = max(1, total - warmup)
-    return max(0.0, 1.0 - done / remaining) ** optim.poly_power
+    fraction = min(1.0, done / max(1, total - warmup))
+    if optim.decay == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+    return (1.0 - fraction) ** optim.poly_power
+
+
+def compress_schedule(optim: OptimConfig, from_epochs: int, to_epochs: int) -> OptimConfig:
+    """``optim`` fitted to a run of ``to_epochs`` instead of ``from_epochs``, in the same proportions: the warm-up
+    keeps its fraction of the run, and the exponential decay ends at the same fraction of the peak lr
+    (``decay_gamma^(from - warm-up)``); poly and cosine decays are defined on the fraction of the run already."""
+    scale = to_epochs / from_epochs
+    warmup = optim.warmup_epochs * scale
+    gamma = optim.decay_gamma
+    if optim.decay == "exponential" and to_epochs > warmup:
+        gamma = gamma ** (max(0.0, from_epochs - optim.warmup_epochs) / (to_epochs - warmup))
+    return dataclasses.replace(optim, warmup_epochs=round(warmup, 6), decay_gamma=round(gamma, 8))
 
 
 def build_scheduler(

@@ -15,9 +15,11 @@ same folder is refused (:mod:`convunext.training.run_folder`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,18 +35,39 @@ from ..checkpoint import load_training_state, save_checkpoint_set
 from ..data import DatasetInfo, EvalTransform, TrainTransform, TransformedDataset, open_dataset, pad_collate
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_model
+from ..inference.optimize import optimize_for_inference
 from ..models import create_model, model_arguments
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json
+from .batchnorm_stats import recompute_batchnorm_statistics
 from .config import ExperimentConfig
 from .distributed import DistributedContext, single_process
+from .ema import ModelEma
+from .fast_paths import enable_fast_paths, resolve_fast_paths
 from .losses import SegmentationLoss
 from .memory import check_crop_size, check_step_memory, estimate_step_memory
 from .plots import plot_progress
 from .run_folder import default_run_name, open_run_dir
-from .schedule import build_scheduler
+from .schedule import build_scheduler, compress_schedule
+from .time_budget import plan_epochs
 
-METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_dice", "val_miou", "val_accuracy", "epoch_seconds")
+METRIC_COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "val_dice",
+    "val_miou",
+    "val_accuracy",
+    "val_dice_running_bn",
+    "val_dice_ema",
+    "epoch_seconds",
+)
+"""``metrics.csv``'s columns: ``val_*`` are the model's validation metrics (after the BatchNorm statistics are
+recomputed, with ``train.precise_bn_batches``); ``val_dice_running_bn`` is the Dice before that recomputation
+and ``val_dice_ema`` the EMA weights' Dice (NaN when the option is off or the epoch not validated)."""
+CALIBRATION_STEPS = 3
+"""Timed training steps (after one untimed) behind a ``train.time_budget_minutes`` plan."""
 _T = TypeVar("_T")
 
 
@@ -58,6 +81,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    planned_seconds: float | None = None  # the time-budget plan of this session's run, if it made one
 
 
 @dataclass
@@ -73,7 +97,9 @@ class _Loop:
     writer: Any = None  # tensorboard's SummaryWriter, when on
     epoch: int = 0  # the last epoch trained
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0})
+    best_ema: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "dice": -math.inf})
     history: list[dict[str, float]] = field(default_factory=list)
+    ema: ModelEma | None = None
 
     def state(self, model: nn.Module, world_size: int) -> dict[str, Any]:
         """The training state after :attr:`epoch`, for ``last_state.pt``."""
@@ -86,7 +112,9 @@ class _Loop:
             "world_size": world_size,
             "epoch": self.epoch,
             "best": self.best,
+            "best_ema": self.best_ema,
             "history": self.history,
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def load(self, state: dict[str, Any], model: nn.Module) -> None:
@@ -97,6 +125,9 @@ class _Loop:
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
+        self.best_ema = state.get("best_ema", self.best_ema)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 class Trainer:
@@ -121,6 +152,7 @@ class Trainer:
         overwrite: bool = False,
     ) -> None:
         config.validate()
+        config = copy.deepcopy(config)  # the run resolves its auto switches and time budget in its own copy
         self.config, self.resume, self.overwrite = config, resume, overwrite
         self.dist = dist or single_process()
         self.device = self.dist.device if dist is not None else resolve_device(config.train.device)
@@ -136,10 +168,13 @@ class Trainer:
         self.val_set = open_dataset(data.name, data.root, "val", **data.options)
         self.info: DatasetInfo = self.train_set.info
         self.model_kwargs = self._model_kwargs()
+        if config.train.threads is not None:
+            torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)
         self.model = create_model(config.model.name, **self.model_kwargs).to(self.device)
-        if config.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.fast_paths = resolve_fast_paths(config.train, self.model, self.device)
+        self.fast_paths.apply_to(config.train)
+        self.model = enable_fast_paths(self.model, self.fast_paths)
         if config.train.activation_checkpointing:
             from ..models.checkpointing import enable_activation_checkpointing
 
@@ -149,6 +184,7 @@ class Trainer:
             ce_weight=config.train.loss_ce_weight, dice_weight=config.train.loss_dice_weight
         )
         self.autocast_enabled, self.amp_dtype = self._autocast()
+        self.planned_seconds: float | None = None
 
     def _model_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.config.model.kwargs)
@@ -207,13 +243,16 @@ class Trainer:
         targets = torch.zeros(1, side, side, dtype=torch.long, device=self.device)
         self._forward_loss(model, images, targets)
 
-    def _forward_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of ``model`` on a batch (the forward pass under the run's autocast)."""
-        if self.config.train.channels_last:
+    def _forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``model``'s training-mode outputs on a batch, in the run's memory format and under its autocast."""
+        if self.fast_paths.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast_enabled):
-            outputs = model(images)
-        return self.loss_fn(_to_float(outputs), targets)
+            return model(images)
+
+    def _forward_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of ``model`` on a batch (the forward pass under the run's autocast)."""
+        return self.loss_fn(_to_float(self._forward(model, images)), targets)
 
     def _autocast(self) -> tuple[bool, torch.dtype]:
         """Whether the training step runs under autocast, and in which dtype."""
@@ -260,7 +299,7 @@ class Trainer:
         with contextlib.ExitStack() as held:
             self.run_dir = self._on_main(lambda: self._open_run_dir(held))
             start_time = time.perf_counter()
-            loop = self._prepare()
+            loop = self._prepare(start_time)
             self._resume_or_start(loop)
             for epoch in range(loop.epoch + 1, self.config.train.epochs + 1):
                 epoch_start = time.perf_counter()
@@ -270,8 +309,9 @@ class Trainer:
                     break
             return self._finish(loop, time.perf_counter() - start_time)
 
-    def _prepare(self) -> _Loop:
-        """The augmented, sharded training data and the optimiser, schedule and gradient scaler of a fresh run."""
+    def _prepare(self, start_time: float) -> _Loop:
+        """The augmented, sharded training data and the optimiser, schedule and gradient scaler of a fresh run
+        (its length first fitted to ``train.time_budget_minutes``, when that is set and not yet planned)."""
         cfg = self.config
         transform = TrainTransform(
             cfg.data.crop_size,
@@ -288,10 +328,85 @@ class Trainer:
         loader = self._loader(augmented, sampler)
         if len(loader) == 0:
             raise ConvUNeXtError(f"dataset {self.info.name!r}: the training split is empty")
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        if cfg.train.time_budget_minutes and cfg.train.time_budget_plan is None and not self.resume:
+            self._plan_time_budget(augmented, loader, start_time)
+        optimizer = self._optimizer(self.model)
         scheduler = build_scheduler(optimizer, len(loader), cfg.train.epochs, cfg.optim)
         scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_enabled and self.amp_dtype == torch.float16)
-        return _Loop(augmented, sampler, loader, optimizer, scheduler, scaler)
+        return _Loop(augmented, sampler, loader, optimizer, scheduler, scaler, ema=ema)
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            model.parameters(), lr=self.config.optim.lr, weight_decay=self.config.optim.weight_decay
+        )
+
+    def _plan_time_budget(self, augmented: TransformedDataset, loader: DataLoader, start_time: float) -> None:
+        """Measure a training step, a validation and a save on a copy of the model, then fix ``train.epochs`` and
+        compress the schedule to fit ``train.time_budget_minutes`` (:mod:`~convunext.training.time_budget`).
+        The run itself is untouched: its weights, random state and data order are those of an unplanned run."""
+        cfg = self.config
+        rng = torch.get_rng_state()
+        probe = copy.deepcopy(self.model)
+        probe_ema = ModelEma(probe, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        optimizer = self._optimizer(probe)
+        probe.train()
+        augmented.set_epoch(0)  # epochs start at 1: the run never sees these crops
+        times: list[float] = []
+        while len(times) < CALIBRATION_STEPS + 1:
+            for batch in loader:
+                began = time.perf_counter()
+                loss = self._forward_loss(probe, batch["image"].to(self.device), batch["mask"].to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.train.grad_clip_norm:
+                    nn.utils.clip_grad_norm_(probe.parameters(), cfg.train.grad_clip_norm)
+                optimizer.step()
+                if probe_ema is not None:
+                    probe_ema.update(probe)
+                times.append(time.perf_counter() - began)
+                if len(times) > CALIBRATION_STEPS:
+                    break
+        began = time.perf_counter()
+        self._evaluations(probe, probe_ema, augmented, 0)
+        validation_seconds = time.perf_counter() - began
+        save_seconds = 0.0
+        if self.dist.is_main:
+            scratch = self.run_dir / f".time-budget-{os.getpid()}"
+            scratch.mkdir(exist_ok=True)
+            state = {"model": probe.state_dict(), "optimizer": optimizer.state_dict()}
+            history = [{**dict.fromkeys(METRIC_COLUMNS, 0.5), "epoch": epoch} for epoch in range(1, 3)]
+            try:
+                for _ in range(2):  # the second time: the first pays one-off costs (matplotlib's start-up)
+                    began = time.perf_counter()
+                    save_checkpoint_set(scratch, probe, {}, state, best=True)
+                    _write_logs(scratch, history)
+                    save_seconds = time.perf_counter() - began
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        torch.set_rng_state(rng)
+        plan = plan_epochs(
+            cfg.train.time_budget_minutes,  # type: ignore[arg-type]
+            cfg.train.epochs,
+            len(loader),
+            cfg.train.eval_every,
+            sorted(times[1:])[len(times[1:]) // 2],
+            validation_seconds,
+            save_seconds,
+            time.perf_counter() - start_time,
+        )
+        plan = self.dist.broadcast_object(plan)  # every rank trains as long as rank 0 planned
+        cfg.optim = compress_schedule(cfg.optim, cfg.train.epochs, plan.epochs)
+        cfg.train.epochs = plan.epochs
+        cfg.train.time_budget_plan = plan.to_dict()
+        self.planned_seconds = plan.planned_seconds
+        if self.dist.is_main:
+            print(
+                f"time budget {plan.budget_minutes:g} min: {plan.epochs} epochs of {plan.steps_per_epoch} steps "
+                f"(step {plan.step_seconds:.2f} s, validation {plan.validation_seconds:.1f} s, save "
+                f"{plan.save_seconds:.2f} s; planned {plan.planned_seconds / 60:.1f} min); schedule compressed from "
+                f"{plan.nominal_epochs} epochs"
+            )
 
     def _resume_or_start(self, loop: _Loop) -> None:
         """Load the ``last`` state when resuming; rank 0 writes the run's ``config.yaml`` and says how it runs."""
@@ -356,17 +471,26 @@ class Trainer:
         loop.scaler.step(loop.optimizer)
         loop.scaler.update()
         loop.scheduler.step()
+        if loop.ema is not None:
+            loop.ema.update(self.model)
 
     def _validate_and_save(self, loop: _Loop, epoch: int, train_loss: float, epoch_start: float) -> None:
         """Validate (on evaluation epochs), track the best epoch, then on rank 0 save the checkpoint set and the
         logs of ``epoch``."""
         metrics: dict[str, float] = {}
+        running_bn_dice = ema_dice = math.nan
+        extra: list[tuple[str, nn.Module, dict[str, Any]]] = []
         if epoch % self.config.train.eval_every == 0 or epoch == self.config.train.epochs:
-            metrics = self.validate()
+            metrics, running_bn_dice, ema_metrics = self._evaluations(self.model, loop.ema, loop.augmented, epoch)
             if metrics["dice_fg_mean"] > loop.best["dice"]:
                 loop.best = {"epoch": epoch, "dice": metrics["dice_fg_mean"], "metrics": metrics, "stale": 0}
             else:
                 loop.best["stale"] += 1
+            if loop.ema is not None and ema_metrics:
+                ema_dice = ema_metrics["dice_fg_mean"]
+                if ema_dice > loop.best_ema["dice"]:
+                    loop.best_ema = {"epoch": epoch, "dice": ema_dice}
+                    extra.append(("ema_best", loop.ema.module, self.checkpoint_meta(epoch, ema_metrics)))
         row: dict[str, float] = {
             "epoch": epoch,
             "step": epoch * len(loop.loader),
@@ -375,6 +499,8 @@ class Trainer:
             "val_dice": metrics.get("dice_fg_mean", math.nan),
             "val_miou": metrics.get("miou_cm", math.nan),
             "val_accuracy": metrics.get("pixel_accuracy", math.nan),
+            "val_dice_running_bn": running_bn_dice,
+            "val_dice_ema": ema_dice,
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         loop.epoch = epoch
@@ -386,6 +512,7 @@ class Trainer:
                 self.checkpoint_meta(epoch, metrics),
                 loop.state(self.model, self.dist.world_size),
                 best=loop.best["epoch"] == epoch,
+                extra=extra,
             )
             self._log(row, loop.history, loop.writer)  # after the state: a listed epoch is always resumable
         self.dist.barrier()
@@ -404,28 +531,76 @@ class Trainer:
         if loop.writer is not None:
             loop.writer.close()
         best = loop.best
-        result = TrainResult(self.run_dir, best["epoch"], best["metrics"], loop.epoch, seconds, loop.history)
+        result = TrainResult(
+            self.run_dir, best["epoch"], best["metrics"], loop.epoch, seconds, loop.history, self.planned_seconds
+        )
         if self.dist.is_main:
-            atomic_write_json(
-                self.run_dir / "summary.json",
-                {
-                    "best_epoch": result.best_epoch,
-                    "best_val_metrics": result.best_metrics,
-                    "epochs_run": result.epochs_run,
-                    "seconds_this_session": round(result.seconds, 2),
-                    "world_size": self.dist.world_size,
-                },
-            )
+            summary: dict[str, Any] = {
+                "best_epoch": result.best_epoch,
+                "best_val_metrics": result.best_metrics,
+                "epochs_run": result.epochs_run,
+                "seconds_this_session": round(result.seconds, 2),
+                "world_size": self.dist.world_size,
+                "fast_paths": {k: getattr(self.fast_paths, k) for k in vars(self.fast_paths)},
+                "threads": torch.get_num_threads(),
+            }
+            if loop.ema is not None:
+                summary["ema_best"] = {"epoch": loop.best_ema["epoch"], "val_dice": loop.best_ema["dice"]}
+            if self.planned_seconds is not None:
+                summary["time_budget"] = {
+                    "budget_minutes": self.config.train.time_budget_minutes,
+                    "planned_minutes": round(self.planned_seconds / 60, 3),
+                    "actual_minutes": round(seconds / 60, 3),
+                }
+            atomic_write_json(self.run_dir / "summary.json", summary)
         self.dist.barrier()  # no rank returns (or leaves the process group) before rank 0's files are written
         return result
 
+    def _evaluations(
+        self, model: nn.Module, ema: ModelEma | None, augmented: TransformedDataset, epoch: int
+    ) -> tuple[dict[str, float], float, dict[str, float]]:
+        """One validation point: ``(metrics, Dice before the BN statistics were recomputed, EMA metrics)``.
+
+        With ``train.precise_bn_batches`` the model is validated as it is, then its BatchNorm statistics are
+        recomputed on training crops (:func:`recompute_batchnorm_statistics`) and it is validated again (the
+        returned metrics; the checkpoint saved after keeps those statistics). The EMA weights get their own
+        statistics the same way."""
+        running_bn_dice = math.nan
+        if self.config.train.precise_bn_batches:
+            running_bn_dice = self.validate(model)["dice_fg_mean"]
+            self._recompute_statistics(model, augmented, epoch)
+        metrics = self.validate(model)
+        ema_metrics: dict[str, float] = {}
+        if ema is not None:
+            if self.config.train.precise_bn_batches:
+                self._recompute_statistics(ema.module, augmented, epoch)
+            ema_metrics = self.validate(ema.module)
+        return metrics, running_bn_dice, ema_metrics
+
+    def _recompute_statistics(self, model: nn.Module, augmented: TransformedDataset, epoch: int) -> None:
+        """Set ``model``'s BatchNorm statistics to those of ``train.precise_bn_batches`` batches of epoch
+        ``epoch``'s training crops, drawn in an order fixed by the seed and the epoch (so a resumed run repeats
+        it)."""
+        cfg = self.config
+        batch, count = cfg.optim.batch_size, cfg.train.precise_bn_batches * cfg.optim.batch_size
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        rounds = -(-count // len(augmented))
+        order = torch.cat([torch.randperm(len(augmented), generator=generator) for _ in range(rounds)])[:count]
+        batches = (
+            pad_collate([augmented[int(i)] for i in order[start : start + batch]])["image"].to(self.device)
+            for start in range(0, count, batch)
+        )
+        recompute_batchnorm_statistics(model, batches, self._forward)
+
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Metrics of the current model on the validation split (sharded across ranks, reduced exactly)."""
-        self.dist.broadcast_buffers(self.model)  # every shard is evaluated with the model rank 0 checkpoints
+    def validate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (default: the current model) on the validation split (sharded across ranks,
+        reduced exactly); with ``train.fast_validation`` through :func:`optimize_for_inference` of its weights."""
+        model = self.model if model is None else model
+        self.dist.broadcast_buffers(model)  # every shard is evaluated with the model rank 0 checkpoints
         dataset = _Shard(self.val_set, self.dist.rank, self.dist.world_size)
         metrics = evaluate_model(
-            self.model,
+            optimize_for_inference(model) if self.fast_paths.fast_validation else model,
             dataset,
             EvalTransform(self.info.mean, self.info.std),
             len(self.info.class_names),
@@ -438,13 +613,7 @@ class Trainer:
         return metrics.compute()
 
     def _log(self, row: dict[str, float], history: list[dict[str, float]], writer: Any) -> None:
-        path = self.run_dir / "metrics.csv"
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            out = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            out.writeheader()
-            for entry in history:
-                out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in entry.items()})
-        plot_progress(history, self.run_dir / "progress.png")
+        _write_logs(self.run_dir, history)
         if writer is not None:
             for key, value in row.items():
                 if key != "epoch" and not math.isnan(value):
@@ -459,6 +628,16 @@ class Trainer:
             print("train.tensorboard is on but tensorboard is not installed (pip install tensorboard); skipping it")
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+
+def _write_logs(directory: Path, history: list[dict[str, float]]) -> None:
+    """``metrics.csv`` and ``progress.png`` of ``history`` in ``directory``."""
+    with atomic_path(directory / "metrics.csv") as tmp, open(tmp, "w", newline="") as handle:
+        out = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        out.writeheader()
+        for entry in history:
+            out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in entry.items()})
+    plot_progress(history, directory / "progress.png")
 
 
 class _Shard(Dataset):

@@ -1,0 +1,48 @@
+"""Command-line options shared by several sub-commands (``--threads``, ``--backend``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..inference.optimize import BACKENDS
+
+THREADS_HELP = (
+    "CPU threads for PyTorch's operators (default: the cores this process may use; OpenMP waits sleep, so a "
+    "busy machine slows the run down gracefully; 1 is best beside another heavy job)"
+)
+
+
+def positive_threads(text: str) -> int:
+    """``--threads``' type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of threads")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``."""
+    parser.add_argument("--threads", type=positive_threads, metavar="N", help=THREADS_HELP)
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``torch.set_num_threads(args.threads)`` when ``--threads`` was given."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` (default ``fast``): how the model runs (:func:`~convunext.inference.optimize.make_backend`)."""
+    parser.add_argument(
+        "--backend",
+        default="fast",
+        choices=BACKENDS,
+        help="fast (default): fused, BN-folded channels-last copy of the model (about 2x faster on CPU, same "
+        "output within float32 rounding); eager: the model as trained; compile: torch.compile (slow first image); "
+        "onnx: ONNX Runtime (needs convunext[onnx])",
+    )

@@ -1,0 +1,86 @@
+"""``train.time_budget_minutes``: fix a run's length from the measured cost of its work.
+
+Before the first epoch the trainer measures, on a copy of the model (the run itself is untouched), the median of
+a few training steps, one validation pass (with whatever precise-BN and EMA work it carries) and one checkpoint
+save. :func:`plan_epochs` then picks the largest number of epochs whose steps, validations and saves fit in what
+is left of the budget, and the schedule is compressed to that length with the recipe's proportions
+(:func:`~convunext.training.schedule.compress_schedule`). The plan is stored in ``train.time_budget_plan`` of the
+run's ``config.yaml``: resuming the run (or re-running its config) never measures again, so its length and
+schedule are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["BudgetPlan", "plan_epochs", "validations"]
+
+
+def validations(epochs: int, eval_every: int) -> int:
+    """How many validations a run of ``epochs`` makes: every ``eval_every`` epochs, and always after the last."""
+    return epochs // eval_every + (1 if epochs % eval_every else 0)
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """A run length fitted to a time budget, and the measurements it rests on (seconds)."""
+
+    budget_minutes: float
+    nominal_epochs: int
+    epochs: int
+    steps_per_epoch: int
+    step_seconds: float
+    validation_seconds: float
+    save_seconds: float
+    spent_seconds: float
+    validation_count: int
+
+    @property
+    def planned_seconds(self) -> float:
+        """The whole run as planned: what was spent before planning, then every epoch's work."""
+        return (
+            self.spent_seconds
+            + self.epochs * (self.steps_per_epoch * self.step_seconds + self.save_seconds)
+            + self.validation_count * self.validation_seconds
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record kept in ``train.time_budget_plan`` (rounded)."""
+        record = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        record["planned_minutes"] = round(self.planned_seconds / 60, 3)
+        return record
+
+
+def plan_epochs(
+    budget_minutes: float,
+    nominal_epochs: int,
+    steps_per_epoch: int,
+    eval_every: int,
+    step_seconds: float,
+    validation_seconds: float,
+    save_seconds: float,
+    spent_seconds: float,
+) -> BudgetPlan:
+    """The largest number of epochs (at least 1) whose training steps, validations (every ``eval_every`` epochs and
+    after the last) and per-epoch saves fit in ``budget_minutes`` after ``spent_seconds``."""
+
+    def plan(epochs: int) -> BudgetPlan:
+        return BudgetPlan(
+            budget_minutes,
+            nominal_epochs,
+            epochs,
+            steps_per_epoch,
+            step_seconds,
+            validation_seconds,
+            save_seconds,
+            spent_seconds,
+            validations(epochs, eval_every),
+        )
+
+    budget = budget_minutes * 60
+    per_epoch = steps_per_epoch * step_seconds + save_seconds + validation_seconds / eval_every
+    epochs = max(1, int((budget - spent_seconds) / per_epoch) + 1)
+    while epochs > 1 and plan(epochs).planned_seconds > budget:
+        epochs -= 1
+    return plan(epochs)

@@ -1,0 +1,110 @@
+"""``train.time_budget_minutes``: the plan's arithmetic, schedule compression, and a planned run that is recorded,
+untouched by its measurements and never measured again on resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convunext.cli.main import main
+from convunext.reproduce import paper_schedule
+from convunext.training.config import ExperimentConfig, OptimConfig
+from convunext.training.schedule import compress_schedule, lr_factor
+from convunext.training.time_budget import plan_epochs, validations
+from convunext.training.trainer import Trainer
+
+TINY = [
+    "model.kwargs.width=8",
+    "data.options.num_images=8",
+    "data.options.size=64",
+    "data.crop_size=48",
+    "optim.batch_size=2",
+    "train.progress_bar=false",
+]
+
+
+def test_validations_count_the_last_epoch() -> None:
+    assert [validations(e, 3) for e in (1, 2, 3, 4, 6, 7)] == [1, 1, 1, 2, 2, 3]
+
+
+def test_plan_fits_steps_validations_and_saves() -> None:
+    # 10 steps of 1 s + a 0.5 s save per epoch, a 4 s validation every 2nd epoch and after the last; 20 s spent
+    plan = plan_epochs(2.0, 300, 10, 2, 1.0, 4.0, 0.5, 20.0)
+    assert plan.epochs == 8  # 20 + 8 * 10.5 + 4 * 4 = 120 s exactly
+    assert plan.planned_seconds == pytest.approx(120.0) and plan.validation_count == 4
+    assert plan_epochs(2.0, 300, 10, 2, 1.0, 4.0, 0.5, 20.1).epochs == 7  # a tenth of a second too many
+    assert plan_epochs(0.1, 300, 10, 1, 1.0, 4.0, 0.5, 0.0).epochs == 1  # never less than one epoch
+    record = plan.to_dict()
+    assert record["epochs"] == 8 and record["planned_minutes"] == 2.0 and record["nominal_epochs"] == 300
+
+
+@pytest.mark.parametrize("decay", ["exponential", "poly", "cosine"])
+def test_compressed_schedule_keeps_the_proportions(decay: str) -> None:
+    optim = OptimConfig(decay=decay, warmup_epochs=5.0)
+    short = compress_schedule(optim, 300, 40)
+    assert short.warmup_epochs == pytest.approx(5 * 40 / 300, abs=1e-6)
+    steps = 15  # whole warm-up steps at both lengths
+    for fraction in (0.0, 0.01, 0.5, 1.0):  # the same lr at the same fraction of the run
+        assert lr_factor(round(fraction * 40 * steps), steps, 40, short) == pytest.approx(
+            lr_factor(round(fraction * 300 * steps), steps, 300, optim), rel=1e-4, abs=1e-9
+        ), fraction
+
+
+def test_paper_schedule_is_the_compressed_paper_recipe() -> None:
+    sets = dict(item.split("=") for item in paper_schedule(40))
+    assert float(sets["optim.warmup_epochs"]) == pytest.approx(40 * 5 / 300, abs=1e-4)
+    assert float(sets["optim.decay_gamma"]) ** (40 - 40 * 5 / 300) == pytest.approx(0.985**295, rel=1e-4)
+
+
+def test_cosine_decay() -> None:
+    optim = OptimConfig(decay="cosine", warmup_epochs=0.0)
+    assert [lr_factor(s, 10, 10, optim) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    assert lr_factor(25, 10, 10, optim) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+
+
+def _config(tmp_path: Path, *extra: str) -> ExperimentConfig:
+    return ExperimentConfig.from_yaml("synthetic", [*TINY, f"train.output_dir={tmp_path}", *extra])
+
+
+def test_planned_run_is_recorded_and_untouched_by_its_measurements(tmp_path: Path, one_thread: None) -> None:
+    planned = Trainer(_config(tmp_path, "train.time_budget_minutes=0.25", "train.run_name=planned"))
+    result = planned.fit()
+    saved = ExperimentConfig.from_yaml(tmp_path / "planned" / "config.yaml")
+    plan = saved.train.time_budget_plan
+    assert plan is not None and plan["nominal_epochs"] == 12 and plan["epochs"] == saved.train.epochs
+    assert result.epochs_run == saved.train.epochs > 1 and result.planned_seconds is not None
+    assert saved.optim == compress_schedule(_config(tmp_path).optim, 12, saved.train.epochs)
+    assert result.seconds <= 0.25 * 60 * 1.5  # a quiet machine lands within 10%; a shared CI runner may not
+    # the same resolved config trained again (the plan is set: nothing is measured) ends with the same weights
+    again = ExperimentConfig.from_yaml(tmp_path / "planned" / "config.yaml", ["train.run_name=again"])
+    Trainer(again).fit()
+    expected = load_file(str(tmp_path / "planned" / "last.safetensors"))
+    actual = load_file(str(tmp_path / "again" / "last.safetensors"))
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_resume_never_measures_again(tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    first = Trainer(_config(tmp_path, "train.time_budget_minutes=0.1", "train.run_name=run"))
+    monkeypatch.setattr(Trainer, "_early_stop", lambda self, loop: loop.epoch == 1)
+    first.fit()
+    monkeypatch.undo()
+    monkeypatch.setattr(Trainer, "_plan_time_budget", lambda *a: pytest.fail("a resumed run measured again"))
+    saved = ExperimentConfig.from_yaml(run / "config.yaml")
+    resumed = Trainer(saved, run_dir=run, resume=True).fit()
+    assert resumed.epochs_run == saved.train.epochs and resumed.planned_seconds is None
+
+
+def test_time_budget_flag_prints_planned_and_actual(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [a for s in [*TINY, f"train.output_dir={tmp_path}"] for a in ("--set", s)]
+    assert main(["train", *sets, "--time-budget", "0.1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "time budget 0.1 min:" in out and "epochs of 3 steps" in out
+    assert "planned 0.1 min, took" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--threads", "0"])
+    assert "expected a positive number of threads" in capsys.readouterr().err
