@@ -48,7 +48,8 @@ def test_report_files(report: Path) -> None:
     assert (report / "dice_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((report / "reproduce.json").read_text())["budget"] == "smoke"
     for row in rows:  # each run was tested once, on the test split, with its best validation checkpoint
-        tested = json.loads((Path(row["run_dir"]) / "test" / "metrics.json").read_text())
+        assert not Path(row["run_dir"]).is_absolute()  # relative to the report: no machine path in the report
+        tested = json.loads((report / row["run_dir"] / "test" / "metrics.json").read_text())
         assert tested["split"] == "test" and tested["checkpoint"].endswith("best.json")
 
 

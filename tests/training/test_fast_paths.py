@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,23 +17,9 @@ from convunext.training.config import ExperimentConfig, TrainConfig
 from convunext.training.fast_paths import resolve_fast_paths, supports_fused_training
 from convunext.training.trainer import Trainer
 
-TINY = [
-    "model.kwargs.width=8",
-    "data.options.num_images=8",
-    "data.options.size=64",
-    "data.crop_size=48",
-    "optim.batch_size=2",
-    "train.progress_bar=false",
-    "train.epochs=2",
-    "optim.warmup_epochs=0",
-]
+SHORT = ("train.epochs=2", "optim.warmup_epochs=0")
 ALL_OFF = ["train.channels_last=off", "train.fused_kernels=off", "train.tune_malloc=off", "train.fast_validation=off"]
 ALL_ON = ["train.channels_last=on", "train.tune_malloc=on", "train.fast_validation=on"]
-
-
-def _config(tmp_path: Path, name: str, *extra: str) -> ExperimentConfig:
-    sets = [*TINY, f"model.name={name}", f"train.output_dir={tmp_path}", *extra]
-    return ExperimentConfig.from_yaml("synthetic", sets)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -60,7 +46,7 @@ def test_impossible_switches_are_refused() -> None:
         )
 
 
-def test_yaml_booleans_mean_on_and_off(tmp_path: Path) -> None:
+def test_yaml_booleans_mean_on_and_off() -> None:
     config = ExperimentConfig.from_dict({"train": {"channels_last": True, "fused_kernels": False}})
     assert (config.train.channels_last, config.train.fused_kernels) == ("on", "off")
     with pytest.raises(ConvUNeXtError, match="train.tune_malloc='fast' is not valid; choose one of auto, on, off"):
@@ -86,15 +72,15 @@ def _train_steps(trainer: Trainer, steps: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_switch_on_trains_the_same_weights(
-    tmp_path: Path, name: str, one_thread: None, monkeypatch: pytest.MonkeyPatch
+    tiny_run: Callable[..., ExperimentConfig], name: str, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """8 training steps with every switch on equal the plain path's weights (relative 1e-5), and the fused
     kernels really ran."""
     fused_runs = []
     monkeypatch.setattr(blocks, "banded_mlp", lambda *a, **k: fused_runs.append(1) or banded_mlp(*a, **k))
     fused = ["train.fused_kernels=on"] if name == "convunext" else []
-    fast = Trainer(_config(tmp_path, name, *ALL_ON, *fused, "train.run_name=fast"))
-    plain = Trainer(_config(tmp_path, name, *ALL_OFF, "train.run_name=plain"))
+    fast = Trainer(tiny_run(*SHORT, f"model.name={name}", *ALL_ON, *fused, "train.run_name=fast"))
+    plain = Trainer(tiny_run(*SHORT, f"model.name={name}", *ALL_OFF, "train.run_name=plain"))
     assert fast.fast_paths.channels_last and not plain.fast_paths.channels_last
     actual = _train_steps(fast, 8)
     assert bool(fused_runs) == (name == "convunext")
@@ -111,8 +97,10 @@ def test_every_switch_on_trains_the_same_weights(
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_fast_validation_equals_eager_validation(tmp_path: Path, name: str, one_thread: None) -> None:
-    trainer = Trainer(_config(tmp_path, name, "data.options.num_images=12"))
+def test_fast_validation_equals_eager_validation(
+    tiny_run: Callable[..., ExperimentConfig], name: str, one_thread: None
+) -> None:
+    trainer = Trainer(tiny_run(*SHORT, f"model.name={name}", "data.options.num_images=12"))
     assert trainer.fast_paths.fast_validation
     fast = trainer.validate()
     trainer.fast_paths = type(trainer.fast_paths)(**{**vars(trainer.fast_paths), "fast_validation": False})

@@ -4,6 +4,7 @@ untouched by its measurements and never measured again on resume."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,6 @@ from convunext.training.config import ExperimentConfig, OptimConfig
 from convunext.training.schedule import compress_schedule, lr_factor
 from convunext.training.time_budget import plan_epochs, validations
 from convunext.training.trainer import Trainer
-
-TINY = [
-    "model.kwargs.width=8",
-    "data.options.num_images=8",
-    "data.options.size=64",
-    "data.crop_size=48",
-    "optim.batch_size=2",
-    "train.progress_bar=false",
-]
 
 
 def test_validations_count_the_last_epoch() -> None:
@@ -66,18 +58,16 @@ def test_cosine_decay() -> None:
     assert lr_factor(25, 10, 10, optim) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
 
 
-def _config(tmp_path: Path, *extra: str) -> ExperimentConfig:
-    return ExperimentConfig.from_yaml("synthetic", [*TINY, f"train.output_dir={tmp_path}", *extra])
-
-
-def test_planned_run_is_recorded_and_untouched_by_its_measurements(tmp_path: Path, one_thread: None) -> None:
-    planned = Trainer(_config(tmp_path, "train.time_budget_minutes=0.25", "train.run_name=planned"))
+def test_planned_run_is_recorded_and_untouched_by_its_measurements(
+    tmp_path: Path, tiny_run: Callable[..., ExperimentConfig], one_thread: None
+) -> None:
+    planned = Trainer(tiny_run("train.time_budget_minutes=0.25", "train.run_name=planned"))
     result = planned.fit()
     saved = ExperimentConfig.from_yaml(tmp_path / "planned" / "config.yaml")
     plan = saved.train.time_budget_plan
     assert plan is not None and plan["nominal_epochs"] == 12 and plan["epochs"] == saved.train.epochs
     assert result.epochs_run == saved.train.epochs > 1 and result.planned_seconds is not None
-    assert saved.optim == compress_schedule(_config(tmp_path).optim, 12, saved.train.epochs)
+    assert saved.optim == compress_schedule(tiny_run().optim, 12, saved.train.epochs)
     assert result.seconds <= 0.25 * 60 * 1.5  # a quiet machine lands within 10%; a shared CI runner may not
     # the same resolved config trained again (the plan is set: nothing is measured) ends with the same weights
     again = ExperimentConfig.from_yaml(tmp_path / "planned" / "config.yaml", ["train.run_name=again"])
@@ -87,9 +77,11 @@ def test_planned_run_is_recorded_and_untouched_by_its_measurements(tmp_path: Pat
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
 
 
-def test_resume_never_measures_again(tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_never_measures_again(
+    tmp_path: Path, tiny_run: Callable[..., ExperimentConfig], one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
-    first = Trainer(_config(tmp_path, "train.time_budget_minutes=0.1", "train.run_name=run"))
+    first = Trainer(tiny_run("train.time_budget_minutes=0.1", "train.run_name=run"))
     monkeypatch.setattr(Trainer, "_early_stop", lambda self, loop: loop.epoch == 1)
     first.fit()
     monkeypatch.undo()
@@ -99,9 +91,10 @@ def test_resume_never_measures_again(tmp_path: Path, one_thread: None, monkeypat
     assert resumed.epochs_run == saved.train.epochs and resumed.planned_seconds is None
 
 
-def test_time_budget_flag_prints_planned_and_actual(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sets = [a for s in [*TINY, f"train.output_dir={tmp_path}"] for a in ("--set", s)]
-    assert main(["train", *sets, "--time-budget", "0.1", "--threads", "1"]) == 0
+def test_time_budget_flag_prints_planned_and_actual(
+    tiny_run_arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", *tiny_run_arguments, "--time-budget", "0.1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "time budget 0.1 min:" in out and "epochs of 3 steps" in out
     assert "planned 0.1 min, took" in out

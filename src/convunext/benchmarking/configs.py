@@ -48,6 +48,7 @@ class Config:
             "authors": "authors' style",
             "channels_last": "channels-last",
             "fused": "channels-last + fused kernels",
+            "trainer": "trainer default",
         }
         path = names.get(self.path, self.path)
         if self.mode == "infer" and self.path == "channels_last":
@@ -113,6 +114,7 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
             ("convunext", "fused"),
         ]
         runs += [(model, "eager") for model in REGISTRY_MODELS[1:]]
+        runs += [(model, "trainer") for model in REGISTRY_MODELS]
         for model, path in runs:
             add("training", model, path, "train", args.train_batch, args.train_size, repeats=args.train_repeats)
         if args.checkpointing_size:

@@ -16,6 +16,9 @@ Paths (``Config.path``):
 * ``fast``: :func:`~convunext.inference.optimize_for_inference` (ConvUNeXt: fused kernels);
 * ``compile``: ``optimize_for_inference(compile=True)`` (``torch.compile``; setup time = compile time);
 * ``onnx``: exported in memory, run by ONNX Runtime;
+* ``trainer`` (training): what ``convunext train`` runs by default — every ``auto`` speed switch resolved for the
+  model and device (:func:`~convunext.training.fast_paths.resolve_fast_paths`; on CPU channels-last, the fused
+  kernels where the model has them, and the glibc malloc tuning);
 * ``fused`` (training): channels-last plus the fused training kernels
   (:func:`~convunext.models.fused.enable_fused_training`).
 
@@ -141,6 +144,12 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
 
         runner = copy.deepcopy(source).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         enable_fused_training(runner)
+    elif config.path == "trainer":  # what `convunext train` runs: every auto speed switch resolved for the device
+        from ..training.config import TrainConfig
+        from ..training.fast_paths import enable_fast_paths, resolve_fast_paths
+
+        runner = copy.deepcopy(source)
+        runner = enable_fast_paths(runner, resolve_fast_paths(TrainConfig(), runner, device))
     elif config.path == "fast":
         runner = optimize_for_inference(source)
     elif config.path == "compile":
@@ -154,6 +163,13 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
     if config.path != "onnx":
         runner = runner.to(device)
     return source, runner
+
+
+def channels_last_input(config: Config) -> bool:
+    """Whether the path feeds channels-last inputs (as the trainer does where it runs channels-last)."""
+    if config.path == "trainer":  # train.channels_last: auto is on for CPUs
+        return torch.device(config.device).type == "cpu"
+    return config.path in ("channels_last", "fused")
 
 
 def _synchronize(device: str) -> None:
@@ -232,7 +248,7 @@ def _make_step(config: Config, runner: nn.Module, x: torch.Tensor, generator: to
         return window
     runner.train()
     labels = torch.randint(0, config.classes, (x.shape[0], *x.shape[2:]), generator=generator).to(x.device)
-    inputs = x.contiguous(memory_format=torch.channels_last) if config.path in ("channels_last", "fused") else x
+    inputs = x.contiguous(memory_format=torch.channels_last) if channels_last_input(config) else x
     optimizer = torch.optim.AdamW(runner.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(enabled=config.amp == "fp16" and x.is_cuda)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,8 +45,9 @@ def _training_seconds(run_dir: Path) -> float:
         return math.fsum(float(row["epoch_seconds"]) for row in csv.DictReader(handle))
 
 
-def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``results.csv`` row of a finished, tested run."""
+def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str | Path) -> dict[str, Any]:
+    """The ``results.csv`` row of a finished, tested run (its folder relative to ``report_dir``, so a committed
+    report names no path of the machine it ran on)."""
     meta = json.loads((spec.run_dir / "best.json").read_text())
     summary = json.loads((spec.run_dir / "summary.json").read_text())
     params, gflops = model_cost(spec.model, FLOPS_SIZE, **meta["model"]["kwargs"])
@@ -63,7 +65,7 @@ def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any]) -> dict[str, Any
     row["best_val_dice"] = summary["best_val_metrics"].get("dice_fg_mean", math.nan)
     row["epochs_run"] = summary["epochs_run"]
     row["train_seconds"] = _training_seconds(spec.run_dir)
-    row["run_dir"] = str(spec.run_dir)
+    row["run_dir"] = Path(os.path.relpath(spec.run_dir, report_dir)).as_posix()
     return row
 
 

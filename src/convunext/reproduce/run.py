@@ -196,7 +196,7 @@ def reproduce(
                 skipped += 1
             log(f"{prefix}: testing the best validation checkpoint")
         test_metrics = evaluate_run(spec, device)
-        rows.append(collect_row(spec, test_metrics))
+        rows.append(collect_row(spec, test_metrics, report_dir))
         log(
             f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
             f"(best validation epoch {rows[-1]['best_val_epoch']})"

@@ -99,8 +99,9 @@ class TrainConfig:
     use). ``time_budget_minutes`` fixes ``epochs`` from the measured cost of a step and a validation, and
     compresses the schedule to that length (:mod:`convunext.training.time_budget`); the resolved length and the
     measurements are recorded in ``time_budget_plan`` (set: never measured again, e.g. on resume).
-    ``precise_bn_batches`` > 0 recomputes the BatchNorm statistics on that many batches of training crops before
-    each validation, so the checkpoint saved after it carries them (:mod:`convunext.training.batchnorm_stats`);
+    ``precise_bn_batches`` > 0 (default 4) recomputes the BatchNorm statistics on that many batches of training
+    crops before each validation, so the checkpoint saved after it carries them
+    (:mod:`convunext.training.batchnorm_stats`);
     ``ema_decay`` keeps an exponential moving average of the weights, validated and saved as ``ema_best.*``.
     """
 
@@ -118,7 +119,7 @@ class TrainConfig:
     threads: int | None = None
     time_budget_minutes: float | None = None
     time_budget_plan: dict[str, Any] | None = None
-    precise_bn_batches: int = 0
+    precise_bn_batches: int = 4
     ema_decay: float | None = None
     activation_checkpointing: bool = False
     grad_clip_norm: float | None = 1.0

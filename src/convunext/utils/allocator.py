@@ -8,7 +8,7 @@ Raising the mmap and trim thresholds keeps that memory in the heap for reuse, th
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
 
 set from inside the process. The price: memory freed by PyTorch stays mapped (RSS remains at its peak).
-Nothing in convunext calls this by itself.
+The trainer calls it on CPUs (``train.tune_malloc: auto``, :mod:`convunext.training.fast_paths`); nothing else does.
 """
 
 from __future__ import annotations
