@@ -3,6 +3,7 @@ were (weights after N steps; validation metrics)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def test_fast_validation_equals_eager_validation(
     trainer = Trainer(tiny_run(*SHORT, f"model.name={name}", "data.options.num_images=12"))
     assert trainer.fast_paths.fast_validation
     fast = trainer.validate()
-    trainer.fast_paths = type(trainer.fast_paths)(**{**vars(trainer.fast_paths), "fast_validation": False})
+    trainer.fast_paths = dataclasses.replace(trainer.fast_paths, fast_validation=False)
     eager = trainer.validate()
     assert fast.keys() == eager.keys() and fast["num_images"] == eager["num_images"] == 2
     for key, value in eager.items():

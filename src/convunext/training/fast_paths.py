@@ -22,7 +22,7 @@ there); the fast validation path is on everywhere.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -45,8 +45,8 @@ class FastPaths:
 
     def apply_to(self, train: TrainConfig) -> None:
         """Record the resolved values in ``train`` (``"on"`` / ``"off"``), as the run's ``config.yaml`` shows them."""
-        for name in ("channels_last", "fused_kernels", "tune_malloc", "fast_validation"):
-            setattr(train, name, "on" if getattr(self, name) else "off")
+        for name, value in asdict(self).items():
+            setattr(train, name, "on" if value else "off")
 
 
 def supports_fused_training(model: nn.Module) -> bool:

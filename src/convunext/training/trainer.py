@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -541,7 +541,7 @@ class Trainer:
                 "epochs_run": result.epochs_run,
                 "seconds_this_session": round(result.seconds, 2),
                 "world_size": self.dist.world_size,
-                "fast_paths": {k: getattr(self.fast_paths, k) for k in vars(self.fast_paths)},
+                "fast_paths": asdict(self.fast_paths),
                 "threads": torch.get_num_threads(),
             }
             if loop.ema is not None:
