@@ -4,8 +4,8 @@ Every run is ``convunext train drive`` with ``--time-budget MINUTES`` on 256x256
 recipe's AdamW (weight decay 1e-4, linear warm-up from 1e-3 x lr) with the peak lr and decay shape of the grid
 point; validation every ``--eval-every`` epochs. Each run also records the three validation Dice curves of the
 BatchNorm study: eval mode with the running statistics (``val_dice_running_bn``), with the statistics recomputed
-on 8 batches of training crops (``val_dice``, precise BN) and the EMA of the weights (``val_dice_ema``) — none of
-them changes the training itself, so one run gives all three. The test split is never read.
+on ``--precise-bn-batches`` batches of training crops (``val_dice``, precise BN) and the EMA of the weights
+(``val_dice_ema``) — none of them changes the training itself, so one run gives all three. The test split is never read.
 
 Runs are resumable: a finished run (``summary.json``) is skipped, a stopped one resumed. Never run two heavy jobs
 side by side on a small CPU.
@@ -52,6 +52,7 @@ def train_command(args: argparse.Namespace, model: str, decay: str, lr: float) -
         f"optim.decay={decay}",
         f"train.eval_every={args.eval_every}",
         f"train.precise_bn_batches={args.precise_bn_batches}",
+        "train.validate_running_bn=true",
         f"train.ema_decay={args.ema_decay}",
         f"train.output_dir={runs}",
         f"train.run_name={run_name(model, decay, lr)}",

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import convunext.data
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
-from convunext.reproduce import BUDGETS, paper_schedule, plan_runs, reproduce
+from convunext.reproduce import BUDGETS, CPU_STEPS, plan_runs, reproduce, step_budget
+from convunext.reproduce.budgets import TRAINING_IMAGES_PER_EPOCH
+from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
 MODELS = ["convunext", "unet"]
@@ -87,12 +90,22 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
         reproduce(tmp_path / "out", "cpu", datasets=["drive"], data_root=tmp_path)
 
 
-def test_cpu_budget_compresses_the_paper_schedule() -> None:
-    sets = dict(item.split("=") for item in paper_schedule(40))
-    warmup, gamma = float(sets["optim.warmup_epochs"]), float(sets["optim.decay_gamma"])
-    assert sets["train.epochs"] == "40" and warmup == pytest.approx(40 * 5 / 300, abs=1e-4)
-    assert gamma ** (40 - warmup) == pytest.approx(0.985**295, rel=1e-4)  # the paper's final lr fraction
-    assert "data.crop_size=192" in BUDGETS["cpu"].overrides_for("drive")
+@pytest.mark.parametrize("dataset", ["drive", "glas", "hrf"])
+def test_cpu_budget_gives_every_dataset_the_same_steps_of_the_chosen_recipe(dataset: str) -> None:
+    split = json.loads((Path(convunext.data.__file__).parent / "splits" / f"{dataset}.json").read_text())
+    training_images = len(split["trainval"]) - len(split["val"])
+    assert TRAINING_IMAGES_PER_EPOCH[dataset] == training_images
+    config = ExperimentConfig.from_yaml(dataset, BUDGETS["cpu"].overrides_for(dataset))
+    steps = config.train.epochs * (training_images // 4)
+    assert CPU_STEPS <= steps < CPU_STEPS + training_images // 4
+    assert (config.optim.lr, config.optim.decay, config.optim.weight_decay) == (1.5e-3, "poly", 1e-4)
+    assert config.optim.batch_size == 4 and config.train.precise_bn_batches == 4
+    assert config.optim.warmup_epochs * 300 == pytest.approx(config.train.epochs, abs=0.01)  # 1/300 of the run
+
+
+def test_step_budget_rounds_up_to_whole_epochs() -> None:
+    assert step_budget(1200, 16) == ("train.epochs=300", "optim.warmup_epochs=1.000000")
+    assert step_budget(10, 9, batch_size=2) == ("train.epochs=3", "optim.warmup_epochs=0.010000")
 
 
 def test_cli_dry_run_and_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

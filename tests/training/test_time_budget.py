@@ -12,10 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from convunext.cli.main import main
-from convunext.reproduce import paper_schedule
 from convunext.training.config import ExperimentConfig, OptimConfig
 from convunext.training.schedule import compress_schedule, lr_factor
-from convunext.training.time_budget import plan_epochs, validations
+from convunext.training.time_budget import RunCosts, plan_epochs, validations
 from convunext.training.trainer import Trainer
 
 
@@ -25,13 +24,15 @@ def test_validations_count_the_last_epoch() -> None:
 
 def test_plan_fits_steps_validations_and_saves() -> None:
     # 10 steps of 1 s + a 0.5 s save per epoch, a 4 s validation every 2nd epoch and after the last; 20 s spent
-    plan = plan_epochs(2.0, 300, 10, 2, 1.0, 4.0, 0.5, 20.0)
+    costs = RunCosts(steps_per_epoch=10, step_seconds=1.0, validation_seconds=4.0, save_seconds=0.5)
+    plan = plan_epochs(2.0, 300, 2, costs, 20.0)
     assert plan.epochs == 8  # 20 + 8 * 10.5 + 4 * 4 = 120 s exactly
     assert plan.planned_seconds == pytest.approx(120.0) and plan.validation_count == 4
-    assert plan_epochs(2.0, 300, 10, 2, 1.0, 4.0, 0.5, 20.1).epochs == 7  # a tenth of a second too many
-    assert plan_epochs(0.1, 300, 10, 1, 1.0, 4.0, 0.5, 0.0).epochs == 1  # never less than one epoch
+    assert plan_epochs(2.0, 300, 2, costs, 20.1).epochs == 7  # a tenth of a second too many
+    assert plan_epochs(0.1, 300, 1, costs, 0.0).epochs == 1  # never less than one epoch
     record = plan.to_dict()
     assert record["epochs"] == 8 and record["planned_minutes"] == 2.0 and record["nominal_epochs"] == 300
+    assert costs.seconds(8, 2) == pytest.approx(100.0) and costs.seconds(7, 2) == pytest.approx(89.5)
 
 
 @pytest.mark.parametrize("decay", ["exponential", "poly", "cosine"])
@@ -44,12 +45,6 @@ def test_compressed_schedule_keeps_the_proportions(decay: str) -> None:
         assert lr_factor(round(fraction * 40 * steps), steps, 40, short) == pytest.approx(
             lr_factor(round(fraction * 300 * steps), steps, 300, optim), rel=1e-4, abs=1e-9
         ), fraction
-
-
-def test_paper_schedule_is_the_compressed_paper_recipe() -> None:
-    sets = dict(item.split("=") for item in paper_schedule(40))
-    assert float(sets["optim.warmup_epochs"]) == pytest.approx(40 * 5 / 300, abs=1e-4)
-    assert float(sets["optim.decay_gamma"]) ** (40 - 40 * 5 / 300) == pytest.approx(0.985**295, rel=1e-4)
 
 
 def test_cosine_decay() -> None:
@@ -77,6 +72,18 @@ def test_planned_run_is_recorded_and_untouched_by_its_measurements(
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
 
 
+def test_measuring_costs_touches_neither_the_run_nor_its_folder(
+    tmp_path: Path, tiny_run: Callable[..., ExperimentConfig], one_thread: None
+) -> None:
+    trainer = Trainer(tiny_run("train.run_name=run"))
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    costs = trainer.measure_costs()
+    assert costs.steps_per_epoch == 3 and min(costs.step_seconds, costs.validation_seconds, costs.save_seconds) > 0
+    assert all(torch.equal(weights[k], v) for k, v in trainer.model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state()) and not (tmp_path / "run").exists()
+
+
 def test_resume_never_measures_again(
     tmp_path: Path, tiny_run: Callable[..., ExperimentConfig], one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,7 +92,7 @@ def test_resume_never_measures_again(
     monkeypatch.setattr(Trainer, "_early_stop", lambda self, loop: loop.epoch == 1)
     first.fit()
     monkeypatch.undo()
-    monkeypatch.setattr(Trainer, "_plan_time_budget", lambda *a: pytest.fail("a resumed run measured again"))
+    monkeypatch.setattr(Trainer, "_measure_costs", lambda *a: pytest.fail("a resumed run measured again"))
     saved = ExperimentConfig.from_yaml(run / "config.yaml")
     resumed = Trainer(saved, run_dir=run, resume=True).fit()
     assert resumed.epochs_run == saved.train.epochs and resumed.planned_seconds is None

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from convunext.checkpoint import load_checkpoint
 from convunext.errors import ConvUNeXtError
+from convunext.training import trainer as trainer_module
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
@@ -67,6 +68,14 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(run)
     assert checkpoint.path.name == "best.json"
     assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_progress_plot_is_drawn_after_each_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[int] = []
+    monkeypatch.setattr(trainer_module, "plot_progress", lambda history, path: drawn.append(len(history)))
+    Trainer(tiny_config(tmp_path, "train.epochs=5", "train.eval_every=2", "train.run_name=run")).fit()
+    assert drawn == [2, 4, 5]  # the validated epochs (and the last); metrics.csv is written every epoch
+    assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 5
 
 
 def test_a_few_steps_lower_the_loss(tmp_path: Path) -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from convunext.checkpoint import load_checkpoint
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
-OPTIONS = ("train.epochs=3", "train.precise_bn_batches=2", "train.ema_decay=0.9")
+OPTIONS = ("train.epochs=3", "train.precise_bn_batches=2", "train.validate_running_bn=true", "train.ema_decay=0.9")
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -60,6 +61,20 @@ def test_recomputed_statistics_are_the_population_statistics_of_the_crops(
     torch.testing.assert_close(
         stem_norm.running_var.double(), seen.transpose(0, 1).flatten(1).var(1), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("validate_running_bn", [False, True])
+def test_running_statistics_are_validated_only_when_asked(
+    tiny_run: Callable[..., ExperimentConfig], one_thread: None, validate_running_bn: bool
+) -> None:
+    trainer = Trainer(tiny_run(f"train.validate_running_bn={validate_running_bn}", "train.run_name=run"))
+    loop = trainer._prepare(0.0)
+    calls: list[nn.Module | None] = []
+    validate = trainer.validate
+    trainer.validate = lambda model=None: calls.append(model) or validate(model)  # type: ignore[method-assign]
+    metrics, running_bn_dice, _ = trainer._evaluations(trainer.model, None, loop.augmented, 1)
+    assert len(calls) == (2 if validate_running_bn else 1)
+    assert math.isnan(running_bn_dice) != validate_running_bn and "dice_fg_mean" in metrics
 
 
 def test_interrupted_run_with_both_options_resumes_exactly(

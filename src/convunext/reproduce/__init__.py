@@ -19,12 +19,13 @@ Budgets (:data:`BUDGETS`) change only the length and size of training, the same 
 
 * ``paper`` — the dataset presets as they are: the paper's recipe (300 epochs, crop 480 / 480 / 960, AdamW
   lr 4e-4, batch 4, 5 warm-up epochs then exponential decay), evaluated every 5 epochs. Meant for a GPU.
-* ``cpu`` — the paper's recipe compressed to about 160 optimiser steps of batch 4 at crop 192 (HRF: 384): DRIVE 40
-  epochs (16 training images = 4 steps per epoch), GlaS 9 epochs (75 images = 18 steps), HRF 32 epochs (20 images
-  = 5 steps). Warm-up and decay keep the paper's proportions (:func:`paper_schedule`). Measured on the project's
-  2-core CPU (one thread, a busy machine; ``--estimate``), one training step of batch 4 at crop 192 takes ConvUNeXt
-  3.0 s, UNet 1.6 s, Attention UNet 1.75 s, UNet++ 6.2 s, ResUNet 2.7 s, and one 565x584 DRIVE image evaluates in
-  1.2-5.2 s: DRIVE for all five models, one seed, projects to about 51 minutes (``--estimate`` re-measures).
+* ``cpu`` — the short CPU recipe chosen on DRIVE's validation split (``reports/drive-recipe-sweep``): the reference
+  code's recipe (AdamW lr 1.5e-3, weight decay 1e-4, 1/300 of the run warm-up, poly decay) for the same
+  :data:`CPU_STEPS` = 1,200 optimiser steps of batch 4 for every model and dataset (:func:`step_budget`: DRIVE 300
+  epochs of 4 steps, GlaS 67 of 18, HRF 240 of 5), crop 256 (HRF 384), BatchNorm statistics recomputed on 4 batches
+  before each validation. On the project's 2-core CPU one DRIVE training step takes ConvUNeXt about 1.9 s and UNet
+  1.1 s (trainer defaults): DRIVE takes ConvUNeXt about 45 minutes, all five models x one seed about 4 hours
+  (``--estimate`` re-measures).
 * ``smoke`` — width-8 models, one epoch on tiny crops (synthetic: 10 images of 64x64): a test of the plumbing.
 
 Several processes may share one report folder (one per GPU, each with its own ``--models``): each run folder is
@@ -34,13 +35,14 @@ same run, and the report files are written under the report folder's lock, one p
 
 from __future__ import annotations
 
-from .budgets import BUDGETS, Budget, paper_schedule
+from .budgets import BUDGETS, CPU_STEPS, Budget, step_budget
 from .estimate import estimate
 from .plan import DATASETS, RunSpec, available_datasets, locate_dataset, plan_runs
 from .run import ReproduceResult, evaluate_run, reproduce, train_run, write_results
 
 __all__ = [
     "BUDGETS",
+    "CPU_STEPS",
     "DATASETS",
     "Budget",
     "ReproduceResult",
@@ -49,9 +51,9 @@ __all__ = [
     "estimate",
     "evaluate_run",
     "locate_dataset",
-    "paper_schedule",
     "plan_runs",
     "reproduce",
+    "step_budget",
     "train_run",
     "write_results",
 ]

@@ -101,7 +101,8 @@ class TrainConfig:
     measurements are recorded in ``time_budget_plan`` (set: never measured again, e.g. on resume).
     ``precise_bn_batches`` > 0 (default 4) recomputes the BatchNorm statistics on that many batches of training
     crops before each validation, so the checkpoint saved after it carries them
-    (:mod:`convunext.training.batchnorm_stats`);
+    (:mod:`convunext.training.batchnorm_stats`); ``validate_running_bn`` also validates with the running
+    statistics before they are recomputed (the ``val_dice_running_bn`` column; one more validation each time);
     ``ema_decay`` keeps an exponential moving average of the weights, validated and saved as ``ema_best.*``.
     """
 
@@ -120,6 +121,7 @@ class TrainConfig:
     time_budget_minutes: float | None = None
     time_budget_plan: dict[str, Any] | None = None
     precise_bn_batches: int = 4
+    validate_running_bn: bool = False
     ema_decay: float | None = None
     activation_checkpointing: bool = False
     grad_clip_norm: float | None = 1.0

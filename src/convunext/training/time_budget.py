@@ -14,12 +14,29 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["BudgetPlan", "plan_epochs", "validations"]
+__all__ = ["BudgetPlan", "RunCosts", "plan_epochs", "validations"]
 
 
 def validations(epochs: int, eval_every: int) -> int:
     """How many validations a run of ``epochs`` makes: every ``eval_every`` epochs, and always after the last."""
     return epochs // eval_every + (1 if epochs % eval_every else 0)
+
+
+@dataclass(frozen=True)
+class RunCosts:
+    """The measured cost of each piece of a run's work (seconds), as :meth:`Trainer.measure_costs` times it."""
+
+    steps_per_epoch: int
+    step_seconds: float
+    validation_seconds: float  # one validation pass, with its precise-BN and EMA work
+    save_seconds: float  # one epoch's checkpoint set, logs and plot
+
+    def seconds(self, epochs: int, eval_every: int) -> float:
+        """A run of ``epochs``: every epoch's steps and save, and its validations."""
+        return (
+            epochs * (self.steps_per_epoch * self.step_seconds + self.save_seconds)
+            + validations(epochs, eval_every) * self.validation_seconds
+        )
 
 
 @dataclass(frozen=True)
@@ -35,15 +52,7 @@ class BudgetPlan:
     save_seconds: float
     spent_seconds: float
     validation_count: int
-
-    @property
-    def planned_seconds(self) -> float:
-        """The whole run as planned: what was spent before planning, then every epoch's work."""
-        return (
-            self.spent_seconds
-            + self.epochs * (self.steps_per_epoch * self.step_seconds + self.save_seconds)
-            + self.validation_count * self.validation_seconds
-        )
+    planned_seconds: float  # the whole run: what was spent before planning, then every epoch's work
 
     def to_dict(self) -> dict[str, Any]:
         """The record kept in ``train.time_budget_plan`` (rounded)."""
@@ -53,14 +62,7 @@ class BudgetPlan:
 
 
 def plan_epochs(
-    budget_minutes: float,
-    nominal_epochs: int,
-    steps_per_epoch: int,
-    eval_every: int,
-    step_seconds: float,
-    validation_seconds: float,
-    save_seconds: float,
-    spent_seconds: float,
+    budget_minutes: float, nominal_epochs: int, eval_every: int, costs: RunCosts, spent_seconds: float
 ) -> BudgetPlan:
     """The largest number of epochs (at least 1) whose training steps, validations (every ``eval_every`` epochs and
     after the last) and per-epoch saves fit in ``budget_minutes`` after ``spent_seconds``."""
@@ -70,17 +72,18 @@ def plan_epochs(
             budget_minutes,
             nominal_epochs,
             epochs,
-            steps_per_epoch,
-            step_seconds,
-            validation_seconds,
-            save_seconds,
+            costs.steps_per_epoch,
+            costs.step_seconds,
+            costs.validation_seconds,
+            costs.save_seconds,
             spent_seconds,
             validations(epochs, eval_every),
+            spent_seconds + costs.seconds(epochs, eval_every),
         )
 
     budget = budget_minutes * 60
-    per_epoch = steps_per_epoch * step_seconds + save_seconds + validation_seconds / eval_every
+    per_epoch = costs.seconds(eval_every, eval_every) / eval_every
     epochs = max(1, int((budget - spent_seconds) / per_epoch) + 1)
-    while epochs > 1 and plan(epochs).planned_seconds > budget:
+    while epochs > 1 and spent_seconds + costs.seconds(epochs, eval_every) > budget:
         epochs -= 1
     return plan(epochs)

@@ -19,7 +19,8 @@ import copy
 import csv
 import math
 import os
-import shutil
+import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,7 @@ from .memory import check_crop_size, check_step_memory, estimate_step_memory
 from .plots import plot_progress
 from .run_folder import default_run_name, open_run_dir
 from .schedule import build_scheduler, compress_schedule
-from .time_budget import plan_epochs
+from .time_budget import RunCosts, plan_epochs
 
 METRIC_COLUMNS = (
     "epoch",
@@ -313,6 +314,18 @@ class Trainer:
         """The augmented, sharded training data and the optimiser, schedule and gradient scaler of a fresh run
         (its length first fitted to ``train.time_budget_minutes``, when that is set and not yet planned)."""
         cfg = self.config
+        augmented, sampler, loader = self._training_data()
+        ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        if cfg.train.time_budget_minutes and cfg.train.time_budget_plan is None and not self.resume:
+            self._plan_time_budget(self._measure_costs(augmented, loader), start_time)
+        optimizer = self._optimizer(self.model)
+        scheduler = build_scheduler(optimizer, len(loader), cfg.train.epochs, cfg.optim)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_enabled and self.amp_dtype == torch.float16)
+        return _Loop(augmented, sampler, loader, optimizer, scheduler, scaler, ema=ema)
+
+    def _training_data(self) -> tuple[TransformedDataset, DistributedSampler, DataLoader]:
+        """The augmented training crops, their sampler (this rank's shard) and loader."""
+        cfg = self.config
         transform = TrainTransform(
             cfg.data.crop_size,
             self.info.mean,
@@ -328,23 +341,21 @@ class Trainer:
         loader = self._loader(augmented, sampler)
         if len(loader) == 0:
             raise ConvUNeXtError(f"dataset {self.info.name!r}: the training split is empty")
-        ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-        if cfg.train.time_budget_minutes and cfg.train.time_budget_plan is None and not self.resume:
-            self._plan_time_budget(augmented, loader, start_time)
-        optimizer = self._optimizer(self.model)
-        scheduler = build_scheduler(optimizer, len(loader), cfg.train.epochs, cfg.optim)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_enabled and self.amp_dtype == torch.float16)
-        return _Loop(augmented, sampler, loader, optimizer, scheduler, scaler, ema=ema)
+        return augmented, sampler, loader
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
             model.parameters(), lr=self.config.optim.lr, weight_decay=self.config.optim.weight_decay
         )
 
-    def _plan_time_budget(self, augmented: TransformedDataset, loader: DataLoader, start_time: float) -> None:
-        """Measure a training step, a validation and a save on a copy of the model, then fix ``train.epochs`` and
-        compress the schedule to fit ``train.time_budget_minutes`` (:mod:`~convunext.training.time_budget`).
-        The run itself is untouched: its weights, random state and data order are those of an unplanned run."""
+    def measure_costs(self) -> RunCosts:
+        """Time this run's own work — a training step (the median of a few, after one), a validation pass with
+        its precise-BN and EMA work, an epoch's save — on a copy of the model; the run itself is untouched (its
+        weights, random state and data order). Writes only to a temporary folder, removed after."""
+        augmented, _, loader = self._training_data()
+        return self._measure_costs(augmented, loader)
+
+    def _measure_costs(self, augmented: TransformedDataset, loader: DataLoader) -> RunCosts:
         cfg = self.config
         rng = torch.get_rng_state()
         probe = copy.deepcopy(self.model)
@@ -372,27 +383,30 @@ class Trainer:
         validation_seconds = time.perf_counter() - began
         save_seconds = 0.0
         if self.dist.is_main:
-            scratch = self.run_dir / f".time-budget-{os.getpid()}"
-            scratch.mkdir(exist_ok=True)
             state = {"model": probe.state_dict(), "optimizer": optimizer.state_dict()}
             history = [{**dict.fromkeys(METRIC_COLUMNS, 0.5), "epoch": epoch} for epoch in range(1, 3)]
-            try:
+            same_disk = self.run_dir if self.run_dir.is_dir() else None
+            with tempfile.TemporaryDirectory(prefix=".time-budget-", dir=same_disk) as scratch:
                 for _ in range(2):  # the second time: the first pays one-off costs (matplotlib's start-up)
                     began = time.perf_counter()
-                    save_checkpoint_set(scratch, probe, {}, state, best=True)
-                    _write_logs(scratch, history)
+                    save_checkpoint_set(Path(scratch), probe, {}, state, best=True)
+                    _write_logs(Path(scratch), history, plot=False)
                     save_seconds = time.perf_counter() - began
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                    plot_progress(history, Path(scratch) / "progress.png")  # drawn after each validation
+                    plot_seconds = time.perf_counter() - began - save_seconds
+                validation_seconds += plot_seconds
         torch.set_rng_state(rng)
+        return RunCosts(len(loader), statistics.median(times[1:]), validation_seconds, save_seconds)
+
+    def _plan_time_budget(self, costs: RunCosts, start_time: float) -> None:
+        """Fix ``train.epochs`` from the measured ``costs`` and compress the schedule to fit
+        ``train.time_budget_minutes`` (:mod:`~convunext.training.time_budget`)."""
+        cfg = self.config
         plan = plan_epochs(
             cfg.train.time_budget_minutes,  # type: ignore[arg-type]
             cfg.train.epochs,
-            len(loader),
             cfg.train.eval_every,
-            sorted(times[1:])[len(times[1:]) // 2],
-            validation_seconds,
-            save_seconds,
+            costs,
             time.perf_counter() - start_time,
         )
         plan = self.dist.broadcast_object(plan)  # every rank trains as long as rank 0 planned
@@ -561,13 +575,14 @@ class Trainer:
     ) -> tuple[dict[str, float], float, dict[str, float]]:
         """One validation point: ``(metrics, Dice before the BN statistics were recomputed, EMA metrics)``.
 
-        With ``train.precise_bn_batches`` the model is validated as it is, then its BatchNorm statistics are
-        recomputed on training crops (:func:`recompute_batchnorm_statistics`) and it is validated again (the
-        returned metrics; the checkpoint saved after keeps those statistics). The EMA weights get their own
-        statistics the same way."""
+        With ``train.precise_bn_batches`` the model's BatchNorm statistics are recomputed on training crops
+        (:func:`recompute_batchnorm_statistics`) before it is validated (the checkpoint saved after keeps those
+        statistics); with ``train.validate_running_bn`` it is also validated before, with its running
+        statistics. The EMA weights get their own statistics the same way."""
         running_bn_dice = math.nan
         if self.config.train.precise_bn_batches:
-            running_bn_dice = self.validate(model)["dice_fg_mean"]
+            if self.config.train.validate_running_bn:
+                running_bn_dice = self.validate(model)["dice_fg_mean"]
             self._recompute_statistics(model, augmented, epoch)
         metrics = self.validate(model)
         ema_metrics: dict[str, float] = {}
@@ -613,7 +628,9 @@ class Trainer:
         return metrics.compute()
 
     def _log(self, row: dict[str, float], history: list[dict[str, float]], writer: Any) -> None:
-        _write_logs(self.run_dir, history)
+        # the plot (a quarter of a second) only when the validation curve moves: once per epoch it cost a short
+        # CPU run (4 steps per epoch) several minutes
+        _write_logs(self.run_dir, history, plot=not math.isnan(row["val_dice"]))
         if writer is not None:
             for key, value in row.items():
                 if key != "epoch" and not math.isnan(value):
@@ -630,14 +647,15 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
 
-def _write_logs(directory: Path, history: list[dict[str, float]]) -> None:
-    """``metrics.csv`` and ``progress.png`` of ``history`` in ``directory``."""
+def _write_logs(directory: Path, history: list[dict[str, float]], plot: bool = True) -> None:
+    """``metrics.csv`` of ``history`` in ``directory``, and with ``plot`` its ``progress.png``."""
     with atomic_path(directory / "metrics.csv") as tmp, open(tmp, "w", newline="") as handle:
         out = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         out.writeheader()
         for entry in history:
             out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in entry.items()})
-    plot_progress(history, directory / "progress.png")
+    if plot:
+        plot_progress(history, directory / "progress.png")
 
 
 class _Shard(Dataset):
