@@ -92,8 +92,9 @@ class SegmentationModel(nn.Module):
         """Run ConvUNeXt's block MLPs and gated fusions through the banded training kernels on channels-last
         inputs (same loss, gradients and BN statistics; far fewer full-size temporaries). ``band_elements``:
         values in one band's widest temporary (default :data:`~convunext.models.layers.DEFAULT_BAND_ELEMENTS`)."""
-        settings = {} if band_elements is None else {"band_elements": band_elements}
-        return set_switch(self, "fused_training", enable, **settings)
+        from .fused import enable_fused_training  # fused builds on this module's switches
+
+        return enable_fused_training(self, enable, band_elements)
 
     def set_exportable(self, enable: bool = True) -> int:
         """Make the shape-dependent branches take their general form for graph export (the model then needs

@@ -66,9 +66,11 @@ METRIC_COLUMNS = (
 )
 """``metrics.csv``'s columns: ``val_*`` are the model's validation metrics (after the BatchNorm statistics are
 recomputed, with ``train.precise_bn_batches``); ``val_dice_running_bn`` is the Dice before that recomputation
-and ``val_dice_ema`` the EMA weights' Dice (NaN when the option is off or the epoch not validated)."""
-CALIBRATION_STEPS = 3
-"""Timed training steps (after one untimed) behind a ``train.time_budget_minutes`` plan."""
+(``train.validate_running_bn``) and ``val_dice_ema`` the EMA weights' Dice (NaN when the option is off or the epoch
+not validated)."""
+CALIBRATION_STEPS = 5
+"""Timed training steps (after one untimed) behind :meth:`Trainer.measure_costs`: with 3, one 10-minute DRIVE
+run timed its step at a slow moment (2.40 s against 1.95-2.05 s in its neighbours) and ended 17% short."""
 _T = TypeVar("_T")
 
 
