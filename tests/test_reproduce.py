@@ -67,6 +67,25 @@ def test_second_invocation_skips_finished_runs(report: Path) -> None:
     assert len(list(csv.DictReader((report / "results.csv").open()))) == 4
 
 
+def test_the_report_covers_every_finished_run_of_the_folder(report: Path) -> None:
+    # one seed of one model asked: the runs finished by the first invocation stay in the table, in order
+    result = reproduce(
+        report, "smoke", datasets=["synthetic"], models=["unet"], seeds=[1], overrides=QUIET, log=lambda _: None
+    )
+    assert (result.trained, result.skipped) == (0, 1)
+    rows = list(csv.DictReader((report / "results.csv").open()))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("convunext", "0"),
+        ("convunext", "1"),
+        ("unet", "0"),
+        ("unet", "1"),
+    ]
+    assert [(r["model"], r["seeds"]) for r in csv.DictReader((report / "summary.csv").open())] == [
+        ("convunext", "2"),
+        ("unet", "2"),
+    ]
+
+
 def test_interrupted_run_resumes(tmp_path: Path) -> None:
     (spec,) = plan_runs(tmp_path, ["unet"], ["synthetic"], [0], BUDGETS["smoke"], tmp_path, QUIET)
     first_epoch = spec.config.from_dict(spec.config.to_dict(), overrides=["train.epochs=1"])

@@ -169,3 +169,18 @@ def plan_runs(
                 config = ExperimentConfig.from_yaml(dataset, sets)
                 specs.append(RunSpec(dataset, model, seed, config, run_dir))
     return specs
+
+
+def finished_runs(report_dir: str | Path) -> list[tuple[str, str, int]]:
+    """``(dataset, model, seed)`` of every finished run (``summary.json``) under ``report_dir/runs``, in
+    the report's order: dataset, then registry model order, then seed."""
+    from ..models import list_models
+
+    models = list_models()
+    found = []
+    for summary in Path(report_dir).glob("runs/*/*/seed*/summary.json"):
+        seed_dir = summary.parent
+        dataset, model, seed = seed_dir.parent.parent.name, seed_dir.parent.name, seed_dir.name[len("seed") :]
+        if dataset in DATASETS and model in models and seed.isdigit():
+            found.append((dataset, model, int(seed)))
+    return sorted(found, key=lambda run: (DATASETS.index(run[0]), models.index(run[1]), run[2]))

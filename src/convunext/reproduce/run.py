@@ -20,7 +20,7 @@ from ..utils.device import resolve_device
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.lock import RunLock
 from .budgets import BUDGETS, Budget
-from .plan import RunSpec, available_datasets, plan_runs
+from .plan import RunSpec, available_datasets, finished_runs, plan_runs
 from .plots import plot_dice_vs_params
 from .report import collect_row, results_markdown, summarize, write_csv
 
@@ -201,6 +201,15 @@ def reproduce(
             f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
             f"(best validation epoch {rows[-1]['best_val_epoch']})"
         )
+    for spec in _earlier_runs(report_dir, specs, chosen, root, overrides):
+        specs.append(spec)
+        rows.append(collect_row(spec, evaluate_run(spec, device), report_dir))
+        log(
+            f"{spec.label}: finished by an earlier invocation, in the report (test Dice "
+            f"{rows[-1]['test_dice_fg_mean']:.4f})"
+        )
+    order = {run: i for i, run in enumerate(finished_runs(report_dir))}
+    rows.sort(key=lambda row: order.get((row["dataset"], row["model"], row["seed"]), len(order)))
     context = {
         "command": command or "convunext reproduce",
         "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -209,6 +218,22 @@ def reproduce(
     with _report_lock(report_dir):
         write_results(report_dir, rows, chosen, context, specs)
     return ReproduceResult(report_dir, rows, trained, skipped, time.perf_counter() - start)
+
+
+def _earlier_runs(
+    report_dir: Path, specs: Sequence[RunSpec], budget: Budget, data_root: Path, overrides: Sequence[str]
+) -> list[RunSpec]:
+    """The finished runs of the report folder that this invocation did not ask for (e.g. other seeds or models,
+    run by an earlier invocation or another process): the report covers every finished run of the folder. Each
+    is checked to have this invocation's recipe."""
+    asked = {(spec.dataset, spec.model, spec.seed) for spec in specs}
+    earlier = []
+    for dataset, model, seed in finished_runs(report_dir):
+        if (dataset, model, seed) not in asked:
+            (spec,) = plan_runs(report_dir, [model], [dataset], [seed], budget, data_root, overrides)
+            spec.check_recipe()
+            earlier.append(spec)
+    return earlier
 
 
 def _report_lock(report_dir: Path) -> RunLock:
