@@ -79,6 +79,12 @@ def switched(model: nn.Module, switch: str, enable: bool = True) -> Iterator[nn.
             setattr(module, switch, value)
 
 
+def set_fused_training_switch(module: nn.Module, enable: bool = True, band_elements: int | None = None) -> int:
+    """:meth:`SegmentationModel.set_fused_training` for any module tree; returns how many layers changed."""
+    settings = {} if band_elements is None else {"band_elements": band_elements}
+    return set_switch(module, "fused_training", enable, **settings)
+
+
 class SegmentationModel(nn.Module):
     """Base of every registry model: ``N x in_channels x H x W -> N x num_classes x H x W`` logits, plus the
     switches of the module docstring. Each ``set_*`` method returns how many layers changed state."""
@@ -92,9 +98,7 @@ class SegmentationModel(nn.Module):
         """Run ConvUNeXt's block MLPs and gated fusions through the banded training kernels on channels-last
         inputs (same loss, gradients and BN statistics; far fewer full-size temporaries). ``band_elements``:
         values in one band's widest temporary (default :data:`~convunext.models.layers.DEFAULT_BAND_ELEMENTS`)."""
-        from .fused import enable_fused_training  # fused builds on this module's switches
-
-        return enable_fused_training(self, enable, band_elements)
+        return set_fused_training_switch(self, enable, band_elements)
 
     def set_exportable(self, enable: bool = True) -> int:
         """Make the shape-dependent branches take their general form for graph export (the model then needs

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import set_switch
+from .base import set_fused_training_switch
 from .layers.banding import DEFAULT_BAND_ELEMENTS
 
 __all__ = ["DEFAULT_BAND_ELEMENTS", "enable_fused_training"]
@@ -28,5 +28,4 @@ def enable_fused_training(model: nn.Module, enabled: bool = True, band_elements:
 
     The same as ``model.set_fused_training(enabled, band_elements)`` on a registry model.
     """
-    settings = {} if band_elements is None else {"band_elements": band_elements}
-    return set_switch(model, "fused_training", enabled, **settings)
+    return set_fused_training_switch(model, enabled, band_elements)
