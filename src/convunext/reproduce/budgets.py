@@ -6,11 +6,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..data.base import load_split_file
+
 CPU_STEPS = 1200
 """Optimiser steps of every model under the ``cpu`` budget (batch 4, so 4,800 crops)."""
 
-TRAINING_IMAGES_PER_EPOCH = {"drive": 16, "glas": 75, "hrf": 20}
-"""Training images per epoch of each dataset (its ``trainval`` list minus its ``val`` list)."""
+
+def training_images(dataset: str) -> int:
+    """Training images per epoch of ``dataset``: its shipped ``trainval`` list minus its ``val`` list."""
+    lists = load_split_file(dataset)
+    return len(set(lists["trainval"]) - set(lists["val"]))
 
 
 def step_budget(steps: int, training_images: int, batch_size: int = 4) -> tuple[str, ...]:
@@ -19,6 +24,16 @@ def step_budget(steps: int, training_images: int, batch_size: int = 4) -> tuple[
     1/300 of the run as in the reference code's 300-epoch DRIVE recipe (1 of 300 epochs)."""
     epochs = math.ceil(steps / (training_images // batch_size))
     return f"train.epochs={epochs}", f"optim.warmup_epochs={epochs / 300:.6f}"
+
+
+def _cpu_dataset(dataset: str, crop: int, eval_every: int, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The ``cpu`` budget's overrides of one dataset: :data:`CPU_STEPS` steps, its crop, validation cadence."""
+    return (
+        *step_budget(CPU_STEPS, training_images(dataset)),
+        f"data.crop_size={crop}",
+        f"train.eval_every={eval_every}",
+        *extra,
+    )
 
 
 @dataclass(frozen=True)
@@ -56,22 +71,9 @@ BUDGETS: dict[str, Budget] = {
         f"Still a small fraction of the paper's training for GlaS and HRF: compare the models with each other.",
         {
             "*": ("optim.recipe=reference", "optim.batch_size=4", "train.precise_bn_batches=4"),
-            "drive": (
-                *step_budget(CPU_STEPS, TRAINING_IMAGES_PER_EPOCH["drive"]),
-                "data.crop_size=256",
-                "train.eval_every=10",
-            ),
-            "glas": (
-                *step_budget(CPU_STEPS, TRAINING_IMAGES_PER_EPOCH["glas"]),
-                "data.crop_size=256",
-                "train.eval_every=3",
-            ),
-            "hrf": (
-                *step_budget(CPU_STEPS, TRAINING_IMAGES_PER_EPOCH["hrf"]),
-                "data.crop_size=384",
-                "data.eval_tile_size=960",
-                "train.eval_every=24",
-            ),
+            "drive": _cpu_dataset("drive", crop=256, eval_every=10),
+            "glas": _cpu_dataset("glas", crop=256, eval_every=3),
+            "hrf": _cpu_dataset("hrf", crop=384, eval_every=24, extra=("data.eval_tile_size=960",)),
             "synthetic": (),  # the synthetic preset is already a CPU recipe (12 epochs on 128x128 crops)
         },
     ),

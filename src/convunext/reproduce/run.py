@@ -201,14 +201,15 @@ def reproduce(
             f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
             f"(best validation epoch {rows[-1]['best_val_epoch']})"
         )
-    for spec in _earlier_runs(report_dir, specs, chosen, root, overrides):
+    finished = finished_runs(report_dir)
+    for spec in _earlier_runs(report_dir, finished, specs, chosen, root, overrides):
         specs.append(spec)
         rows.append(collect_row(spec, evaluate_run(spec, device), report_dir))
         log(
             f"{spec.label}: finished by an earlier invocation, in the report (test Dice "
             f"{rows[-1]['test_dice_fg_mean']:.4f})"
         )
-    order = {run: i for i, run in enumerate(finished_runs(report_dir))}
+    order = {run: i for i, run in enumerate(finished)}
     rows.sort(key=lambda row: order.get((row["dataset"], row["model"], row["seed"]), len(order)))
     context = {
         "command": command or "convunext reproduce",
@@ -221,14 +222,19 @@ def reproduce(
 
 
 def _earlier_runs(
-    report_dir: Path, specs: Sequence[RunSpec], budget: Budget, data_root: Path, overrides: Sequence[str]
+    report_dir: Path,
+    finished: Sequence[tuple[str, str, int]],
+    specs: Sequence[RunSpec],
+    budget: Budget,
+    data_root: Path,
+    overrides: Sequence[str],
 ) -> list[RunSpec]:
-    """The finished runs of the report folder that this invocation did not ask for (e.g. other seeds or models,
-    run by an earlier invocation or another process): the report covers every finished run of the folder. Each
-    is checked to have this invocation's recipe."""
+    """The ``finished`` runs of the report folder (:func:`finished_runs`) that this invocation did not ask for
+    (e.g. other seeds or models, run by an earlier invocation or another process): the report covers every
+    finished run of the folder. Each is checked to have this invocation's recipe."""
     asked = {(spec.dataset, spec.model, spec.seed) for spec in specs}
     earlier = []
-    for dataset, model, seed in finished_runs(report_dir):
+    for dataset, model, seed in finished:
         if (dataset, model, seed) not in asked:
             (spec,) = plan_runs(report_dir, [model], [dataset], [seed], budget, data_root, overrides)
             spec.check_recipe()

@@ -28,8 +28,8 @@ class RunCosts:
 
     steps_per_epoch: int
     step_seconds: float
-    validation_seconds: float  # one validation pass, with its precise-BN and EMA work
-    save_seconds: float  # one epoch's checkpoint set, logs and plot
+    validation_seconds: float  # one validation pass with its precise-BN and EMA work, and the plot after it
+    save_seconds: float  # one epoch's checkpoint set and metrics.csv (the plot counts with the validation)
 
     def seconds(self, epochs: int, eval_every: int) -> float:
         """A run of ``epochs``: every epoch's steps and save, and its validations."""

@@ -649,7 +649,7 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
 
-def _write_logs(directory: Path, history: list[dict[str, float]], plot: bool = True) -> None:
+def _write_logs(directory: Path, history: list[dict[str, float]], plot: bool) -> None:
     """``metrics.csv`` of ``history`` in ``directory``, and with ``plot`` its ``progress.png``."""
     with atomic_path(directory / "metrics.csv") as tmp, open(tmp, "w", newline="") as handle:
         out = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
