@@ -49,6 +49,8 @@ def test_report_files(report: Path) -> None:
     assert "Synthetic Dice" in markdown and "GFLOPs (3x480x480)" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ConvUNeXt")][0]
     assert table.count(" ± ") == 2  # Dice and mIoU as mean ± std over the two seeds
+    runs = [line for line in markdown.splitlines() if line.startswith("| Synthetic | ConvUNeXt")][0]
+    assert runs.count("CPU ") == 2  # the hardware of each seed beside its training minutes
     assert (report / "dice_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((report / "reproduce.json").read_text())["budget"] == "smoke"
     for row in rows:  # each run was tested once, on the test split, with its best validation checkpoint

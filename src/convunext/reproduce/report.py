@@ -65,6 +65,7 @@ def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str 
     row["best_val_dice"] = summary["best_val_metrics"].get("dice_fg_mean", math.nan)
     row["epochs_run"] = summary["epochs_run"]
     row["train_seconds"] = _training_seconds(spec.run_dir)
+    row["device"] = summary.get("device", "not recorded")  # summaries before 2026-12-03 did not name it
     row["run_dir"] = Path(os.path.relpath(spec.run_dir, report_dir)).as_posix()
     return row
 
@@ -181,13 +182,20 @@ def results_markdown(
                 str(len(group)),
                 ", ".join(f"{int(r['best_val_epoch'])}/{int(r['epochs_run'])}" for r in group),
                 _pm([float(r["best_val_dice"]) for r in group]),
-                f"{statistics.fmean(float(r['train_seconds']) for r in group) / 60:.1f}",
+                ", ".join(f"{float(r['train_seconds']) / 60:.1f}" for r in group),
+                ", ".join(str(r["device"]) for r in group),
             ]
         )
     lines += [
         "## Runs",
         "",
-        markdown_table(["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed"], runs),
+        markdown_table(
+            ["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed", "Hardware / seed"],
+            runs,
+        ),
+        "",
+        "Training minutes compare only between runs on the same hardware: runs of one report may come from several "
+        "machines (they are resumable and can be added a few at a time).",
         "",
         "## Recipe",
         "",

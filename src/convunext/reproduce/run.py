@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConvUNeXtError
-from ..utils.device import resolve_device
+from ..utils.device import device_description, resolve_device
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.lock import RunLock
 from .budgets import BUDGETS, Budget
@@ -214,7 +213,7 @@ def reproduce(
     context = {
         "command": command or "convunext reproduce",
         "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "device": _device_text(device),
+        "device": device_description(resolve_device(device)),
     }
     with _report_lock(report_dir):
         write_results(report_dir, rows, chosen, context, specs)
@@ -245,10 +244,3 @@ def _earlier_runs(
 def _report_lock(report_dir: Path) -> RunLock:
     """The report folder's lock: processes sharing the folder write its files one at a time (waiting their turn)."""
     return RunLock(report_dir, timeout=REPORT_LOCK_WAIT_S, hint="another `convunext reproduce` is writing its report")
-
-
-def _device_text(device: str) -> str:
-    resolved = resolve_device(device)
-    if resolved.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(resolved)}"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
