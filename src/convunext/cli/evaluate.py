@@ -11,6 +11,7 @@ from ..data import open_dataset
 from ..data.detect import detect_dataset
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_checkpoint, write_report
+from ..evaluation.html_report import ReportGallery
 from ..utils.device import resolve_device
 from .options import add_backend_argument, add_threads_argument, apply_threads
 
@@ -36,12 +37,20 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     tile = args.tile_size if args.tile_size is not None else trained_on.get("eval_tile_size")
+    out_dir = Path(args.out) if args.out else checkpoint.path.parent / f"eval-{name}-{args.split}"
+    gallery = ReportGallery(full_maps_dir=out_dir / "maps" if args.full_maps else None) if args.html else None
     start = time.perf_counter()
     metrics = evaluate_checkpoint(
-        checkpoint, dataset, device=device, tile_size=tile or None, tta=args.tta, auc=args.auc, backend=args.backend
+        checkpoint,
+        dataset,
+        device=device,
+        tile_size=tile or None,
+        tta=args.tta,
+        auc=args.auc,
+        backend=args.backend,
+        on_image=gallery,
     )
     seconds = time.perf_counter() - start
-    out_dir = Path(args.out) if args.out else checkpoint.path.parent / f"eval-{name}-{args.split}"
     context = {
         "checkpoint": str(checkpoint.path),
         "model": checkpoint.meta["model"]["name"],
@@ -55,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "seconds": round(seconds, 1),
     }
-    table, _ = write_report(metrics, out_dir, context, checkpoint.class_names)
+    table, _ = write_report(metrics, out_dir, context, checkpoint.class_names, gallery, html=args.html)
     print(f"{checkpoint.meta['model']['name']} on {name} ({args.split}, {len(dataset)} images, {seconds:.1f} s)")
     print(table)
-    print(f"written: {out_dir}/metrics.json, per_image.csv, metrics.md")
+    print(f"written: {out_dir}/metrics.json, per_image.csv, metrics.md" + (", report.html" if args.html else ""))
     return 0
 
 
@@ -85,6 +94,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["exact", "binned"],
         help="FOV AUC-ROC: exact (default; keeps 4 bytes per FOV pixel, ~0.7 GB for HRF's test set) or binned "
         "(16 MB whatever the data; metrics.json gives its largest possible error, fov_auc_error_bound)",
+    )
+    parser.add_argument(
+        "--no-html",
+        dest="html",
+        action="store_false",
+        help="do not write report.html (the page with the table, the ROC curve and each image's error map)",
+    )
+    parser.add_argument(
+        "--full-maps",
+        action="store_true",
+        help="also write each image's full-size prediction and error map under OUT/maps/, linked from report.html",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_backend_argument(parser)

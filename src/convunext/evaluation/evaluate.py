@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..data.base import Sample
 from ..data.io import IGNORE_INDEX
 from ..inference.sliding_window import predict_probabilities
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
+from .html_report import ReportGallery, write_html_report
 from .metrics import SegmentationMetrics
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ def evaluate_model(
     tta: bool = False,
     progress: bool = True,
     auc: Literal["exact", "binned"] = "exact",
+    on_image: Callable[[Sample, Tensor], None] | None = None,
 ) -> SegmentationMetrics:
     """Run ``model`` over every sample of ``dataset`` (one image at a time, any size) and accumulate metrics.
 
@@ -64,6 +67,8 @@ def evaluate_model(
         auc: how the FOV AUC is computed: ``"exact"`` (keeps every FOV pixel's score, 4 bytes each) or
             ``"binned"`` (fixed memory, error at most the reported ``fov_auc_error_bound``); see
             :class:`~convunext.evaluation.metrics.FovMetrics`.
+        on_image: called with each sample as the dataset gives it (before normalisation) and its
+            ``1 x K x H x W`` probabilities, e.g. a :class:`~convunext.evaluation.html_report.ReportGallery`.
 
     Images with a side under the model's minimum (16 px) are padded for the forward pass and cropped back
     (:func:`~convunext.inference.sliding_window.predict_probabilities`); the metrics count their own pixels only.
@@ -72,10 +77,13 @@ def evaluate_model(
     metrics = SegmentationMetrics(num_classes=num_classes, ignore_index=IGNORE_INDEX, auc=auc)
     has_fov = bool(getattr(getattr(dataset, "info", None), "has_fov", False))
     for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):  # type: ignore[arg-type]
-        sample = transform(dataset[index])
+        raw = dataset[index]
+        sample = transform(raw)
         probabilities = predict_probabilities(
             model, sample["image"][None], tile_size=tile_size, overlap=overlap, tta_flips=tta, device=device
         )
+        if on_image is not None:
+            on_image(raw, probabilities)
         target = sample["mask"][None]
         fov = sample["fov"][None] if has_fov else None
         if fov is not None:
@@ -93,6 +101,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     auc: Literal["exact", "binned"] = "exact",
     backend: str = "fast",
+    on_image: Callable[[Sample, Tensor], None] | None = None,
 ) -> SegmentationMetrics:
     """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes, run by ``backend``
     (:func:`~convunext.inference.optimize.make_backend`; ``fast`` equals ``eager`` within float32 rounding)."""
@@ -109,6 +118,7 @@ def evaluate_checkpoint(
         tta=tta,
         progress=progress,
         auc=auc,
+        on_image=on_image,
     )
 
 
@@ -124,10 +134,16 @@ def metrics_table(results: dict[str, Any]) -> str:
 
 
 def write_report(
-    metrics: SegmentationMetrics, out_dir: str | Path, context: dict[str, Any], class_names: Sequence[str]
+    metrics: SegmentationMetrics,
+    out_dir: str | Path,
+    context: dict[str, Any],
+    class_names: Sequence[str],
+    gallery: ReportGallery | None = None,
+    html: bool = True,
 ) -> tuple[str, dict[str, Any]]:
-    """Write ``metrics.json`` (with ``context``: checkpoint, dataset, split...), ``per_image.csv`` and
-    ``metrics.md`` into ``out_dir``; return the printed table and the results."""
+    """Write ``metrics.json`` (with ``context``: checkpoint, dataset, split...), ``per_image.csv``, ``metrics.md``
+    and (``html``) ``report.html`` with ``gallery``'s pictures into ``out_dir``; return the printed table and the
+    results."""
     out_dir = Path(out_dir)
     results = metrics.compute()
     results["iou_per_class"] = dict(zip(class_names, results["iou_per_class"]))
@@ -140,6 +156,9 @@ def write_report(
     table = metrics_table(results)
     header = "\n".join(f"- {key}: {value}" for key, value in context.items())
     atomic_write_text(out_dir / "metrics.md", f"# Evaluation\n\n{header}\n\n{table}\n")
+    if html:
+        roc = metrics.fov.roc_curve() if "fov_auc" in results else None
+        write_html_report(out_dir / "report.html", results, rows, context, REPORTED_METRICS, gallery, roc)
     return table, results
 
 

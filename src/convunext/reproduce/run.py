@@ -57,6 +57,7 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
     from ..checkpoint import load_checkpoint
     from ..data import open_dataset
     from ..evaluation.evaluate import evaluate_checkpoint, write_report
+    from ..evaluation.html_report import ReportGallery
     from ..training.run_folder import remove_temp_files
 
     remove_temp_files(spec.test_dir)
@@ -65,7 +66,10 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
     dataset = open_dataset(data.name, data.root, "test", **data.options)
     torch_device = resolve_device(device)
     start = time.perf_counter()
-    metrics = evaluate_checkpoint(checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False)
+    gallery = ReportGallery()
+    metrics = evaluate_checkpoint(
+        checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False, on_image=gallery
+    )
     context = {
         "checkpoint": str(checkpoint.path),
         "weights_sha256": checkpoint.meta["weights"]["sha256"],
@@ -78,7 +82,7 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
         "tile_size": data.eval_tile_size,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names)
+    _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names, gallery)
     return results
 
 
