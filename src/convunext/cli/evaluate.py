@@ -38,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
     tile = args.tile_size if args.tile_size is not None else trained_on.get("eval_tile_size")
     start = time.perf_counter()
     metrics = evaluate_checkpoint(
-        checkpoint, dataset, device=device, tile_size=tile or None, tta=args.tta, auc=args.auc, backend=args.backend
+        checkpoint,
+        dataset,
+        device=device,
+        tile_size=tile or None,
+        tta=args.tta,
+        auc=args.auc,
+        backend=args.backend,
+        topology=args.topology,
     )
     seconds = time.perf_counter() - start
     out_dir = Path(args.out) if args.out else checkpoint.path.parent / f"eval-{name}-{args.split}"
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "tta": args.tta,
         "tile_size": tile,
         "auc": args.auc,
+        "topology": args.topology,
         "backend": args.backend,
         "seconds": round(seconds, 1),
     }
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="compute Dice, mIoU, accuracy (and FOV vessel metrics) of a checkpoint on a dataset split",
+        help="compute Dice, mIoU, accuracy (and FOV vessel and topology metrics) of a checkpoint on a dataset split",
         description="Evaluate a checkpoint. Dice = mean over images of the per-image foreground Dice; mIoU = mean "
         "IoU over all classes (background included) from one confusion matrix over the split — as the authors' "
         "code computes them.",
@@ -85,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["exact", "binned"],
         help="FOV AUC-ROC: exact (default; keeps 4 bytes per FOV pixel, ~0.7 GB for HRF's test set) or binned "
         "(16 MB whatever the data; metrics.json gives its largest possible error, fov_auc_error_bound)",
+    )
+    parser.add_argument(
+        "--topology",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="clDice and 8-connected component counts per image (skeletons on the CPU, ~1 s per HRF image): "
+        "auto (default) = for vessel datasets (those with a field of view: DRIVE, HRF, synthetic vessels)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_backend_argument(parser)
