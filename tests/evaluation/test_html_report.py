@@ -143,7 +143,7 @@ def test_the_page_holds_the_reports_numbers_and_pictures_that_decode(run_dir: Pa
     dice = [float(row["dice_fg"]) for row in page.rows]
     assert dice == sorted(dice)  # worst first
     for row in page.rows:
-        for key in ("dice_fg", "iou_fg", "fov_sensitivity"):
+        for key in ("dice_fg", "iou_fg", "fov_sensitivity", "cldice", "components_pred"):
             assert float(row[key]) == pytest.approx(float(per_image[row["name"]][key]), abs=1e-6)
     assert len(page.sources) == 3 * len(page.rows)
     for source in page.sources:

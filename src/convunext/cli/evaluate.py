@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         auc=args.auc,
         backend=args.backend,
         on_image=gallery,
+        topology=args.topology,
     )
     seconds = time.perf_counter() - start
     context = {
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         "tta": args.tta,
         "tile_size": tile,
         "auc": args.auc,
+        "topology": args.topology,
         "backend": args.backend,
         "seconds": round(seconds, 1),
     }
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="compute Dice, mIoU, accuracy (and FOV vessel metrics) of a checkpoint on a dataset split",
+        help="compute Dice, mIoU, accuracy (and FOV vessel and topology metrics) of a checkpoint on a dataset split",
         description="Evaluate a checkpoint. Dice = mean over images of the per-image foreground Dice; mIoU = mean "
         "IoU over all classes (background included) from one confusion matrix over the split — as the authors' "
         "code computes them.",
@@ -105,6 +107,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--full-maps",
         action="store_true",
         help="also write each image's full-size prediction and error map under OUT/maps/, linked from report.html",
+    )
+    parser.add_argument(
+        "--topology",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="clDice and 8-connected component counts per image (skeletons on the CPU, ~1 s per HRF image): "
+        "auto (default) = for vessel datasets (those with a field of view: DRIVE, HRF, synthetic vessels)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_backend_argument(parser)

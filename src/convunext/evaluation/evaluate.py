@@ -2,6 +2,8 @@
 
 For datasets with a field of view (DRIVE, HRF) pixels outside it are marked ignore (255) for Dice, mIoU and
 pixel accuracy, as the authors' reference code does; the ``fov_*`` vessel metrics are computed inside the FOV.
+For these vessel datasets the topology metrics (clDice, connected components; :mod:`~convunext.evaluation.topology`)
+are on by default.
 """
 
 from __future__ import annotations
@@ -39,7 +41,24 @@ REPORTED_METRICS: tuple[tuple[str, str], ...] = (
     ("fov_specificity", "specificity inside FOV"),
     ("fov_accuracy", "accuracy inside FOV"),
     ("fov_auc", "AUC-ROC inside FOV"),
+    ("cldice_mean", "clDice (per-image centreline Dice, mean)"),
+    ("components_pred_mean", "connected components per image, prediction (mean)"),
+    ("components_true_mean", "connected components per image, truth (mean)"),
 )
+
+TopologyMode = Literal["auto", "on", "off"]
+"""Whether to compute the topology metrics: ``auto`` = for vessel datasets (those with a field of view)."""
+
+
+def wants_topology(mode: TopologyMode, dataset: Dataset) -> bool:
+    """Resolve ``mode`` for ``dataset``: ``on``, ``off``, or ``auto`` = whether ``dataset.info.has_fov``."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"topology must be 'auto', 'on' or 'off', got {mode!r}")
+    return mode == "on" or (mode == "auto" and _has_fov(dataset))
+
+
+def _has_fov(dataset: Dataset) -> bool:
+    return bool(getattr(getattr(dataset, "info", None), "has_fov", False))
 
 
 @torch.inference_mode()
@@ -55,6 +74,7 @@ def evaluate_model(
     progress: bool = True,
     auc: Literal["exact", "binned"] = "exact",
     on_image: Callable[[Sample, Tensor], None] | None = None,
+    topology: TopologyMode = "auto",
 ) -> SegmentationMetrics:
     """Run ``model`` over every sample of ``dataset`` (one image at a time, any size) and accumulate metrics.
 
@@ -69,13 +89,18 @@ def evaluate_model(
             :class:`~convunext.evaluation.metrics.FovMetrics`.
         on_image: called with each sample as the dataset gives it (before normalisation) and its
             ``1 x K x H x W`` probabilities, e.g. a :class:`~convunext.evaluation.html_report.ReportGallery`.
+        topology: clDice and connected-component counts per image (:func:`wants_topology`: ``auto`` = for
+            datasets with a field of view); each image's masks are skeletonised once on the CPU (about a second
+            per HRF image).
 
     Images with a side under the model's minimum (16 px) are padded for the forward pass and cropped back
     (:func:`~convunext.inference.sliding_window.predict_probabilities`); the metrics count their own pixels only.
     """
     model.eval()
-    metrics = SegmentationMetrics(num_classes=num_classes, ignore_index=IGNORE_INDEX, auc=auc)
-    has_fov = bool(getattr(getattr(dataset, "info", None), "has_fov", False))
+    metrics = SegmentationMetrics(
+        num_classes=num_classes, ignore_index=IGNORE_INDEX, auc=auc, topology=wants_topology(topology, dataset)
+    )
+    has_fov = _has_fov(dataset)
     for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):  # type: ignore[arg-type]
         raw = dataset[index]
         sample = transform(raw)
@@ -102,6 +127,7 @@ def evaluate_checkpoint(
     auc: Literal["exact", "binned"] = "exact",
     backend: str = "fast",
     on_image: Callable[[Sample, Tensor], None] | None = None,
+    topology: TopologyMode = "auto",
 ) -> SegmentationMetrics:
     """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes, run by ``backend``
     (:func:`~convunext.inference.optimize.make_backend`; ``fast`` equals ``eager`` within float32 rounding)."""
@@ -119,6 +145,7 @@ def evaluate_checkpoint(
         progress=progress,
         auc=auc,
         on_image=on_image,
+        topology=topology,
     )
 
 

@@ -173,7 +173,10 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 
 def _number(value: Any, key: str) -> str:
-    """A table cell carrying the exact value (``data-key``, ``data-value``) and 4 decimals as text."""
+    """A table cell carrying the exact value (``data-key``, ``data-value``) and, as text, 4 decimals (integers
+    as they are)."""
+    if isinstance(value, int):
+        return f'<td class="n" data-key="{html.escape(key)}" data-value="{value}">{value}</td>'
     text = "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
     exact = "nan" if text == "—" else repr(float(value))
     return f'<td class="n" data-key="{html.escape(key)}" data-value="{exact}">{text}</td>'
@@ -262,7 +265,8 @@ def write_html_report(
             _roc_svg(roc[0], roc[1], operating_point, float(results.get("fov_auc", math.nan))),
         ]
     present = per_image[0] if per_image else {}
-    columns = [key for key in ("dice_fg", "iou_fg", "cldice", "fov_sensitivity", "fov_specificity") if key in present]
+    shown = ("dice_fg", "iou_fg", "cldice", "components_pred", "components_true", "fov_sensitivity", "fov_specificity")
+    columns = [key for key in shown if key in present]
     rows = sorted(per_image, key=lambda row: (_sort_key(row["dice_fg"]), row["name"]))
     parts.append("<h2>Images, worst Dice first</h2>")
     if gallery is not None:

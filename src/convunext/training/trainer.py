@@ -625,6 +625,7 @@ class Trainer:
             device=self.device,
             tile_size=self.config.data.eval_tile_size,
             progress=False,
+            topology="off",  # skeletons cost CPU seconds every validation; the test report has them
         )
         if self.dist.enabled:
             metrics.gather_across_processes()
