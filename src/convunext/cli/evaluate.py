@@ -12,8 +12,9 @@ from ..data.detect import detect_dataset
 from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_checkpoint, write_report
 from ..evaluation.html_report import ReportGallery
+from ..pretrained import PRETRAINED_DIR
 from ..utils.device import resolve_device
-from .options import add_backend_argument, add_threads_argument, apply_threads
+from .options import add_backend_argument, add_checkpoint_argument, add_threads_argument, apply_threads
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     tile = args.tile_size if args.tile_size is not None else trained_on.get("eval_tile_size")
-    out_dir = Path(args.out) if args.out else checkpoint.path.parent / f"eval-{name}-{args.split}"
+    # a shipped model's report goes to ./NAME/, not into the installed package
+    base = Path(checkpoint.path.stem) if checkpoint.path.parent == PRETRAINED_DIR else checkpoint.path.parent
+    out_dir = Path(args.out) if args.out else base / f"eval-{name}-{args.split}"
     gallery = ReportGallery(full_maps_dir=out_dir / "maps" if args.full_maps else None) if args.html else None
     start = time.perf_counter()
     metrics = evaluate_checkpoint(
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     context = {
         "checkpoint": str(checkpoint.path),
+        "weights_sha256": checkpoint.meta["weights"]["sha256"],
         "model": checkpoint.meta["model"]["name"],
         "dataset": name,
         "data": str(root) if root else name,
@@ -81,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "IoU over all classes (background included) from one confusion matrix over the split — as the authors' "
         "code computes them.",
     )
-    parser.add_argument("checkpoint", help="run folder (uses best, else last), CHECKPOINT.json or .safetensors")
+    add_checkpoint_argument(parser)
     parser.add_argument("data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF layout or images/ + masks/)")
     parser.add_argument(
         "--dataset", choices=["drive", "glas", "hrf", "folder"], help="layout of DATA (default: detect)"

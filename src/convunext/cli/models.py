@@ -6,6 +6,7 @@ import argparse
 
 from ..models import list_models
 from ..models.cost import model_cost
+from ..pretrained import list_pretrained
 from ..utils.table import markdown_table
 
 
@@ -22,7 +23,20 @@ def model_summary(size: int = 480, in_channels: int = 3, num_classes: int = 2) -
     return rows
 
 
+def pretrained_table() -> str:
+    """The shipped pretrained models: name, architecture, task, data, test metrics, selection and terms."""
+    rows = []
+    for card in list_pretrained():
+        metrics = ", ".join(f"{key} {value:.4f}" for key, value in card.test_metrics.items())
+        rows.append([card.name, card.model, card.task, card.data, metrics, card.selection, card.terms])
+    headers = ["name", "model", "task", "data", "test metrics", "chosen as", "terms of use"]
+    return markdown_table(headers, rows)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        print(pretrained_table())
+        return 0
     rows = model_summary(args.size, args.in_channels, args.num_classes)
     headers = ["model", "params", f"GFLOPs ({args.in_channels}x{args.size}x{args.size})", "params / UNet"]
     table = [[r["name"], f"{r['params']:,}", f"{r['gflops']:.1f}", f"{r['params_vs_unet']:.2f}"] for r in rows]
@@ -35,4 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=480, help="image side for the GFLOPs column (default 480)")
     parser.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
     parser.add_argument("--num-classes", type=int, default=2, help="output classes, background included (default 2)")
+    parser.add_argument(
+        "--pretrained", action="store_true", help="list the pretrained models shipped with the package instead"
+    )
     parser.set_defaults(func=run)

@@ -1,10 +1,11 @@
-"""Command-line options shared by several sub-commands (``--threads``, ``--backend``)."""
+"""Command-line options shared by several sub-commands (``CHECKPOINT``, ``--threads``, ``--backend``)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..inference.optimize import BACKENDS
+from ..pretrained import resolve_checkpoint
 
 THREADS_HELP = (
     "CPU threads for PyTorch's operators (default: the cores this process may use; OpenMP waits sleep, so a "
@@ -45,4 +46,14 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         help="fast (default): fused, BN-folded channels-last copy of the model (about 2x faster on CPU, same "
         "output within float32 rounding); eager: the model as trained; compile: torch.compile (slow first image); "
         "onnx: ONNX Runtime (needs convunext[onnx])",
+    )
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """``CHECKPOINT``: a run folder, a checkpoint file or the name of a shipped model (resolved to its path)."""
+    parser.add_argument(
+        "checkpoint",
+        type=resolve_checkpoint,
+        help="run folder (uses best, else last), CHECKPOINT.json or .safetensors, or the name of a pretrained model "
+        "shipped with the package (convunext models --pretrained)",
     )

@@ -76,18 +76,22 @@ class PretrainedCard:
         )
 
 
-def list_pretrained(folder: str | Path = PRETRAINED_DIR) -> list[PretrainedCard]:
+def _folder(folder: str | Path | None) -> Path:
+    return Path(folder) if folder is not None else PRETRAINED_DIR
+
+
+def list_pretrained(folder: str | Path | None = None) -> list[PretrainedCard]:
     """The cards of every model in ``folder`` (default: the shipped ones), by name."""
     cards = []
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(_folder(folder).glob("*.json")):
         meta, _ = read_checkpoint_meta(path)
         cards.append(PretrainedCard.from_meta(path.stem, meta))
     return cards
 
 
-def pretrained_path(name: str, folder: str | Path = PRETRAINED_DIR) -> Path:
+def pretrained_path(name: str, folder: str | Path | None = None) -> Path:
     """The ``NAME.json`` of a shipped model; a one-line error listing the available names if there is none."""
-    path = Path(folder) / f"{name}.json"
+    path = _folder(folder) / f"{name}.json"
     if not path.is_file():
         available = ", ".join(card.name for card in list_pretrained(folder)) or "none"
         raise ConvUNeXtError(f"no pretrained model named {name!r} (available: {available})")
@@ -95,7 +99,7 @@ def pretrained_path(name: str, folder: str | Path = PRETRAINED_DIR) -> Path:
 
 
 def load_pretrained(
-    name: str, map_location: str | torch.device = "cpu", folder: str | Path = PRETRAINED_DIR
+    name: str, map_location: str | torch.device = "cpu", folder: str | Path | None = None
 ) -> Checkpoint:
     """Load a shipped model (weights checked against their SHA-256, widened to float32), ready for
     :class:`~convunext.inference.predictor.Predictor` or :func:`~convunext.evaluation.evaluate.evaluate_checkpoint`.
@@ -108,11 +112,10 @@ def load_pretrained(
     return checkpoint
 
 
-def resolve_checkpoint(argument: str) -> str:
+def resolve_checkpoint(argument: str, folder: str | Path | None = None) -> str:
     """A CLI checkpoint argument: an existing path as given, else the name of a shipped model (its JSON path)."""
-    if Path(argument).exists() or not (PRETRAINED_DIR / f"{argument}.json").is_file():
-        return argument
-    return str(PRETRAINED_DIR / f"{argument}.json")
+    shipped = _folder(folder) / f"{argument}.json"
+    return argument if Path(argument).exists() or not shipped.is_file() else str(shipped)
 
 
 def publish_pretrained(
@@ -121,7 +124,7 @@ def publish_pretrained(
     test_report: str | Path,
     task: str,
     selection: str,
-    folder: str | Path = PRETRAINED_DIR,
+    folder: str | Path | None = None,
 ) -> Path:
     """Write a checkpoint as a pretrained model ``folder/NAME.{safetensors,json}`` (float16 weights, the card).
 
@@ -145,14 +148,14 @@ def publish_pretrained(
     except (OSError, json.JSONDecodeError) as error:
         raise ConvUNeXtError(f"{report_path}: cannot read the test report ({error})") from error
     sha = checkpoint.meta["weights"]["sha256"]
-    if report.get("weights_sha256", sha) != sha or Path(report.get("checkpoint", "")).name != checkpoint.path.name:
-        raise ConvUNeXtError(f"{report_path}: this report is not of {checkpoint.path} (other weights)")
+    if report.get("weights_sha256") != sha:
+        raise ConvUNeXtError(f"{report_path}: this report is not of {checkpoint.path} (other weights, or none named)")
     if report.get("split") != "test":
         raise ConvUNeXtError(
             f"{report_path}: the card states test metrics, this report is of the {report.get('split')!r} split"
         )
     dataset = checkpoint.meta.get("data", {}).get("name", report.get("dataset", ""))
-    folder = Path(folder)
+    folder = _folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights_path = folder / f"{name}.safetensors"
     state = {
