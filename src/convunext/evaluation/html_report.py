@@ -33,7 +33,7 @@ from torch import Tensor
 from ..data.io import IGNORE_INDEX
 from ..utils.io import atomic_path, atomic_write_text
 
-__all__ = ["ERROR_COLOURS", "ImagePanels", "ReportGallery", "error_codes", "write_html_report"]
+__all__ = ["ERROR_COLOURS", "IMAGE_COLUMNS", "ImagePanels", "ReportGallery", "error_codes", "write_html_report"]
 
 TRUE_NEGATIVE, NOT_SCORED, TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = range(5)
 """Error-map codes, in order of severity (a thumbnail cell shows the highest code it covers)."""
@@ -58,7 +58,19 @@ CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (213, 94, 0),
     (204, 121, 167),
 )
-"""Prediction thumbnails: background black, class 1 white, further classes in Okabe & Ito's order (cycled)."""
+"""Prediction thumbnails: background black, class 1 white, further classes in Okabe & Ito's order (the last
+colour stands for every class beyond)."""
+
+IMAGE_COLUMNS = {
+    "dice_fg": "Dice",
+    "iou_fg": "IoU",
+    "cldice": "clDice",
+    "components_pred": "components (prediction)",
+    "components_true": "components (truth)",
+    "fov_sensitivity": "sensitivity",
+    "fov_specificity": "specificity",
+}
+"""Per-image metrics shown in the image table (those present in ``per_image.csv``), with their column titles."""
 
 
 def error_codes(prediction: Tensor, target: Tensor, fov: Tensor | None = None) -> Tensor:
@@ -200,7 +212,7 @@ def _roc_svg(fpr: np.ndarray, tpr: np.ndarray, operating_point: tuple[float, flo
         f'<text x="12" y="{y(0.5)}" text-anchor="middle" transform="rotate(-90 12 {y(0.5)})">'
         "true positive rate (sensitivity)</text>"
         f'<text x="{x(0.55)}" y="{y(0.1)}">AUC {auc:.4f}</text>'
-        f'<text x="{x(op_x) + 8:.1f}" y="{y(op_y) + 16:.1f}">operating point</text>'
+        f'<text x="{x(op_x) - 8:.1f}" y="{y(op_y) + 18:.1f}" text-anchor="end">operating point</text>'
         "</svg>"
     )
 
@@ -210,7 +222,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #111; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: middle; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img { display: block; max-width: 256px; image-rendering: pixelated; }
+img { display: block; max-width: 220px; image-rendering: pixelated; }
 img.photo { image-rendering: auto; }
 .legend span { display: inline-block; width: 1em; height: 1em; border: 1px solid #888; vertical-align: middle; }
 .legend { margin-right: 1em; }
@@ -265,8 +277,7 @@ def write_html_report(
             _roc_svg(roc[0], roc[1], operating_point, float(results.get("fov_auc", math.nan))),
         ]
     present = per_image[0] if per_image else {}
-    shown = ("dice_fg", "iou_fg", "cldice", "components_pred", "components_true", "fov_sensitivity", "fov_specificity")
-    columns = [key for key in shown if key in present]
+    columns = [key for key in IMAGE_COLUMNS if key in present]
     rows = sorted(per_image, key=lambda row: (_sort_key(row["dice_fg"]), row["name"]))
     parts.append("<h2>Images, worst Dice first</h2>")
     if gallery is not None:
@@ -275,13 +286,12 @@ def write_html_report(
             for name, colour in ERROR_COLOURS.items()
         )
         parts.append(f"<p>Error map: {legend}</p>")
-    header = "".join(f"<th>{html.escape(key)}</th>" for key in columns)
+    header = "".join(f'<th title="{key}">{html.escape(IMAGE_COLUMNS[key])}</th>' for key in columns)
     pictures = "<th>image</th><th>prediction</th><th>errors</th>" if gallery is not None else ""
-    parts.append(f'<table id="images"><tr><th>#</th><th>name</th>{header}{pictures}</tr>')
+    parts.append(f'<table id="images"><tr><th>#</th><th>name</th>{pictures}{header}</tr>')
     for rank, row in enumerate(rows, start=1):
         name = str(row["name"])
-        cells = "".join(_number(row[key], key) for key in columns)
-        line = f'<tr data-name="{html.escape(name)}"><td>{rank}</td><td>{html.escape(name)}</td>{cells}'
+        line = f'<tr data-name="{html.escape(name)}"><td>{rank}</td><td>{html.escape(name)}</td>'
         panels = gallery.panels.get(name) if gallery is not None else None
         if panels is not None:
             links = {kind: os.path.relpath(file, path.parent) for kind, file in panels.full_maps.items()}
@@ -290,7 +300,7 @@ def write_html_report(
             line += _picture_cell(panels.error_png, "image/png", f"{name}: error map", links.get("errors"))
         elif gallery is not None:
             line += "<td></td><td></td><td></td>"
-        parts.append(line + "</tr>")
+        parts.append(line + "".join(_number(row[key], key) for key in columns) + "</tr>")
     parts += ["</table>", "</body></html>", ""]
     atomic_write_text(path, "\n".join(parts))
     return path
