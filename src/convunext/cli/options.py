@@ -1,4 +1,4 @@
-"""Command-line options shared by several sub-commands (``--threads``, ``--backend``)."""
+"""Command-line options shared by several sub-commands (``--threads``, ``--backend``, the evaluated data)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,12 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         "output within float32 rounding); eager: the model as trained; compile: torch.compile (slow first image); "
         "onnx: ONNX Runtime (needs convunext[onnx])",
     )
+
+
+def add_evaluation_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``DATA``, ``--dataset`` and ``--split``: the data a checkpoint is evaluated on."""
+    parser.add_argument("data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF layout or images/ + masks/)")
+    parser.add_argument(
+        "--dataset", choices=["drive", "glas", "hrf", "folder"], help="layout of DATA (default: detect)"
+    )
+    parser.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"], help="default: test")
