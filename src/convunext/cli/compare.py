@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare runs image by image on one split. Each run's evaluation report is reused when it "
         "still matches its checkpoint (RUN/eval-DATASET-SPLIT/, or a reproduction's RUN/test/), else the run is "
         "evaluated (as `convunext evaluate`). Every run is compared with the first: per-image differences "
-        "(run - reference), their mean with a 95%% percentile-bootstrap interval, the two-sided Wilcoxon "
+        "(run - reference), their mean with a 95% percentile-bootstrap interval, the two-sided Wilcoxon "
         "signed-rank p-value, wins/ties/losses and a paired plot.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoints; the first is the reference")

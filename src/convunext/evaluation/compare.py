@@ -182,19 +182,37 @@ def read_scores(per_image_csv: str | Path, metric: str = "dice_fg") -> dict[str,
         return {row["name"]: float(row[metric]) for row in reader}
 
 
-def comparison_headers(confidence: float, reference: str = "reference") -> list[str]:
-    """The headers of :func:`comparison_cells`' columns."""
-    return [f"difference vs {reference}", f"{confidence:.0%} CI", "Wilcoxon p", "wins / ties / losses"]
+def comparison_table(
+    headers: Sequence[str],
+    reference: Sequence[str],
+    others: Sequence[tuple[Sequence[str], PairedComparison]],
+    reference_name: str = "reference",
+) -> str:
+    """A Markdown table of comparisons with one reference: the reference's row (its ``reference`` cells under
+    ``headers``, then "reference"), then one row per other model (its cells, then the mean difference, confidence
+    interval, p-value and wins / ties / losses of its comparison)."""
+    confidence = others[0][1].confidence
+    columns = [f"difference vs {reference_name}", f"{confidence:.0%} CI", "Wilcoxon p", "wins / ties / losses"]
+    rows = [[*reference, "reference", "—", "—", "—"]]
+    for cells, comparison in others:
+        rows.append(
+            [
+                *cells,
+                f"{comparison.mean_difference:+.4f}",
+                f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
+                f"{comparison.p_value:.3g}",
+                f"{comparison.wins} / {comparison.ties} / {comparison.losses}",
+            ]
+        )
+    return markdown_table([*headers, *columns], rows)
 
 
-def comparison_cells(comparison: PairedComparison) -> list[str]:
-    """A comparison's table cells: mean difference, confidence interval, p-value, wins / ties / losses."""
-    return [
-        f"{comparison.mean_difference:+.4f}",
-        f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
-        f"{comparison.p_value:.3g}",
-        f"{comparison.wins} / {comparison.ties} / {comparison.losses}",
-    ]
+def statistics_note(confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> str:
+    """How :func:`paired_comparison`'s interval and p-value are computed, for a report."""
+    return (
+        f"{confidence:.0%} CI: percentile bootstrap of the mean difference ({resamples:,} resamples of the images, "
+        f"seed {seed}); p: two-sided Wilcoxon signed-rank test (scipy; tied images left out)."
+    )
 
 
 def plot_paired(comparison: PairedComparison, path: str | Path, labels: Sequence[str], metric: str) -> None:
@@ -330,17 +348,14 @@ def compare_runs(
         for other in scored[1:]
     ]
     out = Path(out_dir) if out_dir else Path(f"compare-{dataset}-{split}")
-    result = ComparisonResult(dataset, split, metric, out, scored, comparisons, _comparison_table(scored, comparisons))
+    table = comparison_table(
+        ["run", "model", "mean"],
+        [reference.run, reference.model, f"{reference.mean:.4f}"],
+        [([run.run, run.model, f"{run.mean:.4f}"], comparison) for run, comparison in zip(scored[1:], comparisons)],
+    )
+    result = ComparisonResult(dataset, split, metric, out, scored, comparisons, table)
     _write_comparison(result, resamples, seed)
     return result
-
-
-def _comparison_table(runs: Sequence[RunScores], comparisons: Sequence[PairedComparison]) -> str:
-    headers = ["run", "model", "mean", *comparison_headers(comparisons[0].confidence)]
-    rows = [[runs[0].run, runs[0].model, f"{runs[0].mean:.4f}", "reference", "—", "—", "—"]]
-    for run, comparison in zip(runs[1:], comparisons):
-        rows.append([run.run, run.model, f"{run.mean:.4f}", *comparison_cells(comparison)])
-    return markdown_table(headers, rows)
 
 
 def _write_comparison(result: ComparisonResult, resamples: int, seed: int) -> None:
@@ -348,9 +363,8 @@ def _write_comparison(result: ComparisonResult, resamples: int, seed: int) -> No
     reference, others = result.runs[0], result.runs[1:]
     confidence = result.comparisons[0].confidence
     method = (
-        f"per image, difference = run - reference; win / tie / loss = the run scored higher / the same / lower. "
-        f"{confidence:.0%} CI: percentile bootstrap of the mean difference ({resamples:,} resamples of the images, "
-        f"seed {seed}); p: two-sided Wilcoxon signed-rank test (scipy)."
+        "per image, difference = run - reference; win / tie / loss = the run scored higher / the same / lower. "
+        + statistics_note(confidence, resamples, seed)
     )
     header = [
         f"- dataset: {result.dataset}, split: {result.split}, {result.comparisons[0].n} images",
