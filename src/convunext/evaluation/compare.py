@@ -248,7 +248,8 @@ def plot_paired(comparison: PairedComparison, path: str | Path, labels: Sequence
 
 @dataclass
 class RunScores:
-    """One run of a comparison: its checkpoint, the evaluation report its scores come from, and the scores."""
+    """One run of a comparison: its model, the evaluation report its scores come from (reused or just written), and
+    the scores by image name."""
 
     run: str
     model: str
