@@ -11,7 +11,9 @@ import pytest
 
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
+from convunext.evaluation.compare import read_scores
 from convunext.reproduce import BUDGETS, CPU_STEPS, budgets, plan_runs, reproduce, step_budget
+from convunext.reproduce.report import paired_with_reference
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
@@ -57,6 +59,30 @@ def test_report_files(report: Path) -> None:
         assert not Path(row["run_dir"]).is_absolute()  # relative to the report: no machine path in the report
         tested = json.loads((report / row["run_dir"] / "test" / "metrics.json").read_text())
         assert tested["split"] == "test" and tested["checkpoint"].endswith("best.json")
+
+
+def test_results_md_pairs_each_model_with_convunext_image_by_image(report: Path) -> None:
+    heading = "### Synthetic: paired comparison with ConvUNeXt (test images)\n"
+    section = (report / "results.md").read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    assert "averaged over that model's seeds, then paired by image name" in section
+
+    def seed_mean(model: str) -> dict[str, float]:
+        seeds = [
+            read_scores(report / "runs" / "synthetic" / model / f"seed{s}" / "test" / "per_image.csv") for s in (0, 1)
+        ]
+        return {name: (seeds[0][name] + seeds[1][name]) / 2 for name in seeds[0]}
+
+    convunext, unet = seed_mean("convunext"), seed_mean("unet")
+    differences = [unet[name] - convunext[name] for name in convunext]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()[4:]}
+    assert rows["ConvUNeXt"][:3] == ["2", f"{sum(convunext.values()) / len(convunext):.4f}", "reference"]
+    seeds, dice, difference, _, p_value, record = rows["UNet"]
+    assert (seeds, dice) == ("2", f"{sum(unet.values()) / len(unet):.4f}")
+    assert difference == f"{sum(differences) / len(differences):+.4f}" and 0 < float(p_value) <= 1
+    assert record == f"{sum(d > 0 for d in differences)} / {differences.count(0.0)} / {sum(d < 0 for d in differences)}"
+    # no ConvUNeXt run on a dataset: no section for it
+    specs = plan_runs(report, ["unet"], ["synthetic"], [0, 1], BUDGETS["smoke"], report, QUIET)
+    assert paired_with_reference("synthetic", ["unet"], specs) == []
 
 
 def test_second_invocation_skips_finished_runs(report: Path) -> None:

@@ -3,77 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from ..checkpoint import load_checkpoint
-from ..data import open_dataset
-from ..data.detect import detect_dataset
-from ..errors import ConvUNeXtError
-from ..evaluation.evaluate import evaluate_checkpoint, write_report
-from ..evaluation.html_report import ReportGallery
-from ..pretrained import PRETRAINED_DIR
-from ..utils.device import resolve_device
-from .options import add_backend_argument, add_checkpoint_argument, add_threads_argument, apply_threads
+from ..evaluation.evaluate import evaluate_to_report, metrics_table
+from .options import (
+    add_backend_argument,
+    add_checkpoint_argument,
+    add_evaluation_data_arguments,
+    add_threads_argument,
+    apply_threads,
+)
 
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
-    trained_on = checkpoint.meta.get("data", {})
-    if args.data == "synthetic":
-        name, root, options = (
-            "synthetic",
-            None,
-            trained_on.get("options", {}) if trained_on.get("name") == "synthetic" else {},
-        )
-    else:
-        root = Path(args.data)
-        name, options = args.dataset or detect_dataset(root), {}
-    dataset = open_dataset(name, root, args.split, **options)
-    expected_channels = len(checkpoint.mean)
-    if dataset.info.in_channels != expected_channels:
-        raise ConvUNeXtError(
-            f"{args.data}: images have {dataset.info.in_channels} channels, the checkpoint expects {expected_channels}"
-        )
-    device = resolve_device(args.device)
-    tile = args.tile_size if args.tile_size is not None else trained_on.get("eval_tile_size")
-    # a shipped model's report goes to ./NAME/, not into the installed package
-    base = Path(checkpoint.path.stem) if checkpoint.path.parent == PRETRAINED_DIR else checkpoint.path.parent
-    out_dir = Path(args.out) if args.out else base / f"eval-{name}-{args.split}"
-    gallery = ReportGallery(full_maps_dir=out_dir / "maps" if args.full_maps else None) if args.html else None
-    start = time.perf_counter()
-    metrics = evaluate_checkpoint(
+    report = evaluate_to_report(
         checkpoint,
-        dataset,
-        device=device,
-        tile_size=tile or None,
+        args.data,
+        args.split,
+        layout=args.dataset,
+        out_dir=args.out,
+        device=args.device,
+        tile_size=args.tile_size,
         tta=args.tta,
         auc=args.auc,
         backend=args.backend,
-        on_image=gallery,
         topology=args.topology,
+        html=args.html,
+        full_maps=args.full_maps,
     )
-    seconds = time.perf_counter() - start
-    context = {
-        "checkpoint": str(checkpoint.path),
-        "weights_sha256": checkpoint.meta["weights"]["sha256"],
-        "model": checkpoint.meta["model"]["name"],
-        "dataset": name,
-        "data": str(root) if root else name,
-        "split": args.split,
-        "images": len(dataset),
-        "tta": args.tta,
-        "tile_size": tile,
-        "auc": args.auc,
-        "topology": args.topology,
-        "backend": args.backend,
-        "seconds": round(seconds, 1),
-    }
-    table, _ = write_report(metrics, out_dir, context, checkpoint.class_names, gallery, html=args.html)
-    print(f"{checkpoint.meta['model']['name']} on {name} ({args.split}, {len(dataset)} images, {seconds:.1f} s)")
-    print(table)
-    print(f"written: {out_dir}/metrics.json, per_image.csv, metrics.md" + (", report.html" if args.html else ""))
+    what = report.context
+    print(f"{what['model']} on {what['dataset']} ({args.split}, {what['images']} images, {what['seconds']:.1f} s)")
+    print(metrics_table(report.results))
+    print(f"written: {report.out_dir}/metrics.json, per_image.csv, metrics.md" + (", report.html" if args.html else ""))
     return 0
 
 
@@ -86,11 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "code computes them.",
     )
     add_checkpoint_argument(parser)
-    parser.add_argument("data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF layout or images/ + masks/)")
-    parser.add_argument(
-        "--dataset", choices=["drive", "glas", "hrf", "folder"], help="layout of DATA (default: detect)"
-    )
-    parser.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"], help="default: test")
+    add_evaluation_data_arguments(parser)
     parser.add_argument("--out", help="report folder (default: CHECKPOINT_DIR/eval-DATASET-SPLIT)")
     parser.add_argument("--tile-size", type=int, help="sliding-window tile (default: the checkpoint's; 0 = whole)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")

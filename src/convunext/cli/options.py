@@ -1,4 +1,5 @@
-"""Command-line options shared by several sub-commands (``CHECKPOINT``, ``--threads``, ``--backend``)."""
+"""Command-line options shared by several sub-commands (``CHECKPOINT``, ``--threads``, ``--backend``, the
+evaluated data)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,12 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
         help="run folder (uses best, else last), CHECKPOINT.json or .safetensors, or the name of a pretrained model "
         "shipped with the package (convunext models --pretrained)",
     )
+
+
+def add_evaluation_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``DATA``, ``--dataset`` and ``--split``: the data a checkpoint is evaluated on."""
+    parser.add_argument("data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF layout or images/ + masks/)")
+    parser.add_argument(
+        "--dataset", choices=["drive", "glas", "hrf", "folder"], help="layout of DATA (default: detect)"
+    )
+    parser.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"], help="default: test")

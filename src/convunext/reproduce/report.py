@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..evaluation.compare import average_scores, comparison_table, paired_comparison, read_scores, statistics_note
 from ..models.cost import model_cost
 from ..utils.io import atomic_path
 from ..utils.table import markdown_table
@@ -37,6 +38,8 @@ FOV_METRICS = (
     ("fov_accuracy", "Accuracy"),
     ("fov_auc", "AUC"),
 )
+REFERENCE_MODEL = "convunext"
+"""The model every other is compared with, image by image (:func:`paired_with_reference`)."""
 TEST_METRICS = ("dice_fg_mean", "miou_cm", "pixel_accuracy", "iou_fg_cm", *(key for key, _ in FOV_METRICS))
 
 
@@ -125,6 +128,47 @@ def _params_text(params: int) -> str:
     return f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
 
 
+def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[RunSpec]) -> list[str]:
+    """The lines of ``results.md``'s section "paired comparison with ConvUNeXt (test images)" for ``dataset``:
+    each model's per-image test Dice averaged over its seeds, paired by image name with ConvUNeXt's (also averaged
+    over its seeds) and compared (:func:`~convunext.evaluation.compare.paired_comparison`). No lines when the
+    dataset has no ConvUNeXt run or no other model."""
+    runs = {model: [spec for spec in specs if (spec.dataset, spec.model) == (dataset, model)] for model in models}
+    runs = {model: found for model, found in runs.items() if found}
+    if REFERENCE_MODEL not in runs or len(runs) < 2:
+        return []
+
+    def seed_mean(model: str) -> dict[str, float]:
+        return average_scores(
+            [read_scores(spec.test_dir / "per_image.csv") for spec in runs[model]], [spec.label for spec in runs[model]]
+        )
+
+    reference = seed_mean(REFERENCE_MODEL)
+    others = []
+    for model in runs:
+        if model != REFERENCE_MODEL:
+            label = MODEL_TITLES.get(model, model)
+            comparison = paired_comparison(reference, seed_mean(model), labels=(f"{dataset} / ConvUNeXt", label))
+            others.append(([label, str(len(runs[model])), f"{comparison.scores_b.mean():.4f}"], comparison))
+    reference_row = [
+        MODEL_TITLES[REFERENCE_MODEL],
+        str(len(runs[REFERENCE_MODEL])),
+        f"{others[0][1].scores_a.mean():.4f}",
+    ]
+    return [
+        f"### {DATASET_TITLES[dataset]}: paired comparison with ConvUNeXt (test images)",
+        "",
+        "Per test image, each model's Dice is averaged over that model's seeds, then paired by image name with "
+        "ConvUNeXt's seed-averaged Dice on the same image "
+        f"({others[0][1].n} images). Difference = model - ConvUNeXt (positive: the model scored higher); wins / ties "
+        "/ losses count the images where the model's seed-averaged Dice is higher / equal / lower. "
+        + statistics_note(),
+        "",
+        comparison_table(["Model", "Seeds", "Dice (seed-averaged)"], reference_row, others, "ConvUNeXt"),
+        "",
+    ]
+
+
 def results_markdown(
     rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
 ) -> str:
@@ -173,6 +217,8 @@ def results_markdown(
             markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
             "",
         ]
+    for dataset in datasets:
+        lines += paired_with_reference(dataset, models, specs)
     runs = []
     for (dataset, model), group in groups.items():
         runs.append(
