@@ -121,25 +121,22 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _params_text(params: int) -> str:
+def params_text(params: int) -> str:
+    """``3.51M`` or ``45.2k``."""
     return f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
 
 
-def results_markdown(
-    rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
-) -> str:
-    """The text of ``results.md``: the budget, the paper-style tables, the recipe and the protocol."""
-    groups = group_runs(rows)
-    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
-    models = list(dict.fromkeys(row["model"] for row in rows))
+def header_lines(
+    title: str, budget: Budget, context: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The top of a report: ``title``, the budget that produced it, the command, versions, seeds and protocol."""
     seeds = sorted({int(row["seed"]) for row in rows})
-    title = lambda m: MODEL_TITLES.get(m, m)  # noqa: E731
-    lines = [
-        f"# ConvUNeXt reproduction — budget `{budget.name}`",
+    return [
+        f"# {title} — budget `{budget.name}`",
         "",
         f"**Produced by the `{budget.name}` budget**: {budget.description}",
         "",
-        f"- command: `{context.get('command', 'convunext reproduce')}`",
+        f"- command: `{context.get('command')}`",
         f"- finished: {context.get('finished')}; convunext {__version__}, torch {torch.__version__}, "
         f"{context.get('device')}; seeds: {', '.join(map(str, seeds))} ({len(seeds)} per model)",
         "- protocol: the best checkpoint of each run is chosen on the **validation** split (carved from the "
@@ -149,36 +146,22 @@ def results_markdown(
         "Values are mean ± sample std over seeds (no ± with one seed).",
         "",
     ]
-    headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
-    for dataset in datasets:
-        headers += [f"{DATASET_TITLES[dataset]} Dice", f"{DATASET_TITLES[dataset]} mIoU"]
-    table = []
-    for model in models:
-        first = next(group[0] for (d, m), group in groups.items() if m == model)
-        line = [title(model), _params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
-        for dataset in datasets:
-            group = groups.get((dataset, model), [])
-            line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
-            line += [_pm([float(r["test_miou_cm"]) for r in group])]
-        table.append(line)
-    lines += ["## Test results", "", markdown_table(headers, table), ""]
-    for dataset in (d for d in datasets if d in VESSEL_DATASETS):
-        vessel = []
-        for model in models:
-            group = groups.get((dataset, model), [])
-            vessel.append([title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)])
-        lines += [
-            f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
-            "",
-            markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
-            "",
-        ]
+
+
+def model_title(model: str) -> str:
+    """How a report names ``model``: the paper's name of a registry model, a variant's own name."""
+    return MODEL_TITLES.get(model, model)
+
+
+def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec]) -> list[str]:
+    """The end of a report: each dataset and model's runs (epochs, validation Dice, minutes and hardware per seed),
+    then each dataset's recipe."""
     runs = []
-    for (dataset, model), group in groups.items():
+    for (dataset, model), group in group_runs(rows).items():
         runs.append(
             [
                 DATASET_TITLES[dataset],
-                title(model),
+                model_title(model),
                 str(len(group)),
                 ", ".join(f"{int(r['best_val_epoch'])}/{int(r['epochs_run'])}" for r in group),
                 _pm([float(r["best_val_dice"]) for r in group]),
@@ -186,7 +169,7 @@ def results_markdown(
                 ", ".join(str(r["device"]) for r in group),
             ]
         )
-    lines += [
+    lines = [
         "## Runs",
         "",
         markdown_table(
@@ -200,7 +183,7 @@ def results_markdown(
         "## Recipe",
         "",
     ]
-    for dataset in datasets:
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
         config = next(spec.config for spec in specs if spec.dataset == dataset)
         optim, train, data = config.optim, config.train, config.data
         lines.append(
@@ -211,8 +194,45 @@ def results_markdown(
             + f"), validation every {train.eval_every} epoch(s)"
             + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
         )
+    return [*lines, ""]
+
+
+def results_markdown(
+    rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
+) -> str:
+    """The text of ``results.md``: the budget, the paper-style tables, the recipe and the protocol."""
+    groups = group_runs(rows)
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    lines = header_lines("ConvUNeXt reproduction", budget, context, rows)
+    headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
+    for dataset in datasets:
+        headers += [f"{DATASET_TITLES[dataset]} Dice", f"{DATASET_TITLES[dataset]} mIoU"]
+    table = []
+    for model in models:
+        first = next(group[0] for (d, m), group in groups.items() if m == model)
+        line = [model_title(model), params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
+        for dataset in datasets:
+            group = groups.get((dataset, model), [])
+            line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
+            line += [_pm([float(r["test_miou_cm"]) for r in group])]
+        table.append(line)
+    lines += ["## Test results", "", markdown_table(headers, table), ""]
+    for dataset in (d for d in datasets if d in VESSEL_DATASETS):
+        vessel = []
+        for model in models:
+            group = groups.get((dataset, model), [])
+            vessel.append(
+                [model_title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)]
+            )
+        lines += [
+            f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
+            "",
+            markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
+            "",
+        ]
+    lines += runs_and_recipe_lines(rows, specs)
     lines += [
-        "",
         f"Files: `results.csv` (one row per run), `summary.csv` (mean/std), `dice_vs_params.png`, and the run "
         f"folders under `runs/` ({len(rows)} runs).",
         "",
