@@ -41,8 +41,9 @@ def plan_only(args: argparse.Namespace, models: Sequence[str]) -> int:
     )
     specs = experiment.plan()
     if args.dry_run:
+        width = max(len(spec.label) for spec in specs)
         for spec in specs:
-            print(f"{spec.label:40s} {spec.status():9s} {spec.run_dir}")
+            print(f"{spec.label:{width}s}  {spec.status():9s} {spec.run_dir}")
         return 0
     rows = estimate(specs)
     minutes = sum(row["run_minutes"] for row in rows) * len(experiment.seeds)
