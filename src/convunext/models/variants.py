@@ -12,14 +12,15 @@ Every model of a study is a registered variant (:func:`~convunext.models.registr
 ``create_model(name)`` and ``convunext train --model NAME`` build it alone; a configuration has one name (the
 leave-one-out study's 1:1:1:1 model is roadmap step 9). Only ``width``, ``in_channels`` and ``num_classes`` stay
 free. The variants are not in ``list_models()``: they are all the ``convunext`` class, which the
-registry-parametrised tests already cover with every option reachable through the knobs' own tests, and 19 more
-names would multiply those tests and ``convunext reproduce``'s default model list.
+registry-parametrised tests already cover (and ``tests/models/test_convunext_ablations.py`` each knob), and 19
+more names would multiply those tests and ``convunext reproduce``'s default model list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from string import ascii_lowercase
 
 from ..errors import ConvUNeXtError
 from .registry import model_arguments, register_variant, variant_arguments
@@ -225,9 +226,12 @@ class Study:
         """The distinct models of the study, in row order."""
         return list(dict.fromkeys(row.name for row in self.rows))
 
-    def row(self, name: str) -> StudyRow:
-        """The first row of model ``name``."""
-        return next(row for row in self.rows if row.name == name)
+
+def _row(label: str, choice: Choice, parent: str, branch: bool = False) -> StudyRow:
+    """The row of a choice that makes a model (``choice.name`` set), compared with ``parent``."""
+    if choice.name is None:
+        raise ValueError(f"the choice {choice.short!r} names no model")
+    return StudyRow(label, choice.name, choice.short, choice.change, {choice.argument: choice.value}, parent, branch)
 
 
 def _roadmap() -> Study:
@@ -237,23 +241,22 @@ def _roadmap() -> Study:
     ]
     previous = rows[-1]
     for number, choice in enumerate(ROADMAP_CHOICES, 2):
-        changes = {} if choice.name is None else {choice.argument: choice.value}
-        step = StudyRow(str(number), choice.name or previous.name, choice.short, choice.change, changes, previous.name)
+        if choice.name is None:  # the step keeps the previous value: the previous step's model
+            step = StudyRow(str(number), previous.name, choice.short, choice.change, {}, previous.name)
+        else:
+            step = _row(str(number), choice, previous.name)
         rows.append(step)
-        for letter, branch in zip("abcdefgh", choice.branches):
-            changes = {branch.argument: branch.value}
-            rows.append(
-                StudyRow(f"{number}{letter}", branch.name, branch.short, branch.change, changes, previous.name, True)  # type: ignore[arg-type]
-            )
+        rows += [
+            _row(f"{number}{letter}", branch, previous.name, True)
+            for letter, branch in zip(ascii_lowercase, choice.branches)
+        ]
         previous = step
     return Study("roadmap", "the roadmap from UNet to ConvUNeXt (paper Section 3, Fig. 2)", tuple(rows), True)
 
 
 def _leave_one_out() -> Study:
     rows = [StudyRow("0", "convunext", "ConvUNeXt", "the paper's ConvUNeXt, every choice made", {}, None)]
-    for number, choice in enumerate(LEAVE_ONE_OUT_CHOICES, 1):
-        changes = {choice.argument: choice.value}
-        rows.append(StudyRow(str(number), choice.name, choice.short, choice.change, changes, "convunext"))  # type: ignore[arg-type]
+    rows += [_row(str(number), choice, "convunext") for number, choice in enumerate(LEAVE_ONE_OUT_CHOICES, 1)]
     return Study("leave-one-out", "ConvUNeXt with one choice reverted at a time", tuple(rows), False)
 
 
@@ -283,13 +286,13 @@ def _register() -> None:
     paper = {argument: model_arguments("convunext")[argument] for argument in UNET_LIKE}
     knobs: dict[str, dict[str, object]] = {"convunext": paper}
     for row in (row for s in STUDIES.values() for row in s.rows):
-        if row.parent is None or row.name in knobs and not row.changes:
+        if row.parent is None or (row.name in knobs and not row.changes):
             continue
         base = {} if row.parent == "unet" else knobs[row.parent]
         wanted = {**base, **row.changes}
         if row.name in knobs:
             if knobs[row.name] != wanted:
-                raise AssertionError(f"{row.name}: two configurations under one name")
+                raise ValueError(f"{row.name}: two study rows give this name different configurations")
             continue
         knobs[row.name] = wanted
         register_variant(row.name, "convunext", **wanted)
