@@ -1,11 +1,13 @@
-"""``convunext models``: every registered model with its parameters, GFLOPs and size relative to UNet."""
+"""``convunext models``: every registered model with its parameters, GFLOPs and size relative to UNet; with
+``--variants``, the named ConvUNeXt configurations of the ablation studies."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..models import list_models
+from ..models import list_models, list_variants
 from ..models.cost import model_cost
+from ..models.variants import arguments_text
 from ..pretrained import list_pretrained
 from ..utils.table import markdown_table
 
@@ -23,6 +25,16 @@ def model_summary(size: int = 480, in_channels: int = 3, num_classes: int = 2) -
     return rows
 
 
+def variants_table(size: int = 480, in_channels: int = 3, num_classes: int = 2) -> str:
+    """The registered variants (the ablation studies' models): what they change and their computed cost."""
+    rows = []
+    for name in list_variants():
+        params, gflops = model_cost(name, size, in_channels=in_channels, num_classes=num_classes)
+        rows.append([name, arguments_text(name), f"{params:,}", f"{gflops:.1f}"])
+    headers = ["variant", "arguments (vs convunext)", "params", f"GFLOPs ({in_channels}x{size}x{size})"]
+    return markdown_table(headers, rows)
+
+
 def pretrained_table() -> str:
     """The shipped pretrained models: name, architecture, task, data, test metrics, selection and terms."""
     rows = []
@@ -36,6 +48,9 @@ def pretrained_table() -> str:
 def run(args: argparse.Namespace) -> int:
     if args.pretrained:
         print(pretrained_table())
+        return 0
+    if args.variants:
+        print(variants_table(args.size, args.in_channels, args.num_classes))
         return 0
     rows = model_summary(args.size, args.in_channels, args.num_classes)
     headers = ["model", "params", f"GFLOPs ({args.in_channels}x{args.size}x{args.size})", "params / UNet"]
@@ -51,5 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-classes", type=int, default=2, help="output classes, background included (default 2)")
     parser.add_argument(
         "--pretrained", action="store_true", help="list the pretrained models shipped with the package instead"
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="list the named ConvUNeXt variants of `convunext ablate` (each trainable with `convunext train --model`)",
     )
     parser.set_defaults(func=run)

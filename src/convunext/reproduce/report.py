@@ -31,6 +31,8 @@ MODEL_TITLES = {
     "unet_plus_plus": "UNet++",
     "resunet": "ResUNet",
 }
+REFERENCE_MODEL = "convunext"
+"""The model every other is compared with, image by image (:func:`paired_with_reference`)."""
 FLOPS_SIZE = 480
 FOV_METRICS = (
     ("fov_sensitivity", "Sensitivity"),
@@ -38,8 +40,6 @@ FOV_METRICS = (
     ("fov_accuracy", "Accuracy"),
     ("fov_auc", "AUC"),
 )
-REFERENCE_MODEL = "convunext"
-"""The model every other is compared with, image by image (:func:`paired_with_reference`)."""
 TEST_METRICS = ("dice_fg_mean", "miou_cm", "pixel_accuracy", "iou_fg_cm", *(key for key, _ in FOV_METRICS))
 
 
@@ -124,8 +124,80 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _params_text(params: int) -> str:
+def params_text(params: int) -> str:
+    """``3.51M`` or ``45.2k``."""
     return f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
+
+
+def header_lines(
+    title: str, budget: Budget, context: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The top of a report: ``title``, the budget that produced it, the command, versions, seeds and protocol."""
+    seeds = sorted({int(row["seed"]) for row in rows})
+    return [
+        f"# {title} — budget `{budget.name}`",
+        "",
+        f"**Produced by the `{budget.name}` budget**: {budget.description}",
+        "",
+        f"- command: `{context.get('command')}`",
+        f"- finished: {context.get('finished')}; convunext {__version__}, torch {torch.__version__}, "
+        f"{context.get('device')}; seeds: {', '.join(map(str, seeds))} ({len(seeds)} per model)",
+        "- protocol: the best checkpoint of each run is chosen on the **validation** split (carved from the "
+        "training images); the **test** split is evaluated once, with that checkpoint. Same recipe for every model.",
+        "- Dice = mean over test images of the per-image foreground Dice; mIoU = mean IoU over classes *including "
+        "background* from one confusion matrix over the test set (the paper's definitions; see SPEC section 6). "
+        "Values are mean ± sample std over seeds (no ± with one seed).",
+        "",
+    ]
+
+
+def model_title(model: str) -> str:
+    """How a report names ``model``: the paper's name of a registry model, a variant's own name."""
+    return MODEL_TITLES.get(model, model)
+
+
+def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec]) -> list[str]:
+    """The end of a report: each dataset and model's runs (epochs, validation Dice, minutes and hardware per seed),
+    then each dataset's recipe."""
+    runs = []
+    for (dataset, model), group in group_runs(rows).items():
+        runs.append(
+            [
+                DATASET_TITLES[dataset],
+                model_title(model),
+                str(len(group)),
+                ", ".join(f"{int(r['best_val_epoch'])}/{int(r['epochs_run'])}" for r in group),
+                _pm([float(r["best_val_dice"]) for r in group]),
+                ", ".join(f"{float(r['train_seconds']) / 60:.1f}" for r in group),
+                ", ".join(str(r["device"]) for r in group),
+            ]
+        )
+    lines = [
+        "## Runs",
+        "",
+        markdown_table(
+            ["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed", "Hardware / seed"],
+            runs,
+        ),
+        "",
+        "Training minutes compare only between runs on the same hardware: runs of one report may come from several "
+        "machines (they are resumable and can be added a few at a time).",
+        "",
+        "## Recipe",
+        "",
+    ]
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        config = next(spec.config for spec in specs if spec.dataset == dataset)
+        optim, train, data = config.optim, config.train, config.data
+        lines.append(
+            f"- {DATASET_TITLES[dataset]}: {train.epochs} epoch(s), crop {data.crop_size}, batch {optim.batch_size} "
+            f"(per process), AdamW lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {optim.recipe} schedule "
+            f"(warm-up {optim.warmup_epochs:g} epoch(s), "
+            + (f"decay x{optim.decay_gamma:g} per epoch" if optim.decay == "exponential" else "poly decay")
+            + f"), validation every {train.eval_every} epoch(s)"
+            + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
+        )
+    return [*lines, ""]
 
 
 def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[RunSpec]) -> list[str]:
@@ -147,7 +219,7 @@ def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[R
     others = []
     for model in runs:
         if model != REFERENCE_MODEL:
-            label = MODEL_TITLES.get(model, model)
+            label = model_title(model)
             comparison = paired_comparison(reference, seed_mean(model), labels=(f"{dataset} / ConvUNeXt", label))
             others.append(([label, str(len(runs[model])), f"{comparison.scores_b.mean():.4f}"], comparison))
     reference_row = [
@@ -176,30 +248,14 @@ def results_markdown(
     groups = group_runs(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     models = list(dict.fromkeys(row["model"] for row in rows))
-    seeds = sorted({int(row["seed"]) for row in rows})
-    title = lambda m: MODEL_TITLES.get(m, m)  # noqa: E731
-    lines = [
-        f"# ConvUNeXt reproduction — budget `{budget.name}`",
-        "",
-        f"**Produced by the `{budget.name}` budget**: {budget.description}",
-        "",
-        f"- command: `{context.get('command', 'convunext reproduce')}`",
-        f"- finished: {context.get('finished')}; convunext {__version__}, torch {torch.__version__}, "
-        f"{context.get('device')}; seeds: {', '.join(map(str, seeds))} ({len(seeds)} per model)",
-        "- protocol: the best checkpoint of each run is chosen on the **validation** split (carved from the "
-        "training images); the **test** split is evaluated once, with that checkpoint. Same recipe for every model.",
-        "- Dice = mean over test images of the per-image foreground Dice; mIoU = mean IoU over classes *including "
-        "background* from one confusion matrix over the test set (the paper's definitions; see SPEC section 6). "
-        "Values are mean ± sample std over seeds (no ± with one seed).",
-        "",
-    ]
+    lines = header_lines("ConvUNeXt reproduction", budget, context, rows)
     headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
     for dataset in datasets:
         headers += [f"{DATASET_TITLES[dataset]} Dice", f"{DATASET_TITLES[dataset]} mIoU"]
     table = []
     for model in models:
         first = next(group[0] for (d, m), group in groups.items() if m == model)
-        line = [title(model), _params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
+        line = [model_title(model), params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
         for dataset in datasets:
             group = groups.get((dataset, model), [])
             line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
@@ -210,7 +266,9 @@ def results_markdown(
         vessel = []
         for model in models:
             group = groups.get((dataset, model), [])
-            vessel.append([title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)])
+            vessel.append(
+                [model_title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)]
+            )
         lines += [
             f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
             "",
@@ -219,46 +277,8 @@ def results_markdown(
         ]
     for dataset in datasets:
         lines += paired_with_reference(dataset, models, specs)
-    runs = []
-    for (dataset, model), group in groups.items():
-        runs.append(
-            [
-                DATASET_TITLES[dataset],
-                title(model),
-                str(len(group)),
-                ", ".join(f"{int(r['best_val_epoch'])}/{int(r['epochs_run'])}" for r in group),
-                _pm([float(r["best_val_dice"]) for r in group]),
-                ", ".join(f"{float(r['train_seconds']) / 60:.1f}" for r in group),
-                ", ".join(str(r["device"]) for r in group),
-            ]
-        )
+    lines += runs_and_recipe_lines(rows, specs)
     lines += [
-        "## Runs",
-        "",
-        markdown_table(
-            ["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed", "Hardware / seed"],
-            runs,
-        ),
-        "",
-        "Training minutes compare only between runs on the same hardware: runs of one report may come from several "
-        "machines (they are resumable and can be added a few at a time).",
-        "",
-        "## Recipe",
-        "",
-    ]
-    for dataset in datasets:
-        config = next(spec.config for spec in specs if spec.dataset == dataset)
-        optim, train, data = config.optim, config.train, config.data
-        lines.append(
-            f"- {DATASET_TITLES[dataset]}: {train.epochs} epoch(s), crop {data.crop_size}, batch {optim.batch_size} "
-            f"(per process), AdamW lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {optim.recipe} schedule "
-            f"(warm-up {optim.warmup_epochs:g} epoch(s), "
-            + (f"decay x{optim.decay_gamma:g} per epoch" if optim.decay == "exponential" else "poly decay")
-            + f"), validation every {train.eval_every} epoch(s)"
-            + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
-        )
-    lines += [
-        "",
         f"Files: `results.csv` (one row per run), `summary.csv` (mean/std), `dice_vs_params.png`, and the run "
         f"folders under `runs/` ({len(rows)} runs).",
         "",
