@@ -15,7 +15,9 @@ from safetensors import safe_open
 import convunext.pretrained as pretrained
 from convunext.checkpoint import load_checkpoint
 from convunext.cli.main import main
+from convunext.data import open_dataset
 from convunext.errors import ConvUNeXtError
+from convunext.evaluation.evaluate import evaluate_checkpoint
 from convunext.pretrained import list_pretrained, load_pretrained, publish_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,6 +51,8 @@ def test_publish_writes_float16_weights_and_a_card_with_the_test_metrics(tested_
     report = json.loads((tested_run / "eval-synthetic-test" / "metrics.json").read_text())
     assert card.name == "tiny-vessels" and card.model == "convunext"
     assert card.test_metrics["dice_fg_mean"] == report["metrics"]["dice_fg_mean"]
+    first_row = (tested_run / "eval-synthetic-test" / "per_image.csv").read_text().splitlines()[1].split(",")
+    assert card.reference_image == {"name": first_row[0], "dice_fg": float(first_row[1])}
     assert card.terms.startswith("see the terms of use")  # synthetic data: no data set's terms to state
     original = load_checkpoint(tested_run).model
     loaded = load_pretrained("tiny-vessels")
@@ -96,3 +100,29 @@ def test_a_test_report_of_other_weights_is_refused(tested_run: Path, tmp_path: P
         publish_pretrained(tested_run, "x", tmp_path / "val.json", "task", "selection", folder=tmp_path / "pkg")
     with pytest.raises(ConvUNeXtError, match="letters, digits and '-' only"):
         publish_pretrained(tested_run, "../x", tmp_path / "val.json", "task", "selection", folder=tmp_path / "pkg")
+
+
+class _OneImage(torch.utils.data.Dataset):
+    """One item of a dataset, keeping its ``info`` (the field of view)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, index: int) -> None:
+        self.dataset, self.index, self.info = dataset, index, dataset.info  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[self.index]
+
+
+def test_the_shipped_drive_model_scores_its_stated_dice_on_a_drive_test_image(drive_root: Path) -> None:
+    cards = {card.name: card for card in list_pretrained()}
+    assert "drive-vessels" in cards, "the package ships its DRIVE model"
+    card = cards["drive-vessels"]
+    assert card.model == "convunext" and card.terms.startswith("DRIVE") and card.reference_image is not None
+    checkpoint = load_pretrained("drive-vessels")
+    dataset = open_dataset("drive", drive_root, "test")
+    index = [record.name for record in dataset.records].index(card.reference_image["name"])
+    tile = checkpoint.meta.get("data", {}).get("eval_tile_size")
+    metrics = evaluate_checkpoint(checkpoint, _OneImage(dataset, index), tile_size=tile, progress=False, topology="off")
+    assert metrics.per_image()[0]["dice_fg"] == pytest.approx(card.reference_image["dice_fg"], abs=1e-3)

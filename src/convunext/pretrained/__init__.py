@@ -11,6 +11,7 @@ A better run replaces a model with one command: ``convunext export RUN --pretrai
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class PretrainedCard:
     selection: str
     test_metrics: dict[str, float]
     terms: str
+    reference_image: dict[str, Any] | None = None
+    """The first test image's ``name`` and ``dice_fg``, to check the weights on one image."""
 
     @classmethod
     def from_meta(cls, name: str, meta: dict[str, Any]) -> PretrainedCard:
@@ -73,6 +76,7 @@ class PretrainedCard:
             selection=card["selection"],
             test_metrics=dict(card["test_metrics"]),
             terms=card["terms"],
+            reference_image=card.get("reference_image"),
         )
 
 
@@ -116,6 +120,16 @@ def resolve_checkpoint(argument: str, folder: str | Path | None = None) -> str:
     """A CLI checkpoint argument: an existing path as given, else the name of a shipped model (its JSON path)."""
     shipped = _folder(folder) / f"{argument}.json"
     return argument if Path(argument).exists() or not shipped.is_file() else str(shipped)
+
+
+def _reference_image(per_image_csv: Path) -> dict[str, Any] | None:
+    """The first test image's name and Dice (``per_image.csv`` beside the test report), for a quick check of the
+    shipped weights on one image; None without the file."""
+    if not per_image_csv.is_file():
+        return None
+    with open(per_image_csv, newline="") as handle:
+        first = next(csv.DictReader(handle), None)
+    return None if first is None else {"name": first["name"], "dice_fg": float(first["dice_fg"])}
 
 
 def publish_pretrained(
@@ -176,6 +190,9 @@ def publish_pretrained(
         "test_evaluation": {k: report.get(k) for k in ("dataset", "split", "images", "tile_size")},
         "terms": DATASET_TERMS.get(dataset, "see the terms of use of the data set it was trained on"),
     }
+    reference = _reference_image(report_path.parent / "per_image.csv")
+    if reference is not None:
+        meta["pretrained"]["reference_image"] = reference
     json_path = folder / f"{name}.json"
     atomic_write_json(json_path, meta)
     return json_path
