@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -103,6 +104,23 @@ def test_the_report_covers_every_finished_run_of_the_folder(report: Path) -> Non
     )
     assert (result.trained, result.skipped) == (0, 1)
     assert _tabled(report) == (RUNS, SUMMARY)
+
+
+def test_a_committed_report_without_checkpoints_is_reported_as_it_is(report: Path, tmp_path: Path) -> None:
+    # what a fresh clone has of a committed report: configs, logs, summaries, test reports; no checkpoints
+    clone = tmp_path / "clone"
+    shutil.copytree(report, clone)
+    for pattern in ("*.safetensors", "best.json", "last.json", "last_state.pt"):
+        for path in clone.glob(f"runs/*/*/*/{pattern}"):
+            path.unlink()
+    result = reproduce(clone, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    assert (result.trained, result.skipped) == (0, 4)
+    assert _tabled(clone) == (RUNS, SUMMARY)
+    tabled = [
+        [(r["params"], r["test_dice_fg_mean"]) for r in csv.DictReader((d / "results.csv").open())]
+        for d in (report, clone)
+    ]
+    assert tabled[0] == tabled[1]
 
 
 def test_interrupted_run_resumes(tmp_path: Path) -> None:

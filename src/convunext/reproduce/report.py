@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..data import dataset_info
 from ..evaluation.compare import average_scores, comparison_table, paired_comparison, read_scores, statistics_note
 from ..models.cost import model_cost
 from ..utils.io import atomic_path
@@ -48,12 +49,23 @@ def _training_seconds(run_dir: Path) -> float:
         return math.fsum(float(row["epoch_seconds"]) for row in csv.DictReader(handle))
 
 
+def _model_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """The run's model arguments: its best checkpoint's, else (a committed report whose weights were not kept) its
+    config's with the dataset's channels and classes."""
+    best = spec.run_dir / "best.json"
+    if best.is_file():
+        return json.loads(best.read_text())["model"]["kwargs"]
+    data = spec.config.data
+    info = dataset_info(data.name, data.root, **data.options)
+    kwargs = {"in_channels": info.in_channels, "num_classes": len(info.class_names)}
+    return {**kwargs, **spec.config.model.kwargs}
+
+
 def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str | Path) -> dict[str, Any]:
     """The ``results.csv`` row of a finished, tested run (its folder relative to ``report_dir``, so a committed
     report names no path of the machine it ran on)."""
-    meta = json.loads((spec.run_dir / "best.json").read_text())
     summary = json.loads((spec.run_dir / "summary.json").read_text())
-    params, gflops = model_cost(spec.model, FLOPS_SIZE, **meta["model"]["kwargs"])
+    params, gflops = model_cost(spec.model, FLOPS_SIZE, **_model_kwargs(spec))
     row: dict[str, Any] = {
         "dataset": spec.dataset,
         "model": spec.model,
