@@ -14,6 +14,7 @@ LAYERS = {
     "data": 2,
     "checkpoint": 3,
     "inference": 4,
+    "pretrained": 4,
     "evaluation": 5,
     "training": 6,
     "benchmarking": 7,

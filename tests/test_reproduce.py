@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
+from convunext.evaluation.compare import read_scores
 from convunext.reproduce import BUDGETS, CPU_STEPS, budgets, plan_runs, reproduce, step_budget
+from convunext.reproduce.report import paired_with_reference
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
@@ -49,12 +52,38 @@ def test_report_files(report: Path) -> None:
     assert "Synthetic Dice" in markdown and "GFLOPs (3x480x480)" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ConvUNeXt")][0]
     assert table.count(" ± ") == 2  # Dice and mIoU as mean ± std over the two seeds
+    runs = [line for line in markdown.splitlines() if line.startswith("| Synthetic | ConvUNeXt")][0]
+    assert runs.count("CPU ") == 2  # the hardware of each seed beside its training minutes
     assert (report / "dice_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((report / "reproduce.json").read_text())["budget"] == "smoke"
     for row in rows:  # each run was tested once, on the test split, with its best validation checkpoint
         assert not Path(row["run_dir"]).is_absolute()  # relative to the report: no machine path in the report
         tested = json.loads((report / row["run_dir"] / "test" / "metrics.json").read_text())
         assert tested["split"] == "test" and tested["checkpoint"].endswith("best.json")
+
+
+def test_results_md_pairs_each_model_with_convunext_image_by_image(report: Path) -> None:
+    heading = "### Synthetic: paired comparison with ConvUNeXt (test images)\n"
+    section = (report / "results.md").read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    assert "averaged over that model's seeds, then paired by image name" in section
+
+    def seed_mean(model: str) -> dict[str, float]:
+        seeds = [
+            read_scores(report / "runs" / "synthetic" / model / f"seed{s}" / "test" / "per_image.csv") for s in (0, 1)
+        ]
+        return {name: (seeds[0][name] + seeds[1][name]) / 2 for name in seeds[0]}
+
+    convunext, unet = seed_mean("convunext"), seed_mean("unet")
+    differences = [unet[name] - convunext[name] for name in convunext]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()[4:]}
+    assert rows["ConvUNeXt"][:3] == ["2", f"{sum(convunext.values()) / len(convunext):.4f}", "reference"]
+    seeds, dice, difference, _, p_value, record = rows["UNet"]
+    assert (seeds, dice) == ("2", f"{sum(unet.values()) / len(unet):.4f}")
+    assert difference == f"{sum(differences) / len(differences):+.4f}" and 0 < float(p_value) <= 1
+    assert record == f"{sum(d > 0 for d in differences)} / {differences.count(0.0)} / {sum(d < 0 for d in differences)}"
+    # no ConvUNeXt run on a dataset: no section for it
+    specs = plan_runs(report, ["unet"], ["synthetic"], [0, 1], BUDGETS["smoke"], report, QUIET)
+    assert paired_with_reference("synthetic", ["unet"], specs) == []
 
 
 def test_second_invocation_skips_finished_runs(report: Path) -> None:
@@ -75,6 +104,23 @@ def test_the_report_covers_every_finished_run_of_the_folder(report: Path) -> Non
     )
     assert (result.trained, result.skipped) == (0, 1)
     assert _tabled(report) == (RUNS, SUMMARY)
+
+
+def test_a_committed_report_without_checkpoints_is_reported_as_it_is(report: Path, tmp_path: Path) -> None:
+    # what a fresh clone has of a committed report: configs, logs, summaries, test reports; no checkpoints
+    clone = tmp_path / "clone"
+    shutil.copytree(report, clone)
+    for pattern in ("*.safetensors", "best.json", "last.json", "last_state.pt"):
+        for path in clone.glob(f"runs/*/*/*/{pattern}"):
+            path.unlink()
+    result = reproduce(clone, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    assert (result.trained, result.skipped) == (0, 4)
+    assert _tabled(clone) == (RUNS, SUMMARY)
+    tabled = [
+        [(r["params"], r["test_dice_fg_mean"]) for r in csv.DictReader((d / "results.csv").open())]
+        for d in (report, clone)
+    ]
+    assert tabled[0] == tabled[1]
 
 
 def test_interrupted_run_resumes(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from .models import (
     list_models,
     load_reference_state_dict,
 )
+from .pretrained import list_pretrained, load_pretrained
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,8 @@ __all__ = [
     "convert_reference_state_dict",
     "create_model",
     "list_models",
+    "list_pretrained",
+    "load_pretrained",
     "load_reference_state_dict",
     "optimize_for_inference",
 ]

@@ -68,6 +68,9 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(run)
     assert checkpoint.path.name == "best.json"
     assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the hardware is named, with the CPU's vector instructions: training times compare only on the same one
+    device = json.loads((run / "summary.json").read_text())["device"]
+    assert device.startswith("CPU ") and f"({torch.backends.cpu.get_cpu_capability()}, " in device
 
 
 def test_the_progress_plot_is_drawn_after_each_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..utils.device import processor_name
+
 __all__ = ["allocator_description", "machine_description", "matmul_peak_gflops"]
 
 
@@ -31,16 +33,6 @@ def allocator_description() -> str:
     return ", ".join(parts)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def matmul_peak_gflops(scale: int = 1, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of a few matrix products (square and the tall-skinny shapes of 1x1 layers) on this CPU
     with the current thread count; ``scale`` divides the sizes (``--quick``)."""
@@ -61,7 +53,7 @@ def matmul_peak_gflops(scale: int = 1, repeats: int = 5) -> float:
 def machine_description(device: str = "cpu") -> dict[str, str]:
     """CPU model, cores, threads, PyTorch, Python, OS, allocator and load (name -> text)."""
     info = {
-        "CPU": _cpu_model(),
+        "CPU": processor_name(),
         "logical cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "torch": torch.__version__,

@@ -1,14 +1,45 @@
-"""``convunext export CHECKPOINT --format onnx|torchscript --out FILE``: a deployable model file, verified."""
+"""``convunext export CHECKPOINT --format onnx|torchscript --out FILE``: a deployable model file, verified;
+``convunext export RUN --pretrained NAME``: the run's checkpoint as a model shipped with the package."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..checkpoint import load_checkpoint
+from ..errors import ConvUNeXtError
 from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, export_model
+from ..pretrained import publish_pretrained
+from .options import add_checkpoint_argument
+
+
+def _test_report(checkpoint: str, given: str | None) -> Path:
+    """The test report of a run: ``--test-report``, else the run's ``test/metrics.json`` (reproduce) or its
+    single ``eval-*-test/metrics.json`` (convunext evaluate)."""
+    if given:
+        return Path(given)
+    run_dir = load_checkpoint(checkpoint).path.parent
+    found = sorted({*run_dir.glob("test/metrics.json"), *run_dir.glob("eval-*-test/metrics.json")})
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(str(path) for path in found)
+        raise ConvUNeXtError(f"{run_dir}: give --test-report (test reports found: {what})")
+    return found[0]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        path = publish_pretrained(
+            args.checkpoint,
+            args.pretrained,
+            _test_report(args.checkpoint, args.test_report),
+            task=args.task,
+            selection=args.selection,
+            folder=args.pretrained_dir,
+        )
+        print(f"wrote {path} and {path.with_suffix('.safetensors').name} (float16): convunext predict {path.stem} ...")
+        return 0
+    if not args.format or not args.out:
+        raise ConvUNeXtError("convunext export: give --format and --out (or --pretrained NAME)")
     checkpoint = load_checkpoint(args.checkpoint)
     model = checkpoint.model
     report = export_model(model, args.format, args.out, verify=not args.no_verify, opset=args.opset)
@@ -34,16 +65,36 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript (dynamic batch and image size) and verify it",
+        help="export a checkpoint to ONNX or TorchScript (dynamic batch and image size) and verify it, or as a "
+        "pretrained model of the package",
         description="Export a trained model with dynamic batch size, height and width (odd sizes included; each "
         "side at least 64 px for ConvUNeXt, 16 px for the baselines) and check the file against the eager model "
-        "on random inputs of two sizes (onnxruntime for ONNX). ONNX needs the optional extra convunext[onnx].",
+        "on random inputs of two sizes (onnxruntime for ONNX). ONNX needs the optional extra convunext[onnx]. "
+        "With --pretrained NAME, write the checkpoint (float16) and its card with its test metrics into the "
+        "package's pretrained models instead.",
     )
-    parser.add_argument("checkpoint", help="run folder (uses best, else last), CHECKPOINT.json or .safetensors")
-    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx or torchscript")
-    parser.add_argument(
-        "--out", required=True, help="output file, e.g. model.onnx or model.pt (missing parent folders are created)"
-    )
+    add_checkpoint_argument(parser)
+    parser.add_argument("--format", choices=EXPORT_FORMATS, help="onnx or torchscript")
+    parser.add_argument("--out", help="output file, e.g. model.onnx or model.pt (missing parent folders are created)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--no-verify", action="store_true", help="skip the check against the eager model")
+    shipped = parser.add_argument_group("pretrained model of the package")
+    shipped.add_argument(
+        "--pretrained", metavar="NAME", help="publish as the pretrained model NAME (e.g. drive-vessels)"
+    )
+    shipped.add_argument(
+        "--test-report",
+        help="metrics.json of the checkpoint's test evaluation (default: RUN/test/ or RUN/eval-*-test/)",
+    )
+    shipped.add_argument(
+        "--task", default="retinal vessel segmentation of colour fundus photographs", help="one line for the card"
+    )
+    shipped.add_argument(
+        "--selection",
+        default="the run with the best validation Dice",
+        help="one line for the card: how the run was chosen (on validation)",
+    )
+    shipped.add_argument(
+        "--pretrained-dir", help="where to write it (default: the installed package's pretrained/ folder)"
+    )
     parser.set_defaults(func=run)

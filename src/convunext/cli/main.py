@@ -17,7 +17,18 @@ from collections.abc import Sequence
 from ..errors import ConvUNeXtError
 from ..utils.io import ENVIRONMENT_ERRNOS
 
-SUBCOMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "export", "benchmark", "reproduce")
+SUBCOMMAND_MODULES = (
+    "train",
+    "evaluate",
+    "compare",
+    "predict",
+    "models",
+    "data",
+    "export",
+    "benchmark",
+    "reproduce",
+    "ablate",
+)
 
 
 def one_line(error: BaseException) -> str:

@@ -1,10 +1,12 @@
-"""Command-line options shared by several sub-commands (``--threads``, ``--backend``)."""
+"""Command-line options shared by several sub-commands (``CHECKPOINT``, ``--threads``, ``--backend``, the
+evaluated data)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..inference.optimize import BACKENDS
+from ..pretrained import resolve_checkpoint
 
 THREADS_HELP = (
     "CPU threads for PyTorch's operators (default: the cores this process may use; OpenMP waits sleep, so a "
@@ -46,3 +48,22 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         "output within float32 rounding); eager: the model as trained; compile: torch.compile (slow first image); "
         "onnx: ONNX Runtime (needs convunext[onnx])",
     )
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """``CHECKPOINT``: a run folder, a checkpoint file or the name of a shipped model (resolved to its path)."""
+    parser.add_argument(
+        "checkpoint",
+        type=resolve_checkpoint,
+        help="run folder (uses best, else last), CHECKPOINT.json or .safetensors, or the name of a pretrained model "
+        "shipped with the package (convunext models --pretrained)",
+    )
+
+
+def add_evaluation_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``DATA``, ``--dataset`` and ``--split``: the data a checkpoint is evaluated on."""
+    parser.add_argument("data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF layout or images/ + masks/)")
+    parser.add_argument(
+        "--dataset", choices=["drive", "glas", "hrf", "folder"], help="layout of DATA (default: detect)"
+    )
+    parser.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"], help="default: test")

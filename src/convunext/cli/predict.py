@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..inference.predictor import Predictor, expand_inputs, save_prediction
-from .options import add_backend_argument, add_threads_argument, apply_threads
+from .options import add_backend_argument, add_checkpoint_argument, add_threads_argument, apply_threads
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Segment images. Images larger than --tile-size are processed by overlapping sliding windows "
         "with Gaussian blending, so very large images run in bounded memory.",
     )
-    parser.add_argument("checkpoint", help="run folder (uses best, else last), CHECKPOINT.json or .safetensors")
+    add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tile-size", type=int, default=512, help="sliding-window tile side; 0 = whole image")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -166,6 +167,38 @@ class FovMetrics:
         if n_pos == 0 or n_neg == 0:
             return math.nan
         return int((self.positive_hist * self.negative_hist).sum()) / (2 * n_pos * n_neg)
+
+    def roc_curve(self, max_points: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Points of the ROC curve over every FOV pixel seen: ``(false positive rates, true positive rates)``,
+        each of at most ``max_points + 2`` values, from (0, 0) to (1, 1) with the rates non-decreasing.
+
+        Thresholds are taken at evenly spaced quantiles of the scores (exact mode; from a proportional sample of
+        them) or at evenly spaced cumulative counts of the ordered bins (binned mode), so the points follow the data
+        where it is dense; a pixel counts as positive when its score is above the threshold.
+        Empty arrays if one class is missing.
+        """
+        if self.auc_mode == "binned":
+            positives_above = np.cumsum(self.positive_hist.numpy()[::-1])  # bins from the highest score down
+            negatives_above = np.cumsum(self.negative_hist.numpy()[::-1])
+            n_pos, n_neg = int(self.positive_hist.sum()), int(self.negative_hist.sum())
+        else:
+            positive_scores, negative_scores = (scores.numpy() for scores in self._joined_scores())
+            positive_scores.sort()  # in place, as auc() does: the stored lists stay valid and sorted
+            negative_scores.sort()
+            n_pos, n_neg = positive_scores.size, negative_scores.size
+            stride = max(1, (n_pos + n_neg) // (64 * max_points))  # a proportional sample is enough for quantiles
+            merged = np.concatenate([positive_scores[::stride], negative_scores[::stride]])
+            thresholds = np.quantile(merged, np.linspace(1.0, 0.0, max_points + 1)) if merged.size else merged
+            positives_above = n_pos - np.searchsorted(positive_scores, thresholds, side="right")
+            negatives_above = n_neg - np.searchsorted(negative_scores, thresholds, side="right")
+        if n_pos == 0 or n_neg == 0:
+            return np.zeros(0), np.zeros(0)
+        if positives_above.size > max_points:
+            keep = np.unique(np.linspace(0, positives_above.size - 1, max_points).round().astype(np.int64))
+            positives_above, negatives_above = positives_above[keep], negatives_above[keep]
+        fpr = np.concatenate([[0.0], negatives_above / n_neg, [1.0]])
+        tpr = np.concatenate([[0.0], positives_above / n_pos, [1.0]])
+        return fpr, tpr
 
     def compute(self) -> dict[str, float | int]:
         """``{"sensitivity", "specificity", "accuracy", "auc", "auc_error_bound", "pixels"}`` over all FOV

@@ -25,6 +25,10 @@ The named metrics:
   sensitivity ``TP/(TP+FN)``, specificity ``TN/(TN+FP)``, accuracy ``(TP+TN)/total``, and AUC-ROC of the
   foreground probability (``1 - p_background``) over all FOV pixels of the whole set, exact by default (see
   ``FovMetrics``).
+* ``cldice_*`` / ``components_*`` — topology-aware vessel metrics, only when the accumulator is built with
+  ``topology=True``: per image, clDice (skeleton-based precision / sensitivity of the centrelines) and the number
+  of 8-connected components of prediction and truth, foreground vs background inside the FOV (see
+  :mod:`~convunext.evaluation.topology`); then means over images.
 
 Every accumulator keeps its state as CPU tensors of integer counts (plus image names and, for the exact AUC,
 the float32 FOV scores), so results from several processes merge exactly: ``merge`` / ``state`` / ``from_state``
@@ -33,8 +37,9 @@ and ``SegmentationMetrics.gather_across_processes`` give the same numbers as one
 
 One metric family per module, all importable from here: :mod:`~convunext.evaluation.confusion` (confusion
 matrices, IoU, mIoU, pixel accuracy), :mod:`~convunext.evaluation.dice` (the paper's Dice),
-:mod:`~convunext.evaluation.auc` (exact and binned AUC-ROC), :mod:`~convunext.evaluation.fov` (``FovMetrics``);
-this module composes them into ``SegmentationMetrics``.
+:mod:`~convunext.evaluation.auc` (exact and binned AUC-ROC), :mod:`~convunext.evaluation.fov` (``FovMetrics``),
+:mod:`~convunext.evaluation.topology` (``TopologyMetrics``: clDice, component counts); this module composes them
+into ``SegmentationMetrics``.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ from .auc import auc_roc
 from .confusion import ConfusionMatrix, confusion_matrix, per_image_confusion
 from .dice import foreground_dice, foreground_scores
 from .fov import VESSEL_RATES, FovMetrics, vessel_rates
+from .topology import TopologyMetrics
 from .utils import as_labels, as_target, nan_mean, nan_std, ratio
 
 __all__ = [
     "ConfusionMatrix",
     "FovMetrics",
     "SegmentationMetrics",
+    "TopologyMetrics",
     "auc_roc",
     "confusion_matrix",
     "foreground_dice",
@@ -64,7 +71,8 @@ __all__ = [
 
 
 class SegmentationMetrics:
-    """The evaluation accumulator: paper Dice, paper mIoU, pixel accuracy and FOV vessel metrics.
+    """The evaluation accumulator: paper Dice, paper mIoU, pixel accuracy, FOV vessel metrics and, with
+    ``topology=True``, clDice and component counts.
 
     Usage::
 
@@ -75,17 +83,26 @@ class SegmentationMetrics:
         rows = metrics.per_image()     # list of dicts, one per image
 
     State (all CPU tensors): one K x K confusion matrix per image (so per-image Dice and the dataset-wide
-    matrix both follow exactly), per-image FOV counts, the image names, and a ``FovMetrics`` for the pooled
-    vessel metrics and AUC. ``state()`` / ``merge()`` / ``from_state()`` combine accumulators from several
-    workers exactly; ``gather_across_processes()`` does it over ``torch.distributed``.
+    matrix both follow exactly), per-image FOV counts, the image names, a ``FovMetrics`` for the pooled
+    vessel metrics and AUC, and with ``topology=True`` a ``TopologyMetrics`` (per-image skeleton and component
+    counts; each image's masks are skeletonised on the CPU in ``update``). ``state()`` / ``merge()`` /
+    ``from_state()`` combine accumulators from several workers exactly; ``gather_across_processes()`` does it over
+    ``torch.distributed``.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, auc: Literal["binned", "exact"] = "exact") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        auc: Literal["binned", "exact"] = "exact",
+        topology: bool = False,
+    ) -> None:
         if num_classes < 2:
             raise ValueError("num_classes must be >= 2 (class 0 is background)")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.auc_mode: Literal["binned", "exact"] = auc
+        self.with_topology = bool(topology)
         self.reset()
 
     def reset(self) -> None:
@@ -95,6 +112,7 @@ class SegmentationMetrics:
         self._has_fov: list[Tensor] = [torch.zeros(0, dtype=torch.bool)]
         self.names: list[str] = []
         self.fov = FovMetrics(auc=self.auc_mode, ignore_index=self.ignore_index)
+        self.topology = TopologyMetrics(self.ignore_index) if self.with_topology else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -127,7 +145,8 @@ class SegmentationMetrics:
         Args:
             output: N x K x H x W logits or probabilities, or N x H x W predicted class ids (then no AUC).
             target: N x H x W int labels in ``[0, K)`` or ``ignore_index``.
-            fov: N x H x W bool field-of-view masks, or None (then these images have no ``fov_*`` values).
+            fov: N x H x W bool field-of-view masks, or None (then these images have no ``fov_*`` values, and
+                their topology metrics, if on, use the whole image).
             names: N image names (default ``image_<running index>``; give real names when merging workers).
             logits: whether ``output`` holds logits (softmax applied) or probabilities; None = detect
                 (probabilities iff all values lie in [0, 1] and sum to 1 over classes within 1e-3).
@@ -155,6 +174,8 @@ class SegmentationMetrics:
         else:
             fov_counts = torch.zeros(n, 4, dtype=torch.int64)
             has_fov = torch.zeros(n, dtype=torch.bool)
+        if self.topology is not None:
+            self.topology.update(labels != 0, target, fov)
         self._confusions.append(confusion)
         self._fov_counts.append(fov_counts)
         self._has_fov.append(has_fov)
@@ -183,7 +204,8 @@ class SegmentationMetrics:
 
     def state(self) -> dict[str, Any]:
         """CPU tensors + names: ``{"num_classes", "ignore_index", "confusions" (N x K x K), "fov_counts"
-        (N x 4: TP, FP, FN, TN), "has_fov" (N), "names", "fov" (FovMetrics.state())}``."""
+        (N x 4: TP, FP, FN, TN), "has_fov" (N), "names", "fov" (FovMetrics.state()), "topology"
+        (TopologyMetrics.state(), or None when off)}``."""
         self._compact()
         return {
             "num_classes": self.num_classes,
@@ -193,6 +215,7 @@ class SegmentationMetrics:
             "has_fov": self._has_fov[0].clone(),
             "names": list(self.names),
             "fov": self.fov.state(),
+            "topology": self.topology.state() if self.topology is not None else None,
         }
 
     def merge(self, other: SegmentationMetrics | dict[str, Any]) -> None:
@@ -203,16 +226,25 @@ class SegmentationMetrics:
                 f"cannot merge metrics for {state['num_classes']} classes / ignore {state['ignore_index']} into "
                 f"{self.num_classes} classes / ignore {self.ignore_index}"
             )
+        if (state["topology"] is None) != (self.topology is None):
+            raise ValueError("cannot merge metrics with topology metrics on into ones with them off, or back")
         self._confusions.append(state["confusions"].to(torch.int64))
         self._fov_counts.append(state["fov_counts"].to(torch.int64))
         self._has_fov.append(state["has_fov"].to(torch.bool))
         self.names.extend(state["names"])
         self.fov.merge(state["fov"])
+        if self.topology is not None:
+            self.topology.merge(state["topology"])
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SegmentationMetrics:
         """Rebuild an accumulator from ``state()`` (e.g. after pickling it to another process)."""
-        metrics = cls(state["num_classes"], state["ignore_index"], auc=state["fov"]["settings"][0])
+        metrics = cls(
+            state["num_classes"],
+            state["ignore_index"],
+            auc=state["fov"]["settings"][0],
+            topology=state["topology"] is not None,
+        )
         metrics.merge(state)
         return metrics
 
@@ -250,7 +282,10 @@ class SegmentationMetrics:
             mean over foreground classes), ``pixel_accuracy`` (global);
             and when any image came with a FOV mask: ``fov_sensitivity``, ``fov_specificity``,
             ``fov_accuracy``, ``fov_auc`` (NaN if no probabilities were given), ``fov_auc_error_bound`` (0 for
-            the default exact AUC, see ``FovMetrics``), ``fov_pixels``.
+            the default exact AUC, see ``FovMetrics``), ``fov_pixels``;
+            and with topology on: ``cldice_mean``, ``cldice_std``, ``cldice_tprec_mean``, ``cldice_tsens_mean``,
+            ``components_pred_mean``, ``components_true_mean``, ``components_abs_error_mean`` (means over images,
+            see ``TopologyMetrics.compute``).
         """
         dice, iou = self._per_image_scores()
         n = dice.shape[0]
@@ -286,17 +321,21 @@ class SegmentationMetrics:
                 fov_auc_error_bound=fov["auc_error_bound"],
                 fov_pixels=fov["pixels"],
             )
+        if self.topology is not None:
+            results.update(self.topology.compute())
         return results
 
     def per_image(self) -> list[dict[str, Any]]:
         """One row per image, in the order seen: ``name``, ``dice_fg``, ``iou_fg``, ``pixel_accuracy``,
         ``pixels``; ``dice_class_<c>`` for each foreground class when K > 2; and when any image had a FOV:
-        ``fov_sensitivity``, ``fov_specificity``, ``fov_accuracy`` (NaN for images without one)."""
+        ``fov_sensitivity``, ``fov_specificity``, ``fov_accuracy`` (NaN for images without one); with topology on:
+        ``cldice``, ``cldice_tprec``, ``cldice_tsens``, ``components_pred``, ``components_true``."""
         dice, iou = self._per_image_scores()
         confusions = self.image_confusions
         fov_counts = self._fov_counts[0]
         has_fov = self._has_fov[0]
         any_fov = bool(has_fov.any())
+        topology = self.topology.per_image() if self.topology is not None else None
         rows: list[dict[str, Any]] = []
         for i, name in enumerate(self.names):
             cm = confusions[i]
@@ -314,5 +353,7 @@ class SegmentationMetrics:
             if any_fov:
                 rates = vessel_rates(fov_counts[i]) if bool(has_fov[i]) else dict.fromkeys(VESSEL_RATES, math.nan)
                 row.update({f"fov_{key}": value for key, value in rates.items()})
+            if topology is not None:
+                row.update(topology[i])
             rows.append(row)
         return rows

@@ -5,7 +5,7 @@ Importing this package registers every model; build one with ``create_model(name
 
 from .base import SegmentationModel
 from .convunext import ConvUNeXt, convert_reference_state_dict, load_reference_state_dict
-from .registry import create_model, list_models, model_arguments, register_model
+from .registry import create_model, list_models, list_variants, model_arguments, register_model, register_variant
 
 # The baselines register on import, in this order after ConvUNeXt: list_models() follows the paper's order.
 # isort: off
@@ -13,6 +13,7 @@ from .unet import UNet
 from .attention_unet import AttentionUNet
 from .unet_plus_plus import UNetPlusPlus
 from .resunet import ResUNet
+from . import variants  # the study variants, once unet and convunext are registered
 
 # isort: on
 
@@ -26,7 +27,10 @@ __all__ = [
     "convert_reference_state_dict",
     "create_model",
     "list_models",
+    "list_variants",
     "load_reference_state_dict",
     "model_arguments",
     "register_model",
+    "register_variant",
+    "variants",
 ]

@@ -31,29 +31,48 @@ Budgets (:data:`BUDGETS`) change only the length and size of training, the same 
 Several processes may share one report folder (one per GPU, each with its own ``--models``): each run folder is
 locked (:class:`~convunext.utils.lock.RunLock`) while it is trained or tested, so two processes never work on the
 same run, and the report files are written under the report folder's lock, one process at a time.
+
+``convunext ablate`` (:mod:`~convunext.reproduce.ablate`) runs the paper's Section 3 studies — the roadmap from
+UNet to ConvUNeXt and the leave-one-out study — with the same machinery (:func:`~convunext.reproduce.run.
+run_experiment`), into ``STUDY.md``, ``STUDY.csv`` and the roadmap figure ``STUDY.png``.
 """
 
 from __future__ import annotations
 
+from .ablate import ablate, study_models
 from .budgets import BUDGETS, CPU_STEPS, Budget, step_budget
 from .estimate import estimate
 from .plan import DATASETS, RunSpec, available_datasets, locate_dataset, plan_runs
-from .run import ReproduceResult, evaluate_run, reproduce, train_run, write_results
+from .run import (
+    Experiment,
+    ReproduceResult,
+    evaluate_run,
+    reproduce,
+    resolve_experiment,
+    run_experiment,
+    train_run,
+    write_results,
+)
 
 __all__ = [
     "BUDGETS",
     "CPU_STEPS",
     "DATASETS",
     "Budget",
+    "Experiment",
     "ReproduceResult",
     "RunSpec",
+    "ablate",
     "available_datasets",
     "estimate",
     "evaluate_run",
     "locate_dataset",
     "plan_runs",
     "reproduce",
+    "resolve_experiment",
+    "run_experiment",
     "step_budget",
+    "study_models",
     "train_run",
     "write_results",
 ]

@@ -12,9 +12,10 @@ def estimate(specs: Sequence[RunSpec], log: Callable[[str], None] = print) -> li
     """Time each dataset and model's own work with the trainer (:meth:`~convunext.training.trainer.Trainer.
     measure_costs`: a training step on the run's fast paths, a validation with its precise-BN work, a save) and
     project each run's length: its epochs' steps and saves, its validations, and the test images (at a validation
-    image's cost, BatchNorm recomputation included: a slight over-estimate). Writes nothing; one row per dataset
-    and model."""
+    image's cost, BatchNorm recomputation included: a slight over-estimate); with ``train.time_budget_minutes``,
+    the epochs that fit in it. Writes nothing; one row per dataset and model."""
     from ..data import open_dataset
+    from ..training.time_budget import plan_epochs
     from ..training.trainer import Trainer
 
     rows = []
@@ -28,8 +29,11 @@ def estimate(specs: Sequence[RunSpec], log: Callable[[str], None] = print) -> li
         costs = trainer.measure_costs()
         test_images = len(open_dataset(cfg.data.name, cfg.data.root, "test", **cfg.data.options))  # type: ignore[arg-type]
         test_seconds = costs.validation_seconds * test_images / len(trainer.val_set)  # type: ignore[arg-type]
-        seconds = costs.seconds(cfg.train.epochs, cfg.train.eval_every) + test_seconds
-        steps = cfg.train.epochs * costs.steps_per_epoch
+        epochs = cfg.train.epochs
+        if cfg.train.time_budget_minutes:  # the run's length is fitted to its budget, as the trainer will
+            epochs = plan_epochs(cfg.train.time_budget_minutes, epochs, cfg.train.eval_every, costs, 0.0).epochs
+        seconds = costs.seconds(epochs, cfg.train.eval_every) + test_seconds
+        steps = epochs * costs.steps_per_epoch
         rows.append(
             {
                 "dataset": spec.dataset,

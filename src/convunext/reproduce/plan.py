@@ -63,11 +63,13 @@ class RunSpec:
         return "new"
 
     def _tested(self) -> bool:
+        """Whether the test report describes the best checkpoint; a report whose weights are not in the folder
+        (a committed report: checkpoints stay out of git) stands for them, as they cannot be tested again."""
         report = self.test_dir / "metrics.json"
         best = self.run_dir / "best.safetensors"
-        if not (report.is_file() and best.is_file()):
+        if not report.is_file():
             return False
-        return json.loads(report.read_text()).get("weights_sha256") == sha256_file(best)
+        return not best.is_file() or json.loads(report.read_text()).get("weights_sha256") == sha256_file(best)
 
     def check_recipe(self) -> None:
         """Refuse to continue a run folder that was made with another recipe (e.g. another budget)."""
@@ -140,12 +142,15 @@ def plan_runs(
     overrides: Sequence[str] = (),
 ) -> list[RunSpec]:
     """Every run of the reproduction, dataset-major, with its config (preset + budget + ``overrides``)."""
-    from ..models import list_models
+    from ..models import list_models, list_variants
     from ..training.config import ExperimentConfig
 
-    unknown = sorted(set(models) - set(list_models()))
+    unknown = sorted(set(models) - set(list_models()) - set(list_variants()))
     if unknown:
-        raise ConvUNeXtError(f"unknown model {unknown[0]!r}; valid models: {', '.join(list_models())}")
+        raise ConvUNeXtError(
+            f"unknown model {unknown[0]!r}; valid models: {', '.join(list_models())} (and the variants of "
+            "`convunext models --variants`)"
+        )
     bad = sorted(set(datasets) - set(DATASETS))
     if bad:
         raise ConvUNeXtError(f"unknown dataset {bad[0]!r}; choose from {', '.join(DATASETS)}")
@@ -171,12 +176,12 @@ def plan_runs(
     return specs
 
 
-def finished_runs(report_dir: str | Path) -> list[tuple[str, str, int]]:
-    """``(dataset, model, seed)`` of every finished run (``summary.json``) under ``report_dir/runs``, in
-    the report's order: dataset, then registry model order, then seed."""
+def finished_runs(report_dir: str | Path, models: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+    """``(dataset, model, seed)`` of every finished run (``summary.json``) under ``report_dir/runs`` of one of
+    ``models`` (default: the registry's), in the report's order: dataset, then the order of ``models``, then seed."""
     from ..models import list_models
 
-    models = list_models()
+    models = list(models or list_models())
     found = []
     for summary in Path(report_dir).glob("runs/*/*/seed*/summary.json"):
         seed_dir = summary.parent

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..data import dataset_info
+from ..evaluation.compare import average_scores, comparison_table, paired_comparison, read_scores, statistics_note
 from ..models.cost import model_cost
 from ..utils.io import atomic_path
 from ..utils.table import markdown_table
@@ -30,6 +32,8 @@ MODEL_TITLES = {
     "unet_plus_plus": "UNet++",
     "resunet": "ResUNet",
 }
+REFERENCE_MODEL = "convunext"
+"""The model every other is compared with, image by image (:func:`paired_with_reference`)."""
 FLOPS_SIZE = 480
 FOV_METRICS = (
     ("fov_sensitivity", "Sensitivity"),
@@ -45,12 +49,23 @@ def _training_seconds(run_dir: Path) -> float:
         return math.fsum(float(row["epoch_seconds"]) for row in csv.DictReader(handle))
 
 
+def _model_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """The run's model arguments: its best checkpoint's, else (a committed report whose weights were not kept) its
+    config's with the dataset's channels and classes."""
+    best = spec.run_dir / "best.json"
+    if best.is_file():
+        return json.loads(best.read_text())["model"]["kwargs"]
+    data = spec.config.data
+    info = dataset_info(data.name, data.root, **data.options)
+    kwargs = {"in_channels": info.in_channels, "num_classes": len(info.class_names)}
+    return {**kwargs, **spec.config.model.kwargs}
+
+
 def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str | Path) -> dict[str, Any]:
     """The ``results.csv`` row of a finished, tested run (its folder relative to ``report_dir``, so a committed
     report names no path of the machine it ran on)."""
-    meta = json.loads((spec.run_dir / "best.json").read_text())
     summary = json.loads((spec.run_dir / "summary.json").read_text())
-    params, gflops = model_cost(spec.model, FLOPS_SIZE, **meta["model"]["kwargs"])
+    params, gflops = model_cost(spec.model, FLOPS_SIZE, **_model_kwargs(spec))
     row: dict[str, Any] = {
         "dataset": spec.dataset,
         "model": spec.model,
@@ -65,6 +80,7 @@ def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str 
     row["best_val_dice"] = summary["best_val_metrics"].get("dice_fg_mean", math.nan)
     row["epochs_run"] = summary["epochs_run"]
     row["train_seconds"] = _training_seconds(spec.run_dir)
+    row["device"] = summary.get("device", "not recorded")  # summaries before 2026-12-03 did not name it
     row["run_dir"] = Path(os.path.relpath(spec.run_dir, report_dir)).as_posix()
     return row
 
@@ -120,25 +136,22 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _params_text(params: int) -> str:
+def params_text(params: int) -> str:
+    """``3.51M`` or ``45.2k``."""
     return f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
 
 
-def results_markdown(
-    rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
-) -> str:
-    """The text of ``results.md``: the budget, the paper-style tables, the recipe and the protocol."""
-    groups = group_runs(rows)
-    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
-    models = list(dict.fromkeys(row["model"] for row in rows))
+def header_lines(
+    title: str, budget: Budget, context: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The top of a report: ``title``, the budget that produced it, the command, versions, seeds and protocol."""
     seeds = sorted({int(row["seed"]) for row in rows})
-    title = lambda m: MODEL_TITLES.get(m, m)  # noqa: E731
-    lines = [
-        f"# ConvUNeXt reproduction — budget `{budget.name}`",
+    return [
+        f"# {title} — budget `{budget.name}`",
         "",
         f"**Produced by the `{budget.name}` budget**: {budget.description}",
         "",
-        f"- command: `{context.get('command', 'convunext reproduce')}`",
+        f"- command: `{context.get('command')}`",
         f"- finished: {context.get('finished')}; convunext {__version__}, torch {torch.__version__}, "
         f"{context.get('device')}; seeds: {', '.join(map(str, seeds))} ({len(seeds)} per model)",
         "- protocol: the best checkpoint of each run is chosen on the **validation** split (carved from the "
@@ -148,51 +161,44 @@ def results_markdown(
         "Values are mean ± sample std over seeds (no ± with one seed).",
         "",
     ]
-    headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
-    for dataset in datasets:
-        headers += [f"{DATASET_TITLES[dataset]} Dice", f"{DATASET_TITLES[dataset]} mIoU"]
-    table = []
-    for model in models:
-        first = next(group[0] for (d, m), group in groups.items() if m == model)
-        line = [title(model), _params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
-        for dataset in datasets:
-            group = groups.get((dataset, model), [])
-            line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
-            line += [_pm([float(r["test_miou_cm"]) for r in group])]
-        table.append(line)
-    lines += ["## Test results", "", markdown_table(headers, table), ""]
-    for dataset in (d for d in datasets if d in VESSEL_DATASETS):
-        vessel = []
-        for model in models:
-            group = groups.get((dataset, model), [])
-            vessel.append([title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)])
-        lines += [
-            f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
-            "",
-            markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
-            "",
-        ]
+
+
+def model_title(model: str) -> str:
+    """How a report names ``model``: the paper's name of a registry model, a variant's own name."""
+    return MODEL_TITLES.get(model, model)
+
+
+def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec]) -> list[str]:
+    """The end of a report: each dataset and model's runs (epochs, validation Dice, minutes and hardware per seed),
+    then each dataset's recipe."""
     runs = []
-    for (dataset, model), group in groups.items():
+    for (dataset, model), group in group_runs(rows).items():
         runs.append(
             [
                 DATASET_TITLES[dataset],
-                title(model),
+                model_title(model),
                 str(len(group)),
                 ", ".join(f"{int(r['best_val_epoch'])}/{int(r['epochs_run'])}" for r in group),
                 _pm([float(r["best_val_dice"]) for r in group]),
-                f"{statistics.fmean(float(r['train_seconds']) for r in group) / 60:.1f}",
+                ", ".join(f"{float(r['train_seconds']) / 60:.1f}" for r in group),
+                ", ".join(str(r["device"]) for r in group),
             ]
         )
-    lines += [
+    lines = [
         "## Runs",
         "",
-        markdown_table(["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed"], runs),
+        markdown_table(
+            ["Dataset", "Model", "Seeds", "Best val epoch / epochs", "Val Dice", "Train min / seed", "Hardware / seed"],
+            runs,
+        ),
+        "",
+        "Training minutes compare only between runs on the same hardware: runs of one report may come from several "
+        "machines (they are resumable and can be added a few at a time).",
         "",
         "## Recipe",
         "",
     ]
-    for dataset in datasets:
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
         config = next(spec.config for spec in specs if spec.dataset == dataset)
         optim, train, data = config.optim, config.train, config.data
         lines.append(
@@ -203,8 +209,88 @@ def results_markdown(
             + f"), validation every {train.eval_every} epoch(s)"
             + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
         )
-    lines += [
+    return [*lines, ""]
+
+
+def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[RunSpec]) -> list[str]:
+    """The lines of ``results.md``'s section "paired comparison with ConvUNeXt (test images)" for ``dataset``:
+    each model's per-image test Dice averaged over its seeds, paired by image name with ConvUNeXt's (also averaged
+    over its seeds) and compared (:func:`~convunext.evaluation.compare.paired_comparison`). No lines when the
+    dataset has no ConvUNeXt run or no other model."""
+    runs = {model: [spec for spec in specs if (spec.dataset, spec.model) == (dataset, model)] for model in models}
+    runs = {model: found for model, found in runs.items() if found}
+    if REFERENCE_MODEL not in runs or len(runs) < 2:
+        return []
+
+    def seed_mean(model: str) -> dict[str, float]:
+        return average_scores(
+            [read_scores(spec.test_dir / "per_image.csv") for spec in runs[model]], [spec.label for spec in runs[model]]
+        )
+
+    reference = seed_mean(REFERENCE_MODEL)
+    others = []
+    for model in runs:
+        if model != REFERENCE_MODEL:
+            label = model_title(model)
+            comparison = paired_comparison(reference, seed_mean(model), labels=(f"{dataset} / ConvUNeXt", label))
+            others.append(([label, str(len(runs[model])), f"{comparison.scores_b.mean():.4f}"], comparison))
+    reference_row = [
+        MODEL_TITLES[REFERENCE_MODEL],
+        str(len(runs[REFERENCE_MODEL])),
+        f"{others[0][1].scores_a.mean():.4f}",
+    ]
+    return [
+        f"### {DATASET_TITLES[dataset]}: paired comparison with ConvUNeXt (test images)",
         "",
+        "Per test image, each model's Dice is averaged over that model's seeds, then paired by image name with "
+        "ConvUNeXt's seed-averaged Dice on the same image "
+        f"({others[0][1].n} images). Difference = model - ConvUNeXt (positive: the model scored higher); wins / ties "
+        "/ losses count the images where the model's seed-averaged Dice is higher / equal / lower. "
+        + statistics_note(),
+        "",
+        comparison_table(["Model", "Seeds", "Dice (seed-averaged)"], reference_row, others, "ConvUNeXt"),
+        "",
+    ]
+
+
+def results_markdown(
+    rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
+) -> str:
+    """The text of ``results.md``: the budget, the paper-style tables, the recipe and the protocol."""
+    groups = group_runs(rows)
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    lines = header_lines("ConvUNeXt reproduction", budget, context, rows)
+    headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
+    for dataset in datasets:
+        headers += [f"{DATASET_TITLES[dataset]} Dice", f"{DATASET_TITLES[dataset]} mIoU"]
+    table = []
+    for model in models:
+        first = next(group[0] for (d, m), group in groups.items() if m == model)
+        line = [model_title(model), params_text(int(first["params"])), f"{float(first[f'gflops_{FLOPS_SIZE}']):.1f}"]
+        for dataset in datasets:
+            group = groups.get((dataset, model), [])
+            line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
+            line += [_pm([float(r["test_miou_cm"]) for r in group])]
+        table.append(line)
+    lines += ["## Test results", "", markdown_table(headers, table), ""]
+    for dataset in (d for d in datasets if d in VESSEL_DATASETS):
+        vessel = []
+        for model in models:
+            group = groups.get((dataset, model), [])
+            vessel.append(
+                [model_title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)]
+            )
+        lines += [
+            f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
+            "",
+            markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
+            "",
+        ]
+    for dataset in datasets:
+        lines += paired_with_reference(dataset, models, specs)
+    lines += runs_and_recipe_lines(rows, specs)
+    lines += [
         f"Files: `results.csv` (one row per run), `summary.csv` (mean/std), `dice_vs_params.png`, and the run "
         f"folders under `runs/` ({len(rows)} runs).",
         "",

@@ -1,10 +1,10 @@
-"""Running a reproduction: train and test every planned run, then write the report files."""
+"""Running a comparison (a reproduction or an ablation study): train and test every planned run, then write the
+report files."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConvUNeXtError
-from ..utils.device import resolve_device
+from ..utils.device import device_description, resolve_device
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.lock import RunLock
 from .budgets import BUDGETS, Budget
@@ -25,7 +25,9 @@ from .plots import plot_dice_vs_params
 from .report import collect_row, results_markdown, summarize, write_csv
 
 REPORT_LOCK_WAIT_S = 120.0  # writing the report files takes seconds; another process may be writing them
-RUN_IN_USE = "another `convunext reproduce` (or `convunext train`) is working on this run; give it other --models"
+RUN_IN_USE = (
+    "another `convunext reproduce` or `ablate` (or `convunext train`) is working on this run; give it other --models"
+)
 
 
 def train_run(spec: RunSpec) -> None:
@@ -58,6 +60,7 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
     from ..checkpoint import load_checkpoint
     from ..data import open_dataset
     from ..evaluation.evaluate import evaluate_checkpoint, write_report
+    from ..evaluation.html_report import ReportGallery
     from ..training.run_folder import remove_temp_files
 
     remove_temp_files(spec.test_dir)
@@ -66,7 +69,10 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
     dataset = open_dataset(data.name, data.root, "test", **data.options)
     torch_device = resolve_device(device)
     start = time.perf_counter()
-    metrics = evaluate_checkpoint(checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False)
+    gallery = ReportGallery()
+    metrics = evaluate_checkpoint(
+        checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False, on_image=gallery
+    )
     context = {
         "checkpoint": str(checkpoint.path),
         "weights_sha256": checkpoint.meta["weights"]["sha256"],
@@ -79,7 +85,7 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
         "tile_size": data.eval_tile_size,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names)
+    _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names, gallery)
     return results
 
 
@@ -100,13 +106,165 @@ def write_results(
 
 @dataclass
 class ReproduceResult:
-    """What :func:`reproduce` did: the report folder, one row per run, and how many runs it trained."""
+    """What :func:`reproduce` (or :func:`~convunext.reproduce.ablate.ablate`) did: the report folder, one row per
+    run, and how many runs it trained."""
 
     report_dir: Path
     rows: list[dict[str, Any]]
     trained: int
     skipped: int
     seconds: float
+
+
+@dataclass
+class Experiment:
+    """A comparison with its defaults resolved: every model x dataset x seed trained with one budget (and the same
+    ``overrides``) into one report folder — what ``convunext reproduce`` and ``convunext ablate`` run."""
+
+    report_dir: Path
+    budget: Budget
+    datasets: list[str]
+    models: list[str]
+    seeds: list[int]
+    data_root: Path
+    overrides: list[str]  # ``train.device`` included
+    device: str
+
+    def plan(self) -> list[RunSpec]:
+        """Every run, dataset-major (:func:`~convunext.reproduce.plan.plan_runs`)."""
+        return plan_runs(
+            self.report_dir, self.models, self.datasets, self.seeds, self.budget, self.data_root, self.overrides
+        )
+
+    def record(self, command: str | None) -> dict[str, Any]:
+        """What was asked (the report folder's JSON record): budget, datasets, models, seeds, overrides, versions."""
+        return {
+            "budget": self.budget.name,
+            "budget_description": self.budget.description,
+            "datasets": self.datasets,
+            "models": self.models,
+            "seeds": self.seeds,
+            "data_root": str(self.data_root),
+            "overrides": self.overrides,
+            "command": command,
+            "convunext": __version__,
+            "torch": torch.__version__,
+        }
+
+
+def resolve_experiment(
+    report_dir: str | Path,
+    models: Sequence[str],
+    budget: str | Budget = "cpu",
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    data_root: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> Experiment:
+    """The :class:`Experiment` of ``models``, filling in the defaults: the paper's datasets found under
+    ``data_root`` (default :func:`convunext.data.default_data_root`) and the budget's seeds (see :func:`reproduce`
+    for the arguments)."""
+    from ..data import default_data_root
+
+    chosen = BUDGETS[budget] if isinstance(budget, str) else budget
+    root = Path(data_root) if data_root is not None else default_data_root()
+    if not datasets:
+        datasets = available_datasets(root)
+        if not datasets:
+            raise ConvUNeXtError(
+                f"none of DRIVE, GlaS, HRF found under {root}; pass --data-root, or --datasets synthetic"
+            )
+        log(f"datasets found under {root}: {', '.join(datasets)}")
+    return Experiment(
+        Path(report_dir),
+        chosen,
+        list(datasets),
+        list(models),
+        list(seeds if seeds is not None else chosen.default_seeds),
+        root,
+        [*overrides, f"train.device={device}"],
+        device,
+    )
+
+
+def run_experiment(
+    experiment: Experiment,
+    report_models: Sequence[str],
+    record_file: str,
+    record: Mapping[str, Any],
+    log: Callable[[str], None] = print,
+) -> tuple[list[RunSpec], list[dict[str, Any]], int, int]:
+    """Train and test every run of ``experiment``: finished runs are skipped, interrupted ones resumed, each best
+    validation checkpoint tested once; ``record`` (what was asked) is written to ``report_dir/record_file`` first.
+    Then every other finished run of the folder of one of ``report_models`` (other models, seeds or datasets,
+    trained by an earlier invocation or another process) joins the rows: the report covers them all, in the
+    order of ``report_models``.
+
+    Returns:
+        ``(specs, rows, trained, skipped)``: the runs (asked, then found), one ``results.csv`` row per run in the
+        report's order, and how many runs were trained and reused.
+    """
+    from ..training.run_folder import TEMP_FILES
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConvUNeXtError(
+            "reproduce and ablate run one process per model; for several GPUs start one command per GPU "
+            "(CUDA_VISIBLE_DEVICES), each with its own --models, on the same --out folder, then run it once more "
+            "to write the report"
+        )
+    report_dir = experiment.report_dir
+    specs = experiment.plan()
+    for spec in specs:  # before training anything: a report never mixes budgets
+        spec.check_recipe()
+    with report_lock(report_dir):
+        for stale in report_dir.glob(TEMP_FILES):  # the run folders below clean their own, under their locks
+            stale.unlink(missing_ok=True)
+        atomic_write_json(report_dir / record_file, dict(record))
+    rows, trained, skipped = [], 0, 0
+    for index, spec in enumerate(specs, 1):
+        status = spec.status()
+        prefix = f"[{index}/{len(specs)}] {spec.label}"
+        if status == "done":
+            skipped += 1
+            log(f"{prefix}: finished earlier, skipped")
+        else:
+            if status in ("new", "resume"):
+                log(f"{prefix}: {'resuming' if status == 'resume' else 'training'} ({spec.run_dir})")
+                run_start = time.perf_counter()
+                train_run(spec)
+                trained += 1
+                log(f"{prefix}: trained in {(time.perf_counter() - run_start) / 60:.1f} min")
+            else:
+                skipped += 1
+            log(f"{prefix}: testing the best validation checkpoint")
+        test_metrics = evaluate_run(spec, experiment.device)
+        rows.append(collect_row(spec, test_metrics, report_dir))
+        log(
+            f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
+            f"(best validation epoch {rows[-1]['best_val_epoch']})"
+        )
+    finished = finished_runs(report_dir, report_models)
+    for spec in _earlier_runs(experiment, finished, specs):
+        specs.append(spec)
+        rows.append(collect_row(spec, evaluate_run(spec, experiment.device), report_dir))
+        log(
+            f"{spec.label}: finished by an earlier invocation, in the report (test Dice "
+            f"{rows[-1]['test_dice_fg_mean']:.4f})"
+        )
+    order = {run: i for i, run in enumerate(finished)}
+    rows.sort(key=lambda row: order.get((row["dataset"], row["model"], row["seed"]), len(order)))
+    return specs, rows, trained, skipped
+
+
+def report_context(command: str, device: str) -> dict[str, str]:
+    """The report's header facts: the command, when it finished, and the hardware."""
+    return {
+        "command": command,
+        "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "device": device_description(resolve_device(device)),
+    }
 
 
 def reproduce(
@@ -134,121 +292,46 @@ def reproduce(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for training and testing.
         command: the command line to quote in ``results.md``.
     """
-    from ..data import default_data_root
     from ..models import list_models
-    from ..training.run_folder import TEMP_FILES
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConvUNeXtError(
-            "reproduce runs one process per model; for several GPUs start one `convunext reproduce --models ...` "
-            "per GPU (CUDA_VISIBLE_DEVICES) on the same --out folder, then run it once more to write the report"
-        )
     start = time.perf_counter()
-    chosen = BUDGETS[budget] if isinstance(budget, str) else budget
-    root = Path(data_root) if data_root is not None else default_data_root()
-    if not datasets:
-        datasets = available_datasets(root)
-        if not datasets:
-            raise ConvUNeXtError(
-                f"none of DRIVE, GlaS, HRF found under {root}; pass --data-root, or --datasets synthetic"
-            )
-        log(f"datasets found under {root}: {', '.join(datasets)}")
-    models = list(models or list_models())
-    seeds = list(seeds if seeds is not None else chosen.default_seeds)
-    overrides = [*overrides, f"train.device={device}"]
-    specs = plan_runs(report_dir, models, datasets, seeds, chosen, root, overrides)
-    for spec in specs:  # before training anything: a report never mixes budgets
-        spec.check_recipe()
-    report_dir = Path(report_dir)
-    with _report_lock(report_dir):
-        for stale in report_dir.glob(TEMP_FILES):  # the run folders below clean their own, under their locks
-            stale.unlink(missing_ok=True)
-        atomic_write_json(
-            report_dir / "reproduce.json",
-            {
-                "budget": chosen.name,
-                "budget_description": chosen.description,
-                "datasets": list(datasets),
-                "models": models,
-                "seeds": seeds,
-                "data_root": str(root),
-                "overrides": list(overrides),
-                "command": command,
-                "convunext": __version__,
-                "torch": torch.__version__,
-            },
-        )
-    rows, trained, skipped = [], 0, 0
-    for index, spec in enumerate(specs, 1):
-        status = spec.status()
-        prefix = f"[{index}/{len(specs)}] {spec.label}"
-        if status == "done":
-            skipped += 1
-            log(f"{prefix}: finished earlier, skipped")
-        else:
-            if status in ("new", "resume"):
-                log(f"{prefix}: {'resuming' if status == 'resume' else 'training'} ({spec.run_dir})")
-                run_start = time.perf_counter()
-                train_run(spec)
-                trained += 1
-                log(f"{prefix}: trained in {(time.perf_counter() - run_start) / 60:.1f} min")
-            else:
-                skipped += 1
-            log(f"{prefix}: testing the best validation checkpoint")
-        test_metrics = evaluate_run(spec, device)
-        rows.append(collect_row(spec, test_metrics, report_dir))
-        log(
-            f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
-            f"(best validation epoch {rows[-1]['best_val_epoch']})"
-        )
-    finished = finished_runs(report_dir)
-    for spec in _earlier_runs(report_dir, finished, specs, chosen, root, overrides):
-        specs.append(spec)
-        rows.append(collect_row(spec, evaluate_run(spec, device), report_dir))
-        log(
-            f"{spec.label}: finished by an earlier invocation, in the report (test Dice "
-            f"{rows[-1]['test_dice_fg_mean']:.4f})"
-        )
-    order = {run: i for i, run in enumerate(finished)}
-    rows.sort(key=lambda row: order.get((row["dataset"], row["model"], row["seed"]), len(order)))
-    context = {
-        "command": command or "convunext reproduce",
-        "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "device": _device_text(device),
-    }
-    with _report_lock(report_dir):
-        write_results(report_dir, rows, chosen, context, specs)
-    return ReproduceResult(report_dir, rows, trained, skipped, time.perf_counter() - start)
+    experiment = resolve_experiment(
+        report_dir, models or list_models(), budget, datasets, seeds, data_root, overrides, device, log
+    )
+    record = experiment.record(command)
+    specs, rows, trained, skipped = run_experiment(experiment, list_models(), "reproduce.json", record, log)
+    context = report_context(command or "convunext reproduce", device)
+    with report_lock(experiment.report_dir):
+        write_results(experiment.report_dir, rows, experiment.budget, context, specs)
+    return ReproduceResult(experiment.report_dir, rows, trained, skipped, time.perf_counter() - start)
 
 
 def _earlier_runs(
-    report_dir: Path,
-    finished: Sequence[tuple[str, str, int]],
-    specs: Sequence[RunSpec],
-    budget: Budget,
-    data_root: Path,
-    overrides: Sequence[str],
+    experiment: Experiment, finished: Sequence[tuple[str, str, int]], specs: Sequence[RunSpec]
 ) -> list[RunSpec]:
     """The ``finished`` runs of the report folder (:func:`finished_runs`) that this invocation did not ask for
-    (e.g. other seeds or models, run by an earlier invocation or another process): the report covers every
-    finished run of the folder. Each is checked to have this invocation's recipe."""
+    (e.g. other seeds or datasets, run by an earlier invocation or another process). Each is checked to have
+    this invocation's recipe."""
     asked = {(spec.dataset, spec.model, spec.seed) for spec in specs}
     earlier = []
     for dataset, model, seed in finished:
         if (dataset, model, seed) not in asked:
-            (spec,) = plan_runs(report_dir, [model], [dataset], [seed], budget, data_root, overrides)
+            (spec,) = plan_runs(
+                experiment.report_dir,
+                [model],
+                [dataset],
+                [seed],
+                experiment.budget,
+                experiment.data_root,
+                experiment.overrides,
+            )
             spec.check_recipe()
             earlier.append(spec)
     return earlier
 
 
-def _report_lock(report_dir: Path) -> RunLock:
+def report_lock(report_dir: Path) -> RunLock:
     """The report folder's lock: processes sharing the folder write its files one at a time (waiting their turn)."""
-    return RunLock(report_dir, timeout=REPORT_LOCK_WAIT_S, hint="another `convunext reproduce` is writing its report")
-
-
-def _device_text(device: str) -> str:
-    resolved = resolve_device(device)
-    if resolved.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(resolved)}"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
+    return RunLock(
+        report_dir, timeout=REPORT_LOCK_WAIT_S, hint="another `convunext reproduce` or `ablate` is writing its report"
+    )

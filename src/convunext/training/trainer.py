@@ -38,7 +38,7 @@ from ..errors import ConvUNeXtError
 from ..evaluation.evaluate import evaluate_model
 from ..inference.optimize import optimize_for_inference
 from ..models import create_model, model_arguments
-from ..utils.device import resolve_device
+from ..utils.device import device_description, resolve_device
 from ..utils.io import atomic_path, atomic_write_json
 from .batchnorm_stats import recompute_batchnorm_statistics
 from .config import ExperimentConfig
@@ -559,6 +559,7 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "fast_paths": asdict(self.fast_paths),
                 "threads": torch.get_num_threads(),
+                "device": device_description(self.device),
             }
             if loop.ema is not None:
                 summary["ema_best"] = {"epoch": loop.best_ema["epoch"], "val_dice": loop.best_ema["dice"]}
@@ -624,6 +625,7 @@ class Trainer:
             device=self.device,
             tile_size=self.config.data.eval_tile_size,
             progress=False,
+            topology="off",  # skeletons cost CPU seconds every validation; the test report has them
         )
         if self.dist.enabled:
             metrics.gather_across_processes()

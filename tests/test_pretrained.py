@@ -1,0 +1,128 @@
+"""Pretrained models shipped in the package: publishing a run (``convunext export --pretrained``), the card,
+float16 weights verified on load, names accepted wherever a checkpoint is, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import convunext.pretrained as pretrained
+from convunext.checkpoint import load_checkpoint
+from convunext.cli.main import main
+from convunext.data import open_dataset
+from convunext.errors import ConvUNeXtError
+from convunext.evaluation.evaluate import evaluate_checkpoint
+from convunext.pretrained import list_pretrained, load_pretrained, publish_pretrained
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["model.kwargs.width=8", "data.options.num_images=10", "data.options.size=64", "data.crop_size=48"]
+
+
+@pytest.fixture(scope="module")
+def tested_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run with its test evaluation in ``RUN/eval-synthetic-test/``."""
+    out = tmp_path_factory.mktemp("runs")
+    sets = [f for item in [*TINY, "train.progress_bar=false", "train.run_name=tiny"] for f in ("--set", item)]
+    assert main(["train", "--epochs", "1", "--output-dir", str(out), *sets]) == 0
+    assert main(["evaluate", str(out / "tiny"), "synthetic", "--no-html"]) == 0
+    return out / "tiny"
+
+
+@pytest.fixture
+def shipped(tested_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny run published as ``tiny-vessels`` into a package folder of its own."""
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
+    assert main(["export", str(tested_run), "--pretrained", "tiny-vessels"]) == 0
+    return tmp_path
+
+
+def test_publish_writes_float16_weights_and_a_card_with_the_test_metrics(tested_run: Path, shipped: Path) -> None:
+    with safe_open(str(shipped / "tiny-vessels.safetensors"), framework="pt") as handle:
+        dtypes = {handle.get_tensor(key).dtype for key in handle.keys()}  # noqa: SIM118
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    (card,) = list_pretrained()
+    report = json.loads((tested_run / "eval-synthetic-test" / "metrics.json").read_text())
+    assert card.name == "tiny-vessels" and card.model == "convunext"
+    assert card.test_metrics["dice_fg_mean"] == report["metrics"]["dice_fg_mean"]
+    first_row = (tested_run / "eval-synthetic-test" / "per_image.csv").read_text().splitlines()[1].split(",")
+    assert card.reference_image == {"name": first_row[0], "dice_fg": float(first_row[1])}
+    assert card.terms.startswith("see the terms of use")  # synthetic data: no data set's terms to state
+    original = load_checkpoint(tested_run).model
+    loaded = load_pretrained("tiny-vessels")
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    for (key, value), expected in zip(loaded.model.state_dict().items(), original.state_dict().values()):
+        rounded = expected.half().to(expected.dtype) if expected.is_floating_point() else expected
+        assert torch.equal(value, rounded), key  # the float16 rounding of the run's weights, nothing else
+    assert loaded.class_names == ["background", "vessel"] and len(loaded.mean) == 3
+
+
+def test_names_work_wherever_a_checkpoint_does(shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = tmp_path / "eye.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "tiny-vessels", str(image), "--out", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "eye_mask.png").size == (90, 70)
+    assert main(["models", "--pretrained"]) == 0
+    listing = capsys.readouterr().out
+    assert "| tiny-vessels" in listing and "dice_fg_mean" in listing and "terms of use" in listing
+
+
+def test_tampered_weights_are_refused(shipped: Path) -> None:
+    weights = shipped / "tiny-vessels.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ConvUNeXtError, match="do not match their checksum"):
+        load_pretrained("tiny-vessels")
+
+
+def test_unknown_name_lists_the_available_ones(shipped: Path) -> None:
+    with pytest.raises(ConvUNeXtError, match=r"no pretrained model named 'retina' \(available: tiny-vessels\)"):
+        load_pretrained("retina")
+
+
+def test_a_test_report_of_other_weights_is_refused(tested_run: Path, tmp_path: Path) -> None:
+    report = json.loads((tested_run / "eval-synthetic-test" / "metrics.json").read_text())
+    report["weights_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(report))
+    with pytest.raises(ConvUNeXtError, match="not of .*other weights"):
+        publish_pretrained(tested_run, "x", tmp_path / "other.json", "task", "selection", folder=tmp_path / "pkg")
+    report["weights_sha256"] = load_checkpoint(tested_run).meta["weights"]["sha256"]
+    report["split"] = "val"
+    (tmp_path / "val.json").write_text(json.dumps(report))
+    with pytest.raises(ConvUNeXtError, match="the 'val' split"):
+        publish_pretrained(tested_run, "x", tmp_path / "val.json", "task", "selection", folder=tmp_path / "pkg")
+    with pytest.raises(ConvUNeXtError, match="letters, digits and '-' only"):
+        publish_pretrained(tested_run, "../x", tmp_path / "val.json", "task", "selection", folder=tmp_path / "pkg")
+
+
+class _OneImage(torch.utils.data.Dataset):
+    """One item of a dataset, keeping its ``info`` (the field of view)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, index: int) -> None:
+        self.dataset, self.index, self.info = dataset, index, dataset.info  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[self.index]
+
+
+def test_the_shipped_drive_model_scores_its_stated_dice_on_a_drive_test_image(drive_root: Path) -> None:
+    cards = {card.name: card for card in list_pretrained()}
+    assert "drive-vessels" in cards, "the package ships its DRIVE model"
+    card = cards["drive-vessels"]
+    assert card.model == "convunext" and card.terms.startswith("DRIVE") and card.reference_image is not None
+    checkpoint = load_pretrained("drive-vessels")
+    dataset = open_dataset("drive", drive_root, "test")
+    index = [record.name for record in dataset.records].index(card.reference_image["name"])
+    tile = checkpoint.meta.get("data", {}).get("eval_tile_size")
+    metrics = evaluate_checkpoint(checkpoint, _OneImage(dataset, index), tile_size=tile, progress=False, topology="off")
+    assert metrics.per_image()[0]["dice_fg"] == pytest.approx(card.reference_image["dice_fg"], abs=1e-3)
