@@ -212,7 +212,8 @@ def _roc_svg(fpr: np.ndarray, tpr: np.ndarray, operating_point: tuple[float, flo
         f'<text x="12" y="{y(0.5)}" text-anchor="middle" transform="rotate(-90 12 {y(0.5)})">'
         "true positive rate (sensitivity)</text>"
         f'<text x="{x(0.55)}" y="{y(0.1)}">AUC {auc:.4f}</text>'
-        f'<text x="{x(op_x) - 8:.1f}" y="{y(op_y) + 18:.1f}" text-anchor="end">operating point</text>'
+        f'<text x="{x(op_x) + (8 if op_x < 0.5 else -8):.1f}" y="{y(op_y) + 18:.1f}" '
+        f'text-anchor="{"start" if op_x < 0.5 else "end"}">operating point</text>'
         "</svg>"
     )
 
@@ -222,7 +223,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #111; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: middle; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img { display: block; max-width: 220px; image-rendering: pixelated; }
+img { display: block; width: 220px; height: auto; image-rendering: pixelated; }
 img.photo { image-rendering: auto; }
 .legend span { display: inline-block; width: 1em; height: 1em; border: 1px solid #888; vertical-align: middle; }
 .legend { margin-right: 1em; }

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..checkpoint import Checkpoint, load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
-from ..utils.io import atomic_path, atomic_write_json, sha256_file
+from ..utils.io import atomic_write_files, atomic_write_json, sha256_file
 
 __all__ = [
     "DATASET_TERMS",
@@ -176,8 +176,7 @@ def publish_pretrained(
         key: (tensor.half() if tensor.is_floating_point() else tensor).contiguous()
         for key, tensor in checkpoint.model.state_dict().items()
     }
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp))
+    atomic_write_files([(weights_path, save(state))])
     metrics = report["metrics"]
     keys = ("dice_fg_mean", "miou_cm", "fov_sensitivity", "fov_specificity", "fov_accuracy", "fov_auc", "cldice_mean")
     meta = {key: value for key, value in checkpoint.meta.items() if key not in ("weights", "state")}

@@ -67,7 +67,8 @@ BUDGETS: dict[str, Budget] = {
         f"the short CPU recipe chosen on DRIVE's validation split (reports/drive-recipe-sweep): the reference "
         f"code's recipe (AdamW lr 1.5e-3, weight decay 1e-4, poly decay) for {CPU_STEPS:,} optimiser steps of batch "
         f"4 on every dataset and model, 256x256 crops (HRF: 384x384), BatchNorm statistics recomputed before each "
-        f"validation — DRIVE 300 epochs, GlaS 67, HRF 240. DRIVE takes ConvUNeXt about 45 minutes on a 2-core CPU. "
+        f"validation — DRIVE 300 epochs, GlaS 67, HRF 240. DRIVE takes ConvUNeXt 50 to 95 minutes of training on a "
+        f"2-core CPU (the two machines of reports/drive-cpu). "
         f"Still a small fraction of the paper's training for GlaS and HRF: compare the models with each other.",
         {
             "*": ("optim.recipe=reference", "optim.batch_size=4", "train.precise_bn_batches=4"),
