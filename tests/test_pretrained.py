@@ -87,6 +87,16 @@ def test_unknown_name_lists_the_available_ones(shipped: Path) -> None:
         load_pretrained("retina")
 
 
+def test_export_without_a_readable_test_report_is_one_line(
+    tested_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["export", str(tested_run), "--pretrained", "x", "--pretrained-dir", str(tmp_path / "pkg")]
+    assert main([*args, "--test-report", str(tmp_path / "missing.json")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "missing.json: cannot read the test report" in error[0]
+    assert not (tmp_path / "pkg").exists() or not any((tmp_path / "pkg").iterdir())
+
+
 def test_a_test_report_of_other_weights_is_refused(tested_run: Path, tmp_path: Path) -> None:
     report = json.loads((tested_run / "eval-synthetic-test" / "metrics.json").read_text())
     report["weights_sha256"] = "0" * 64

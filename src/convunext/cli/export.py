@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
 from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, export_model
 from ..pretrained import publish_pretrained
@@ -18,7 +18,7 @@ def _test_report(checkpoint: str, given: str | None) -> Path:
     single ``eval-*-test/metrics.json`` (convunext evaluate)."""
     if given:
         return Path(given)
-    run_dir = load_checkpoint(checkpoint).path.parent
+    run_dir = read_checkpoint_meta(checkpoint)[1].parent  # the JSON only: publishing loads the weights once
     found = sorted({*run_dir.glob("test/metrics.json"), *run_dir.glob("eval-*-test/metrics.json")})
     if len(found) != 1:
         what = "none" if not found else ", ".join(str(path) for path in found)
