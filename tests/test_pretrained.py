@@ -87,6 +87,19 @@ def test_unknown_name_lists_the_available_ones(shipped: Path) -> None:
         load_pretrained("retina")
 
 
+def test_an_unknown_bare_name_on_the_command_line_lists_the_shipped_models(
+    shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = tmp_path / "eye.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "retina", str(image), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "convunext predict: error: retina: checkpoint not found (shipped pretrained models: tiny-vessels)"
+    )
+    assert main(["predict", str(tmp_path / "run" / "best.json"), str(image), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith("best.json: checkpoint not found")  # a path: no names listed
+
+
 def test_export_without_a_readable_test_report_is_one_line(
     tested_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -149,8 +149,19 @@ def _resolve(path: str | Path) -> Path:
     if path.suffix == ".safetensors":
         path = path.with_suffix(".json")
     if not path.is_file():
-        raise ConvUNeXtError(f"{path}: checkpoint not found")
+        raise ConvUNeXtError(f"{path}: checkpoint not found{_pretrained_hint(path)}")
     return path
+
+
+def _pretrained_hint(path: Path) -> str:
+    """For a bare name (no folder, no suffix) that is not a file, the names of the shipped pretrained models: the
+    user may have mistyped one."""
+    if path.parent != Path(".") or path.suffix:
+        return ""
+    from .pretrained import list_pretrained  # the pretrained package reads checkpoints with this module
+
+    names = ", ".join(card.name for card in list_pretrained()) or "none"
+    return f" (shipped pretrained models: {names})"
 
 
 def _is_number(value: Any) -> bool:
