@@ -158,10 +158,9 @@ def _pretrained_hint(path: Path) -> str:
     user may have mistyped one."""
     if path.parent != Path(".") or path.suffix:
         return ""
-    from .pretrained import list_pretrained  # the pretrained package reads checkpoints with this module
+    from .pretrained import available_names  # the pretrained package reads checkpoints with this module
 
-    names = ", ".join(card.name for card in list_pretrained()) or "none"
-    return f" (shipped pretrained models: {names})"
+    return f" (shipped pretrained models: {available_names()})"
 
 
 def _is_number(value: Any) -> bool:

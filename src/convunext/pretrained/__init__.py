@@ -93,12 +93,16 @@ def list_pretrained(folder: str | Path | None = None) -> list[PretrainedCard]:
     return cards
 
 
+def available_names(folder: str | Path | None = None) -> str:
+    """The shipped models' names for an error message: ``"a, b"``, or ``"none"``."""
+    return ", ".join(card.name for card in list_pretrained(folder)) or "none"
+
+
 def pretrained_path(name: str, folder: str | Path | None = None) -> Path:
     """The ``NAME.json`` of a shipped model; a one-line error listing the available names if there is none."""
     path = _folder(folder) / f"{name}.json"
     if not path.is_file():
-        available = ", ".join(card.name for card in list_pretrained(folder)) or "none"
-        raise ConvUNeXtError(f"no pretrained model named {name!r} (available: {available})")
+        raise ConvUNeXtError(f"no pretrained model named {name!r} (available: {available_names(folder)})")
     return path
 
 
