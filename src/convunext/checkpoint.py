@@ -44,6 +44,16 @@ STATE_FILE = "last_state.pt"
 _RESTART_HINT = "resume from an earlier copy of the run folder, or start the run again (train --overwrite)"
 
 
+class CheckpointNotFoundError(ConvUNeXtError):
+    """No checkpoint at ``path``; ``is_bare_name`` when the path has no folder and no suffix (perhaps a mistyped
+    pretrained model's name, which the CLI then lists)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path}: checkpoint not found")
+        self.path = path
+        self.is_bare_name = path.parent == Path(".") and not path.suffix
+
+
 @dataclass
 class Checkpoint:
     """A model rebuilt from a checkpoint, with its metadata (the parsed ``TAG.json``)."""
@@ -149,18 +159,8 @@ def _resolve(path: str | Path) -> Path:
     if path.suffix == ".safetensors":
         path = path.with_suffix(".json")
     if not path.is_file():
-        raise ConvUNeXtError(f"{path}: checkpoint not found{_pretrained_hint(path)}")
+        raise CheckpointNotFoundError(path)
     return path
-
-
-def _pretrained_hint(path: Path) -> str:
-    """For a bare name (no folder, no suffix) that is not a file, the names of the shipped pretrained models: the
-    user may have mistyped one."""
-    if path.parent != Path(".") or path.suffix:
-        return ""
-    from .pretrained import available_names  # the pretrained package reads checkpoints with this module
-
-    return f" (shipped pretrained models: {available_names()})"
 
 
 def _is_number(value: Any) -> bool:

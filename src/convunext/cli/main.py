@@ -42,6 +42,17 @@ def one_line(error: BaseException) -> str:
     return last[len(prefix) :] if last.startswith(prefix) else last
 
 
+def user_message(error: BaseException) -> str:
+    """:func:`one_line`, plus the shipped pretrained models' names when a bare checkpoint name was not found."""
+    from ..checkpoint import CheckpointNotFoundError
+    from ..pretrained import available_names
+
+    message = one_line(error)
+    if isinstance(error, CheckpointNotFoundError) and error.is_bare_name:
+        message += f" (shipped pretrained models: {available_names()})"
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``convunext`` argument parser with every sub-command registered."""
     from .. import __version__
@@ -67,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConvUNeXtError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
-        print(f"convunext {args.command}: error: {one_line(error)}", file=sys.stderr)
+        print(f"convunext {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
