@@ -179,6 +179,18 @@ def test_workspace_is_per_thread_and_reset_on_copy() -> None:
     assert copy.deepcopy(workspace).buffers() == {}
 
 
+def test_fast_model_runs_outside_inference_mode_after_running_inside_it() -> None:
+    """The Predictor runs under ``torch.inference_mode``; a user may then call its model under ``no_grad``."""
+    fast, x = optimize_for_inference(make(width=8)), torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        inside = fast(x).clone()
+    with torch.no_grad():
+        outside = fast(x)
+    assert torch.equal(inside, outside)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), outside)  # a buffer made outside is fine inside
+
+
 def test_make_backend_rejects_unknown_names() -> None:
     from convunext.errors import ConvUNeXtError
 
@@ -190,8 +202,8 @@ def test_predictor_fast_backend_gives_the_eager_probabilities() -> None:
     model = make(width=8)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     image = torch.rand(3, 70, 90)
-    eager = Predictor(model, mean, std, tile_size=64, device="cpu").predict(image)
-    fast_predictor = Predictor(model, mean, std, tile_size=64, device="cpu", backend="fast")
+    eager = Predictor(model, mean, std, tile_size=64, device="cpu", backend="eager").predict(image)
+    fast_predictor = Predictor(model, mean, std, tile_size=64, device="cpu")  # the default, as in the CLI
     assert isinstance(fast_predictor.model, InferenceModel)
     fast = fast_predictor.predict(image)
     assert abs(fast.probabilities - eager.probabilities).max() < 1e-5

@@ -52,7 +52,8 @@ class Predictor:
         batch_size: tiles per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         class_names: names of the output classes (background first).
-        backend: ``"eager"`` (the model as is), ``"fast"`` (fused, BN-folded, channels-last copy), ``"compile"``
+        backend: ``"fast"`` (the default, as in ``convunext predict``: a fused, BN-folded, channels-last copy made
+            once here, so later changes to ``model`` are not seen), ``"eager"`` (the model as is), ``"compile"``
             (the same through ``torch.compile``; the first image compiles) or ``"onnx"`` (ONNX Runtime; needs
             ``convunext[onnx]``; the exported ConvUNeXt graph needs 64 px per side, so smaller images and tiles are
             padded to 64 for it instead of 16). See :func:`convunext.inference.optimize.make_backend`; every
@@ -70,7 +71,7 @@ class Predictor:
         batch_size: int = 4,
         device: str | torch.device = "auto",
         class_names: Sequence[str] | None = None,
-        backend: str = "eager",
+        backend: str = "fast",
     ) -> None:
         from ..utils.device import resolve_device
         from .optimize import make_backend

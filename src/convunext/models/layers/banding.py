@@ -82,7 +82,8 @@ class Workspace:
     """Full-size buffers reused across forward passes, one set per thread (a forward pass is not re-entrant).
 
     ``get(key, shape, like)`` returns the channels-last buffer stored under ``key`` when its shape, dtype and device
-    match, else allocates (and keeps) a new one. Copies (``copy.deepcopy``) and pickles start empty.
+    match, else allocates (and keeps) a new one. A buffer made under ``torch.inference_mode`` is not reused outside
+    it (PyTorch forbids writing into inference tensors there). Copies (``copy.deepcopy``) and pickles start empty.
     """
 
     def __init__(self) -> None:
@@ -99,7 +100,13 @@ class Workspace:
         """The ``shape`` buffer (channels-last, ``like``'s dtype and device) stored under ``key``."""
         store = self.buffers()
         buffer = store.get(key)
-        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+        if (
+            buffer is None
+            or buffer.shape != shape
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+            or (buffer.is_inference() and not torch.is_inference_mode_enabled())
+        ):
             store.pop(key, None)
             buffer = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=CHANNELS_LAST)
             store[key] = buffer
