@@ -51,7 +51,10 @@ class CheckpointNotFoundError(ConvUNeXtError):
     def __init__(self, path: Path) -> None:
         super().__init__(f"{path}: checkpoint not found")
         self.path = path
-        self.is_bare_name = path.parent == Path(".") and not path.suffix
+
+    @property
+    def is_bare_name(self) -> bool:
+        return self.path.parent == Path(".") and not self.path.suffix
 
 
 @dataclass
