@@ -24,19 +24,7 @@ from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
 from convunext.utils.io import atomic_write, sha256_file
 
-TINY = [
-    "model.kwargs.width=8",
-    "data.options.num_images=5",
-    "data.options.size=64",
-    "data.crop_size=48",
-    "train.progress_bar=false",
-    "train.run_name=run",
-]
 SET_FILES = ("best.safetensors", "best.json", "last.safetensors", "last.json", "last_state.pt")
-
-
-def _train_args(out: Path, epochs: int = 2) -> list[str]:
-    return ["train", "--epochs", str(epochs), "--output-dir", str(out), *[a for s in TINY for a in ("--set", s)]]
 
 
 def _fail_fsync(monkeypatch: pytest.MonkeyPatch, name: str, occurrence: int, code: int = errno.ENOSPC) -> None:
@@ -69,10 +57,13 @@ def _assert_consistent(run: Path, epoch: int) -> None:
 
 
 def test_disk_full_while_saving_epoch_2_keeps_epoch_1_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tiny_train_argv: Callable[..., list[str]],
 ) -> None:
     _fail_fsync(monkeypatch, "last_state.pt", occurrence=2)
-    assert main(_train_args(tmp_path)) == 2
+    assert main(tiny_train_argv(tmp_path, "train.run_name=run", epochs=2)) == 2
     err = capsys.readouterr().err
     run = tmp_path / "run"
     assert err == f"convunext train: error: no space left on device while writing {run / 'last_state.pt'}\n"
@@ -83,7 +74,9 @@ def test_disk_full_while_saving_epoch_2_keeps_epoch_1_and_resumes(
     _assert_consistent(run, epoch=2)
 
 
-def test_file_size_limit_in_a_real_process_keeps_the_set_and_resumes(tmp_path: Path) -> None:
+def test_file_size_limit_in_a_real_process_keeps_the_set_and_resumes(
+    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+) -> None:
     """The kernel refuses the write (RLIMIT_FSIZE, SIGXFSZ ignored: EFBIG) from the second epoch's saves on."""
     driver = textwrap.dedent(
         """
@@ -108,7 +101,11 @@ def test_file_size_limit_in_a_real_process_keeps_the_set_and_resumes(tmp_path: P
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", driver, *_train_args(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", driver, *tiny_train_argv(tmp_path, "train.run_name=run", epochs=2)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     run = tmp_path / "run"
     assert result.returncode == 2, result.stderr

@@ -5,6 +5,7 @@ available memory is refused before anything is allocated or written."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,24 +18,14 @@ from convunext.training.config import ExperimentConfig
 from convunext.training.memory import available_memory
 from convunext.training.trainer import Trainer
 
-TINY = [
-    "model.kwargs.width=8",
-    "data.options.num_images=5",
-    "data.options.size=64",
-    "data.crop_size=48",
-    "train.progress_bar=false",
-    "train.epochs=1",
-]
 GIB = 1024**3
 
 
-def _argv(out: Path, *extra: str) -> list[str]:
-    return ["train", "--output-dir", str(out), *[arg for item in [*TINY, *extra] for arg in ("--set", item)]]
-
-
-def test_a_crop_larger_than_every_image_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_crop_larger_than_every_image_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
+) -> None:
     start = time.perf_counter()
-    assert main(_argv(tmp_path, "data.crop_size=4096")) == 2
+    assert main(tiny_train_argv(tmp_path, "data.crop_size=4096")) == 2
     assert time.perf_counter() - start < 10
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "data.crop_size=4096 is larger than any training image" in err
@@ -42,30 +33,35 @@ def test_a_crop_larger_than_every_image_is_refused_at_once(tmp_path: Path, capsy
     assert not list(tmp_path.iterdir()), "nothing is written"
 
 
-def test_a_crop_the_random_resize_can_reach_is_accepted(tmp_path: Path) -> None:
-    config = ExperimentConfig.from_yaml("synthetic", [*TINY, "data.crop_size=96", "data.scale_range=[1, 1.5]"])
+def test_a_crop_the_random_resize_can_reach_is_accepted(tiny_config: Callable[..., ExperimentConfig]) -> None:
+    config = tiny_config("data.crop_size=96", "data.scale_range=[1, 1.5]")
     memory_module.check_crop_size(Trainer(config).train_set, config.data)
-    config = ExperimentConfig.from_yaml("synthetic", [*TINY, "data.crop_size=65", "data.scale_range=[1, 1]"])
+    config = tiny_config("data.crop_size=65", "data.scale_range=[1, 1]")
     with pytest.raises(ConvUNeXtError, match="use data.crop_size <= 64"):
         memory_module.check_crop_size(Trainer(config).train_set, config.data)
 
 
 def test_a_step_that_cannot_fit_is_refused_with_the_estimate(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_train_argv: Callable[..., list[str]],
 ) -> None:
     monkeypatch.setattr(memory_module, "available_memory", lambda device: (1024**2, "MemAvailable"))
-    assert main(_argv(tmp_path, "train.run_name=big")) == 2
+    assert main(tiny_train_argv(tmp_path, "train.run_name=big")) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "one training step needs about" in err
     assert "batch 4 of 48x48 crops" in err and "but only 1.0 MiB is available (MemAvailable)" in err
     assert not (tmp_path / "big").exists(), "refused before the run folder is made"
 
 
-def test_a_tiny_run_passes_the_guard_and_the_estimate_scales_with_the_batch(tmp_path: Path) -> None:
+def test_a_tiny_run_passes_the_guard_and_the_estimate_scales_with_the_batch(
+    tmp_path: Path, tiny_config: Callable[..., ExperimentConfig]
+) -> None:
     # the eager path, whose saved activations are exactly proportional to the pixels (the fused kernels' are not
     # quite: each band saves its own edges)
     plain = ["train.channels_last=off", "train.fused_kernels=off"]
-    trainer = Trainer(ExperimentConfig.from_yaml("synthetic", [*TINY, f"train.output_dir={tmp_path}", *plain]))
+    trainer = Trainer(tiny_config("train.epochs=1", f"train.output_dir={tmp_path}", *plain))
     state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     rng = torch.get_rng_state()
     estimates = [trainer.estimate_step_memory(batch_size=batch) for batch in (2, 4, 8)]
@@ -80,7 +76,7 @@ def test_a_tiny_run_passes_the_guard_and_the_estimate_scales_with_the_batch(tmp_
     free = available_memory(torch.device("cpu"))
     assert free is not None and free[0] > estimates[1]
     assert trainer.fit().epochs_run == 1
-    fused = Trainer(ExperimentConfig.from_yaml("synthetic", [*TINY, f"train.output_dir={tmp_path}"]))
+    fused = Trainer(tiny_config(f"train.output_dir={tmp_path}"))
     assert fused.fast_paths.fused_kernels and fused.estimate_step_memory() < estimates[1]  # the default: less
 
 

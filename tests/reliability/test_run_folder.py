@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -27,13 +28,6 @@ from convunext.training.trainer import Trainer
 from convunext.utils import lock as lock_module
 from convunext.utils.lock import LOCK_NAME, RunLock
 
-TINY = [
-    "model.kwargs.width=8",
-    "data.options.num_images=5",
-    "data.options.size=64",
-    "data.crop_size=48",
-    "train.progress_bar=false",
-]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 HOLD_LOCK = (
     "import sys, time\n"
@@ -42,11 +36,6 @@ HOLD_LOCK = (
     "    print('locked', flush=True)\n"
     "    time.sleep(120)\n"
 )
-
-
-def _train_argv(out: Path, *extra: str, epochs: int = 1) -> list[str]:
-    sets = [arg for item in [*TINY, *extra] for arg in ("--set", item)]
-    return ["train", "--epochs", str(epochs), "--output-dir", str(out), *sets]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -69,19 +58,19 @@ def _hold_lock(folder: Path) -> subprocess.Popen[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_train_argv: Callable[..., list[str]]) -> Path:
     """A finished one-epoch run ``runs/a``."""
     out = tmp_path_factory.mktemp("runs")
-    assert main(_train_argv(out, "train.run_name=a")) == 0
+    assert main(tiny_train_argv(out, "train.run_name=a")) == 0
     return out / "a"
 
 
 def test_reusing_a_run_name_is_refused_and_the_run_is_untouched(
-    finished: Path, capsys: pytest.CaptureFixture[str]
+    finished: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
 ) -> None:
     before = _snapshot(finished)
     capsys.readouterr()
-    assert main(_train_argv(finished.parent, "train.run_name=a", epochs=2)) == 2
+    assert main(tiny_train_argv(finished.parent, "train.run_name=a", epochs=2)) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert f"{finished}: this folder already holds a run" in err
@@ -90,21 +79,21 @@ def test_reusing_a_run_name_is_refused_and_the_run_is_untouched(
 
 
 def test_a_folder_without_a_resumable_state_is_refused_without_suggesting_resume(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
 ) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
-    assert main(_train_argv(tmp_path, "train.run_name=b")) == 2
+    assert main(tiny_train_argv(tmp_path, "train.run_name=b")) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'b'}: this folder already holds a run" in err and "--resume" not in err
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
 
 
-def test_overwrite_replaces_the_old_run_completely(tmp_path: Path) -> None:
-    assert main(_train_argv(tmp_path, "train.run_name=c", epochs=2)) == 0
+def test_overwrite_replaces_the_old_run_completely(tmp_path: Path, tiny_train_argv: Callable[..., list[str]]) -> None:
+    assert main(tiny_train_argv(tmp_path, "train.run_name=c", epochs=2)) == 0
     (tmp_path / "c" / "test").mkdir()
     (tmp_path / "c" / "test" / "metrics.json").write_text("{}")  # e.g. an evaluation of the old weights
-    assert main([*_train_argv(tmp_path, "train.run_name=c"), "--overwrite"]) == 0
+    assert main([*tiny_train_argv(tmp_path, "train.run_name=c"), "--overwrite"]) == 0
     assert not (tmp_path / "c" / "test").exists()
     assert (tmp_path / "c" / "metrics.csv").read_text().count("\n") == 2  # header + the new run's one epoch
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["epochs_run"] == 1
@@ -116,23 +105,25 @@ def test_overwrite_and_resume_exclude_each_other(finished: Path, capsys: pytest.
 
 
 def test_several_seeds_into_an_existing_run_are_refused_before_training(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
 ) -> None:
     (tmp_path / "n" / "seed2").mkdir(parents=True)
     (tmp_path / "n" / "seed2" / "summary.json").write_text("{}")
-    assert main([*_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"]) == 2
+    assert main([*tiny_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"]) == 2
     assert f"{tmp_path / 'n' / 'seed2'}: this folder already holds a run" in capsys.readouterr().err
     assert not (tmp_path / "n" / "seed1").exists(), "refused before the first seed trains"
 
 
-def test_automatic_names_never_collide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_automatic_names_never_collide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_config: Callable[..., ExperimentConfig]
+) -> None:
     class Frozen(datetime):
         @classmethod
         def now(cls, tz: object = None) -> Frozen:  # type: ignore[override]
             return cls(2030, 1, 2, 3, 4, 5)
 
     monkeypatch.setattr(run_folder_module, "datetime", Frozen)
-    config = ExperimentConfig.from_yaml("synthetic", [*TINY, "train.epochs=1", f"train.output_dir={tmp_path}"])
+    config = tiny_config("train.epochs=1", f"train.output_dir={tmp_path}")
     first, second = Trainer(config).fit().run_dir, Trainer(config).fit().run_dir
     assert first.name == "convunext-synthetic-20300102-030405"
     assert second.name == "convunext-synthetic-20300102-030405-2"
@@ -153,8 +144,10 @@ def _train_while_held(folder: Path, argv: list[str]) -> tuple[subprocess.Complet
     return done, holder.pid
 
 
-def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
-    done, pid = _train_while_held(tmp_path / "busy", _train_argv(tmp_path, "train.run_name=busy"))
+def test_a_run_folder_in_use_is_refused_with_the_holders_pid(
+    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+) -> None:
+    done, pid = _train_while_held(tmp_path / "busy", tiny_train_argv(tmp_path, "train.run_name=busy"))
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert "\n" not in line and f"{tmp_path / 'busy'}: in use by another process (pid {pid} on " in line
@@ -171,12 +164,14 @@ def test_resume_of_a_run_in_use_is_refused(finished: Path, capsys: pytest.Captur
     assert f"(pid {holder.pid} on " in capsys.readouterr().err
 
 
-def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path: Path) -> None:
+def test_a_lock_left_by_a_killed_process_does_not_block(
+    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+) -> None:
     holder = _hold_lock(tmp_path / "d")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert json.loads((tmp_path / "d" / LOCK_NAME).read_text())["pid"] == holder.pid  # the file is left behind
-    assert main(_train_argv(tmp_path, "train.run_name=d")) == 0
+    assert main(tiny_train_argv(tmp_path, "train.run_name=d")) == 0
     assert (tmp_path / "d" / "best.json").is_file() and not (tmp_path / "d" / LOCK_NAME).exists()
 
 
@@ -222,10 +217,10 @@ def test_a_waiting_lock_gets_the_folder_once_it_is_free(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", ".", "a\\b", "C:x"])
 def test_run_names_outside_the_output_dir_are_refused(
-    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
 ) -> None:
     out = tmp_path / "deep" / "runs"
-    assert main(_train_argv(out, f"train.run_name={name}")) == 2
+    assert main(tiny_train_argv(out, f"train.run_name={name}")) == 2
     err = capsys.readouterr().err.strip()
     assert f"train.run_name={name!r} is not valid" in err and "\n" not in err
     assert not (tmp_path / "x").exists() and not out.exists()
@@ -257,17 +252,19 @@ def test_run_names_outside_the_output_dir_are_refused(
     ],
 )
 def test_non_positive_lengths_and_bad_ranges_are_refused(
-    setting: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    setting: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
 ) -> None:
     field, _, _ = setting.partition("=")
-    assert main([*_train_argv(tmp_path), "--set", setting]) == 2  # tiny: a missed refusal would train briefly
+    assert main([*tiny_train_argv(tmp_path), "--set", setting]) == 2  # tiny: a missed refusal would train briefly
     err = capsys.readouterr().err.strip()
     assert f"{field}=" in err and "is not valid" in err and "\n" not in err
     assert not list(tmp_path.iterdir()), "nothing is written"
 
 
-def test_epochs_zero_on_the_command_line_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(_train_argv(tmp_path, epochs=0)) == 2
+def test_epochs_zero_on_the_command_line_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
+) -> None:
+    assert main(tiny_train_argv(tmp_path, epochs=0)) == 2
     assert "train.epochs=0 is not valid; expected a positive integer" in capsys.readouterr().err
     with pytest.raises(ConvUNeXtError, match="train.epochs=0"):
         ExperimentConfig.from_dict({"train": {"epochs": 0}})
@@ -277,8 +274,10 @@ def test_epochs_zero_on_the_command_line_is_refused(tmp_path: Path, capsys: pyte
         Trainer(config)
 
 
-def test_temp_files_of_a_killed_run_are_removed_on_resume(tmp_path: Path) -> None:
-    assert main(_train_argv(tmp_path, "train.run_name=e")) == 0
+def test_temp_files_of_a_killed_run_are_removed_on_resume(
+    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+) -> None:
+    assert main(tiny_train_argv(tmp_path, "train.run_name=e")) == 0
     run = tmp_path / "e"
     assert not _temp_files(tmp_path), "a normal exit leaves no temporary file"
     (run / "test").mkdir()
@@ -290,11 +289,11 @@ def test_temp_files_of_a_killed_run_are_removed_on_resume(tmp_path: Path) -> Non
     assert (run / "test").is_dir()
 
 
-def test_temp_files_do_not_count_as_a_run(tmp_path: Path) -> None:
+def test_temp_files_do_not_count_as_a_run(tmp_path: Path, tiny_train_argv: Callable[..., list[str]]) -> None:
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / ".progress.png.k2j4.tmp").write_bytes(b"half")
     (tmp_path / "f" / LOCK_NAME).write_text("")
-    assert main(_train_argv(tmp_path, "train.run_name=f")) == 0
+    assert main(tiny_train_argv(tmp_path, "train.run_name=f")) == 0
     assert not _temp_files(tmp_path) and (tmp_path / "f" / "best.json").is_file()
 
 
@@ -325,10 +324,17 @@ def test_reproduce_refuses_a_run_another_process_works_on(tmp_path: Path) -> Non
         holder.wait()
 
 
-def test_under_ddp_every_rank_refuses_a_taken_folder_without_hanging(finished: Path) -> None:
+def test_under_ddp_every_rank_refuses_a_taken_folder_without_hanging(
+    finished: Path, tiny_train_argv: Callable[..., list[str]]
+) -> None:
     """Rank 0 alone checks and locks the folder; the other ranks get its verdict instead of waiting for it."""
     before = _snapshot(finished)
-    argv = [sys.executable, "-m", "convunext", *_train_argv(finished.parent, "train.run_name=a", "optim.batch_size=2")]
+    argv = [
+        sys.executable,
+        "-m",
+        "convunext",
+        *tiny_train_argv(finished.parent, "train.run_name=a", "optim.batch_size=2"),
+    ]
     done = subprocess.run([*argv, "--devices", "2"], capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode != 0
     refusal = f"convunext train: error: {finished}: this folder already holds a run"
@@ -336,13 +342,15 @@ def test_under_ddp_every_rank_refuses_a_taken_folder_without_hanging(finished: P
     assert _snapshot(finished) == before
 
 
-def test_a_seed_run_in_progress_is_reported_as_in_use_not_as_resumable(tmp_path: Path) -> None:
+def test_a_seed_run_in_progress_is_reported_as_in_use_not_as_resumable(
+    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+) -> None:
     """--seeds checks every seed's folder before training: one that holds files because a process is training into
     it right now is reported with its holder, not as a finished run to resume or overwrite."""
     busy = tmp_path / "n" / "seed1"
     busy.mkdir(parents=True)
     (busy / "metrics.csv").write_text("epoch\n")
-    done, pid = _train_while_held(busy, [*_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"])
+    done, pid = _train_while_held(busy, [*tiny_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"])
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert f"{busy}: in use by another process (pid {pid} on " in line and "--overwrite" not in line
