@@ -16,7 +16,7 @@ TINY_SETTINGS = (
     "data.crop_size=48",
     "train.progress_bar=false",
 )
-"""``--set`` overrides of the tiny run (3 training images, 1 validation image, 1 test image)."""
+"""``--set`` overrides of the tiny run (4 training images and 1 validation image; 2 test images)."""
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +32,10 @@ def tiny_config() -> Callable[..., ExperimentConfig]:
 @pytest.fixture(scope="session")
 def tiny_train_argv() -> Callable[..., list[str]]:
     """``tiny_train_argv(out, *overrides, epochs=1)``: ``convunext train`` arguments of the tiny run writing under
-    ``out`` (``epochs=None`` leaves the preset's number of epochs)."""
+    ``out``."""
 
-    def build(out: Path, *extra: str, epochs: int | None = 1) -> list[str]:
-        length = [] if epochs is None else ["--epochs", str(epochs)]
+    def build(out: Path, *extra: str, epochs: int = 1) -> list[str]:
         settings = [arg for item in [*TINY_SETTINGS, *extra] for arg in ("--set", item)]
-        return ["train", *length, "--output-dir", str(out), *settings]
+        return ["train", "--epochs", str(epochs), "--output-dir", str(out), *settings]
 
     return build
