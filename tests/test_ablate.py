@@ -12,6 +12,7 @@ import pytest
 
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
+from convunext.evaluation.compare import paired_comparison, read_scores
 from convunext.models import ConvUNeXt, create_model, list_models, list_variants, model_arguments
 from convunext.models.cost import model_cost
 from convunext.models.registry import variant_arguments
@@ -193,6 +194,35 @@ def test_report_files(report: Path) -> None:
     for row in _csv(report / "roadmap-runs.csv"):  # each run tested once, with its best validation checkpoint
         tested = json.loads((report / row["run_dir"] / "test" / "metrics.json").read_text())
         assert tested["split"] == "test" and tested["checkpoint"].endswith("best.json")
+
+
+def test_each_difference_has_its_paired_test_over_the_test_images(report: Path) -> None:
+    summary = _csv(report / "roadmap.csv")
+    runs = _csv(report / "roadmap-runs.csv")
+    scores = {row["model"]: read_scores(report / row["run_dir"] / "test" / "per_image.csv") for row in runs}
+    section = (report / "roadmap.md").read_text().split("### Synthetic: paired comparisons (test images)\n", 1)[1]
+    table = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("|")][2:]
+    cells = {}
+    for line in table:
+        step, _, *tests = (cell.strip() for cell in line.strip("|").split("|"))
+        cells[step.removeprefix("↳ ")] = tests
+    assert "An interval that straddles 0 means these runs do not separate the two models" in section
+    for row in summary:
+        for compared, model in (("previous", row["compared_with"]), ("final", "convunext")):
+            column = f"dice_vs_{compared}"
+            cell = cells[row["step"]][compared == "final"]
+            if model in ("", row["model"]):  # step 0 has no previous; step 6 is step 5's model; step 10 is ConvUNeXt
+                assert row[f"{column}_wtl"] == "" and math.isnan(float(row[f"{column}_p"]))
+                assert cell == ("—" if model == "" else "the same model")
+                continue
+            expected = paired_comparison(scores[model], scores[row["model"]])
+            assert float(row[column]) == pytest.approx(expected.mean_difference, abs=2e-6)
+            assert float(row[f"{column}_ci_low"]) == pytest.approx(expected.ci_low)
+            assert float(row[f"{column}_ci_high"]) == pytest.approx(expected.ci_high)
+            assert float(row[f"{column}_p"]) == pytest.approx(expected.p_value)
+            assert row[f"{column}_wtl"] == f"{expected.wins}/{expected.ties}/{expected.losses}"
+            assert cell.startswith(f"{expected.mean_difference:+.4f} [{expected.ci_low:+.4f}, ")
+            assert cell.endswith(f", p {expected.p_value:.3g}, {row[f'{column}_wtl']}")
 
 
 def test_second_invocation_skips_finished_runs(report: Path) -> None:

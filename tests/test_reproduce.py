@@ -15,6 +15,7 @@ from convunext.errors import ConvUNeXtError
 from convunext.evaluation.compare import read_scores
 from convunext.reproduce import BUDGETS, CPU_STEPS, budgets, plan_runs, reproduce, step_budget
 from convunext.reproduce.report import paired_with_reference
+from convunext.reproduce.run import record_with_invocations
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
@@ -89,12 +90,37 @@ def test_results_md_pairs_each_model_with_convunext_image_by_image(report: Path)
 def test_second_invocation_skips_finished_runs(report: Path) -> None:
     weights = sorted(report.glob("runs/*/*/*/last.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in weights]
+    invocations = json.loads((report / "reproduce.json").read_text())["invocations"]
     start = time.perf_counter()
-    result = reproduce(report, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    result = reproduce(
+        report, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, command="again", log=lambda _: None
+    )
     assert (result.trained, result.skipped) == (0, 4)
     assert [p.stat().st_mtime_ns for p in weights] == stamps
     assert time.perf_counter() - start < 20
     assert len(list(csv.DictReader((report / "results.csv").open()))) == 4
+    record = json.loads((report / "reproduce.json").read_text())  # the latest at the top, every invocation listed
+    assert record["command"] == "again" and record["invocations"][:-1] == invocations
+    assert {key: record["invocations"][-1][key] for key in ("command", "models", "seeds")} == {
+        "command": "again",
+        "models": MODELS,
+        "seeds": [0, 1],
+    }
+    assert (
+        "the runs may come from several invocations, each listed in `reproduce.json`"
+        in (report / "results.md").read_text()
+    )
+
+
+def test_a_record_from_before_the_invocation_list_counts_as_one_invocation(tmp_path: Path) -> None:
+    asked = {"command": "convunext reproduce --models unet", "models": ["unet"], "datasets": ["drive"], "seeds": [0]}
+    (tmp_path / "reproduce.json").write_text(json.dumps({"budget": "cpu", **asked}))
+    now = {**asked, "command": "convunext reproduce --models resunet", "models": ["resunet"]}
+    record = record_with_invocations(tmp_path / "reproduce.json", now)
+    assert record["command"] == now["command"] and record["invocations"][0] == asked
+    assert {key: value for key, value in record["invocations"][1].items() if key != "started"} == now
+    (tmp_path / "reproduce.json").write_text("{not json")  # unreadable: the list starts afresh
+    assert len(record_with_invocations(tmp_path / "reproduce.json", now)["invocations"]) == 1
 
 
 def test_the_report_covers_every_finished_run_of_the_folder(report: Path) -> None:

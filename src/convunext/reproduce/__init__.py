@@ -13,7 +13,8 @@ the report folder gets:
   mean ± std over seeds), the vessel metrics inside the FOV for DRIVE/HRF, the budget that produced it, the
   recipe, and the protocol;
 * ``dice_vs_params.png`` — test Dice against parameter count, one panel per dataset;
-* ``reproduce.json`` — what was asked (budget, datasets, models, seeds, overrides, versions).
+* ``reproduce.json`` — what was asked (budget, datasets, models, seeds, overrides, versions), with every invocation
+  on the folder.
 
 Budgets (:data:`BUDGETS`) change only the length and size of training, the same way for every model:
 

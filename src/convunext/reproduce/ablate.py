@@ -7,11 +7,11 @@ reproduction (``unet``, ``convunext``) with the same budget in the same folder, 
 are named after the study, so both studies can share a folder:
 
 * ``STUDY.md`` — one table per dataset (step, change, model, params, GFLOPs at 3x480x480, Dice and mIoU as
-  mean ± std over seeds, the difference to the previous step and to ConvUNeXt), the models' arguments, the runs
-  and the recipe;
-* ``STUDY.csv`` — that table (with mIoU differences); ``STUDY-runs.csv`` — one row per run;
+  mean ± std over seeds, the difference to the previous step and to ConvUNeXt) with the paired tests of those
+  Dice differences over the test images, the models' arguments, the runs and the recipe;
+* ``STUDY.csv`` — those tables (with mIoU differences); ``STUDY-runs.csv`` — one row per run;
 * ``STUDY.png`` — the roadmap figure (:func:`~convunext.reproduce.plots.plot_study`);
-* ``STUDY.json`` — what was asked.
+* ``STUDY.json`` — what was asked, with every invocation on the folder.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def write_study_report(
     specs: Sequence[RunSpec],
 ) -> None:
     """Write ``STUDY.csv``, ``STUDY-runs.csv``, ``STUDY.md`` and ``STUDY.png`` into ``report_dir``."""
-    summary = study_summary(chosen, rows)
+    summary = study_summary(chosen, rows, specs)
     write_csv(report_dir / f"{chosen.name}-runs.csv", rows)
     write_csv(report_dir / f"{chosen.name}.csv", summary)
     atomic_write_text(report_dir / f"{chosen.name}.md", study_markdown(chosen, summary, rows, budget, context, specs))
@@ -87,7 +87,7 @@ def ablate(
     experiment = resolve_experiment(report_dir, models, budget, datasets, seeds, data_root, overrides, device, log)
     record = {"study": chosen.name, **experiment.record(command)}
     specs, rows, trained, skipped = run_experiment(experiment, chosen.models, f"{chosen.name}.json", record, log)
-    context = report_context(command or f"convunext ablate --study {chosen.name}", device)
+    context = report_context(command or f"convunext ablate --study {chosen.name}", device, f"{chosen.name}.json")
     with report_lock(experiment.report_dir):
         write_study_report(experiment.report_dir, chosen, rows, experiment.budget, context, specs)
     return ReproduceResult(experiment.report_dir, rows, trained, skipped, time.perf_counter() - start)

@@ -1,5 +1,6 @@
 """The report of an ablation study: per dataset and study row, the model's cost, its test Dice and mIoU over seeds
-and their differences to the compared model and to the paper's ConvUNeXt (``STUDY.csv``, ``STUDY.md``)."""
+and their differences to the compared model and to the paper's ConvUNeXt, with a paired test of each Dice difference
+over the test images (``STUDY.csv``, ``STUDY.md``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..evaluation.compare import PairedComparison, paired_comparison, statistics_note
 from ..models.variants import MACRO_NOTE, Study, arguments_text
 from ..utils.table import markdown_table
 from .budgets import Budget
@@ -17,6 +19,7 @@ from .report import (
     header_lines,
     params_text,
     runs_and_recipe_lines,
+    seed_averaged_scores,
     summarize,
 )
 
@@ -24,10 +27,41 @@ SCORES = (("dice", "test_dice_fg_mean"), ("miou", "test_miou_cm"))
 """The study's scores: its short name and the ``summary.csv`` column it is read from."""
 
 
-def study_summary(study: Study, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+COMPARED = ("previous", "final")
+"""The two models each study row is compared with: the row's compared model (``parent``) and the paper's ConvUNeXt."""
+
+
+def paired_dice(dataset: str, model_a: str | None, model_b: str, specs: Sequence[RunSpec]) -> PairedComparison | None:
+    """``model_b`` against ``model_a`` on ``dataset``'s test images, each image's Dice averaged over the model's
+    tested seeds (:func:`~convunext.evaluation.compare.paired_comparison`); ``None`` when either model has no
+    tested run there, or both are the same model."""
+    runs_a = [spec for spec in specs if (spec.dataset, spec.model) == (dataset, model_a)]
+    runs_b = [spec for spec in specs if (spec.dataset, spec.model) == (dataset, model_b)]
+    if not runs_a or not runs_b or model_a == model_b:
+        return None
+    labels = (f"{dataset} / {model_a}", f"{dataset} / {model_b}")
+    return paired_comparison(seed_averaged_scores(runs_a), seed_averaged_scores(runs_b), labels=labels)
+
+
+def _paired_columns(compared: str, comparison: PairedComparison | None) -> dict[str, Any]:
+    """``STUDY.csv``'s paired-test columns of the Dice difference to ``compared`` (NaN and empty without a test)."""
+    prefix = f"dice_vs_{compared}"
+    if comparison is None:
+        return {**{f"{prefix}_{key}": math.nan for key in ("ci_low", "ci_high", "p")}, f"{prefix}_wtl": ""}
+    return {
+        f"{prefix}_ci_low": comparison.ci_low,
+        f"{prefix}_ci_high": comparison.ci_high,
+        f"{prefix}_p": comparison.p_value,
+        f"{prefix}_wtl": f"{comparison.wins}/{comparison.ties}/{comparison.losses}",
+    }
+
+
+def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
     """``STUDY.csv``: for each dataset and study row, the model's params and GFLOPs (of its runs, at
-    3x480x480), the seeds, Dice and mIoU (mean and sample std over seeds; NaN without a finished run), and the
-    differences of the means to the row's compared model (``previous``) and to the paper's ConvUNeXt (``final``)."""
+    3x480x480), the seeds, Dice and mIoU (mean and sample std over seeds; NaN without a finished run), the
+    differences of the means to the row's compared model (``previous``) and to the paper's ConvUNeXt (``final``),
+    and the paired test of each Dice difference over the test images (:func:`paired_dice`): its confidence
+    interval (``_ci_low``, ``_ci_high``), Wilcoxon p-value (``_p``) and images won / tied / lost (``_wtl``)."""
     stats = {(entry["dataset"], entry["model"]): entry for entry in summarize(rows)}
 
     def mean(dataset: str, model: str | None, column: str) -> float:
@@ -56,6 +90,8 @@ def study_summary(study: Study, rows: Sequence[Mapping[str, Any]]) -> list[dict[
             for name, column in SCORES:
                 record[f"{name}_vs_previous"] = record[f"{name}_mean"] - mean(dataset, row.parent, column)
                 record[f"{name}_vs_final"] = record[f"{name}_mean"] - mean(dataset, study.final, column)
+            for compared, model in zip(COMPARED, (row.parent, study.final)):
+                record.update(_paired_columns(compared, paired_dice(dataset, model, row.name, specs)))
             out.append(record)
     return out
 
@@ -68,6 +104,45 @@ def _score(mean: float, std: float) -> str:
 
 def _delta(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:+.4f}"
+
+
+def _step(entry: Mapping[str, Any]) -> str:
+    return f"↳ {entry['step']}" if entry["side_branch"] else entry["step"]
+
+
+def _paired_cell(entry: Mapping[str, Any], compared: str, final: str) -> str:
+    """A paired test in one cell: "difference [CI], p P, wins/ties/losses"."""
+    prefix = f"dice_vs_{compared}"
+    if entry["model"] == (entry["compared_with"] if compared == "previous" else final):
+        return "the same model"
+    if not entry[f"{prefix}_wtl"]:
+        return "—"
+    interval = f"[{entry[f'{prefix}_ci_low']:+.4f}, {entry[f'{prefix}_ci_high']:+.4f}]"
+    return f"{entry[prefix]:+.4f} {interval}, p {entry[f'{prefix}_p']:.3g}, {entry[f'{prefix}_wtl']}"
+
+
+def paired_lines(study: Study, dataset: str, summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The section "paired comparisons (test images)" of ``dataset``: per row with a tested run, its paired tests
+    against the compared model (cumulative studies) and ConvUNeXt (no lines when no row has a test)."""
+    compared = COMPARED if study.cumulative else COMPARED[1:]
+    tested = [e for e in summary if e["dataset"] == dataset and any(e[f"dice_vs_{c}_wtl"] for c in compared)]
+    if not tested:
+        return []
+    wtl = next(e[f"dice_vs_{c}_wtl"] for e in tested for c in compared if e[f"dice_vs_{c}_wtl"])
+    images = sum(int(count) for count in wtl.split("/"))
+    headers = ["Step", "Model", *(["Δ Dice vs previous"] if study.cumulative else []), "Δ Dice vs ConvUNeXt"]
+    table = [[_step(e), f"`{e['model']}`", *(_paired_cell(e, c, study.final) for c in compared)] for e in tested]
+    return [
+        f"### {DATASET_TITLES[dataset]}: paired comparisons (test images)",
+        "",
+        f"Can the test set tell the two models apart? Per test image ({images} images), each model's Dice is "
+        "averaged over its seeds, then paired by image name; a cell gives the mean difference (this row - the "
+        "compared model), its confidence interval, the p-value and the images won / tied / lost. An interval that "
+        "straddles 0 means these runs do not separate the two models. " + statistics_note(),
+        "",
+        markdown_table(headers, table),
+        "",
+    ]
 
 
 def study_markdown(
@@ -93,7 +168,7 @@ def study_markdown(
         table = []
         for entry in (e for e in summary if e["dataset"] == dataset):
             line = [
-                f"↳ {entry['step']}" if entry["side_branch"] else entry["step"],
+                _step(entry),
                 entry["change"],
                 f"`{entry['model']}`",
                 params_text(int(entry["params"])) if entry["params"] != "" else "—",
@@ -104,6 +179,7 @@ def study_markdown(
             line += [_delta(entry["dice_vs_previous"])] if study.cumulative else []
             table.append([*line, _delta(entry["dice_vs_final"])])
         lines += [f"## {DATASET_TITLES[dataset]}", "", markdown_table(headers, table), ""]
+        lines += paired_lines(study, dataset, summary)
     models = [[f"`{model}`", arguments_text(model)] for model in study.models]
     lines += [
         "## Models",
@@ -117,9 +193,9 @@ def study_markdown(
     ]
     lines += runs_and_recipe_lines(rows, specs)
     lines += [
-        f"Files: `{study.name}.csv` (this table, with mIoU differences), `{study.name}-runs.csv` (one row per run), "
-        f"`{study.name}.png` (the roadmap figure), `{study.name}.json` (what was asked), and the run folders under "
-        f"`runs/` ({len(rows)} runs).",
+        f"Files: `{study.name}.csv` (these tables, with mIoU differences), `{study.name}-runs.csv` (one row per "
+        f"run), `{study.name}.png` (the roadmap figure), `{study.name}.json` (what was asked, every invocation), and "
+        f"the run folders under `runs/` ({len(rows)} runs).",
         "",
     ]
     return "\n".join(lines)

@@ -151,7 +151,8 @@ def header_lines(
         "",
         f"**Produced by the `{budget.name}` budget**: {budget.description}",
         "",
-        f"- command: `{context.get('command')}`",
+        f"- command: `{context.get('command')}` (the latest; the runs may come from several invocations, each listed "
+        f"in `{context.get('record_file')}`)",
         f"- finished: {context.get('finished')}; convunext {__version__}, torch {torch.__version__}, "
         f"{context.get('device')}; seeds: {', '.join(map(str, seeds))} ({len(seeds)} per model)",
         "- protocol: the best checkpoint of each run is chosen on the **validation** split (carved from the "
@@ -212,6 +213,12 @@ def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[Run
     return [*lines, ""]
 
 
+def seed_averaged_scores(runs: Sequence[RunSpec]) -> dict[str, float]:
+    """Per test image (by name), its Dice averaged over ``runs`` (the tested seeds of one model on one dataset),
+    read from each run's ``test/per_image.csv``."""
+    return average_scores([read_scores(spec.test_dir / "per_image.csv") for spec in runs], [s.label for s in runs])
+
+
 def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[RunSpec]) -> list[str]:
     """The lines of ``results.md``'s section "paired comparison with ConvUNeXt (test images)" for ``dataset``:
     each model's per-image test Dice averaged over its seeds, paired by image name with ConvUNeXt's (also averaged
@@ -221,18 +228,14 @@ def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[R
     runs = {model: found for model, found in runs.items() if found}
     if REFERENCE_MODEL not in runs or len(runs) < 2:
         return []
-
-    def seed_mean(model: str) -> dict[str, float]:
-        return average_scores(
-            [read_scores(spec.test_dir / "per_image.csv") for spec in runs[model]], [spec.label for spec in runs[model]]
-        )
-
-    reference = seed_mean(REFERENCE_MODEL)
+    reference = seed_averaged_scores(runs[REFERENCE_MODEL])
     others = []
     for model in runs:
         if model != REFERENCE_MODEL:
             label = model_title(model)
-            comparison = paired_comparison(reference, seed_mean(model), labels=(f"{dataset} / ConvUNeXt", label))
+            comparison = paired_comparison(
+                reference, seed_averaged_scores(runs[model]), labels=(f"{dataset} / ConvUNeXt", label)
+            )
             others.append(([label, str(len(runs[model])), f"{comparison.scores_b.mean():.4f}"], comparison))
     reference_row = [
         MODEL_TITLES[REFERENCE_MODEL],

@@ -197,10 +197,10 @@ def run_experiment(
     log: Callable[[str], None] = print,
 ) -> tuple[list[RunSpec], list[dict[str, Any]], int, int]:
     """Train and test every run of ``experiment``: finished runs are skipped, interrupted ones resumed, each best
-    validation checkpoint tested once; ``record`` (what was asked) is written to ``report_dir/record_file`` first.
-    Then every other finished run of the folder of one of ``report_models`` (other models, seeds or datasets,
-    trained by an earlier invocation or another process) joins the rows: the report covers them all, in the
-    order of ``report_models``.
+    validation checkpoint tested once; ``record`` (what was asked; with every invocation on the folder:
+    :func:`record_with_invocations`) is written to ``report_dir/record_file`` first. Then every other finished run
+    of the folder of one of ``report_models`` (other models, seeds or datasets, trained by an earlier invocation or
+    another process) joins the rows: the report covers them all, in the order of ``report_models``.
 
     Returns:
         ``(specs, rows, trained, skipped)``: the runs (asked, then found), one ``results.csv`` row per run in the
@@ -221,7 +221,7 @@ def run_experiment(
     with report_lock(report_dir):
         for stale in report_dir.glob(TEMP_FILES):  # the run folders below clean their own, under their locks
             stale.unlink(missing_ok=True)
-        atomic_write_json(report_dir / record_file, dict(record))
+        atomic_write_json(report_dir / record_file, record_with_invocations(report_dir / record_file, record))
     rows, trained, skipped = [], 0, 0
     for index, spec in enumerate(specs, 1):
         status = spec.status()
@@ -258,10 +258,32 @@ def run_experiment(
     return specs, rows, trained, skipped
 
 
-def report_context(command: str, device: str) -> dict[str, str]:
-    """The report's header facts: the command, when it finished, and the hardware."""
+INVOCATION_KEYS = ("command", "models", "datasets", "seeds")
+
+
+def record_with_invocations(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` (what this invocation asked) with ``invocations``: the command, models, datasets and seeds of
+    every invocation on the report folder, oldest first — the earlier ones from the folder's previous record at
+    ``path`` (one written before this list existed counts as one invocation), then this one with its start time.
+    A report's tables cover every finished run of the folder, so they may come from several invocations."""
+    earlier: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):  # written atomically, so only a hand-edited file: start the list afresh
+            previous = {}
+        earlier = previous.get("invocations") or (
+            [{key: previous.get(key) for key in INVOCATION_KEYS}] if previous.get("command") else []
+        )
+    now = {"started": datetime.now().strftime("%Y-%m-%d %H:%M"), **{key: record[key] for key in INVOCATION_KEYS}}
+    return {**record, "invocations": [*earlier, now]}
+
+
+def report_context(command: str, device: str, record_file: str) -> dict[str, str]:
+    """The report's header facts: the command, the record of every invocation, when it finished, the hardware."""
     return {
         "command": command,
+        "record_file": record_file,
         "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "device": device_description(resolve_device(device)),
     }
@@ -300,7 +322,7 @@ def reproduce(
     )
     record = experiment.record(command)
     specs, rows, trained, skipped = run_experiment(experiment, list_models(), "reproduce.json", record, log)
-    context = report_context(command or "convunext reproduce", device)
+    context = report_context(command or "convunext reproduce", device, "reproduce.json")
     with report_lock(experiment.report_dir):
         write_results(experiment.report_dir, rows, experiment.budget, context, specs)
     return ReproduceResult(experiment.report_dir, rows, trained, skipped, time.perf_counter() - start)
