@@ -207,7 +207,9 @@ def test_each_difference_has_its_paired_test_over_the_test_images(report: Path) 
         step, _, *tests = (cell.strip() for cell in line.strip("|").split("|"))
         cells[step.removeprefix("↳ ")] = tests
     assert "An interval that straddles 0 means these runs do not separate the two models" in section
+    assert f"Per test image ({len(scores['convunext'])} images)" in section
     for row in summary:
+        assert int(row["test_images"]) == len(scores[row["model"]])
         for compared, model in (("previous", row["compared_with"]), ("final", "convunext")):
             column = f"dice_vs_{compared}"
             cell = cells[row["step"]][compared == "final"]

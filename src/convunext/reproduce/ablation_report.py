@@ -31,16 +31,25 @@ COMPARED = ("previous", "final")
 """The two models each study row is compared with: the row's compared model (``parent``) and the paper's ConvUNeXt."""
 
 
-def paired_dice(dataset: str, model_a: str | None, model_b: str, specs: Sequence[RunSpec]) -> PairedComparison | None:
-    """``model_b`` against ``model_a`` on ``dataset``'s test images, each image's Dice averaged over the model's
-    tested seeds (:func:`~convunext.evaluation.compare.paired_comparison`); ``None`` when either model has no
-    tested run there, or both are the same model."""
-    runs_a = [spec for spec in specs if (spec.dataset, spec.model) == (dataset, model_a)]
-    runs_b = [spec for spec in specs if (spec.dataset, spec.model) == (dataset, model_b)]
-    if not runs_a or not runs_b or model_a == model_b:
+def seed_averaged_dice(specs: Sequence[RunSpec]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per ``(dataset, model)`` of the tested ``specs``: each test image's Dice averaged over the model's seeds
+    (:func:`~convunext.reproduce.report.seed_averaged_scores`), read once for every comparison of the report."""
+    runs: dict[tuple[str, str], list[RunSpec]] = {}
+    for spec in specs:
+        runs.setdefault((spec.dataset, spec.model), []).append(spec)
+    return {key: seed_averaged_scores(group) for key, group in runs.items()}
+
+
+def paired_dice(
+    scores: Mapping[tuple[str, str], Mapping[str, float]], dataset: str, model_a: str | None, model_b: str
+) -> PairedComparison | None:
+    """``model_b`` against ``model_a`` on ``dataset``'s test images, from their seed-averaged Dice ``scores``
+    (:func:`seed_averaged_dice`, :func:`~convunext.evaluation.compare.paired_comparison`); ``None`` when either
+    model has no tested run there, or both are the same model."""
+    scores_a, scores_b = scores.get((dataset, model_a or "")), scores.get((dataset, model_b))
+    if scores_a is None or scores_b is None or model_a == model_b:
         return None
-    labels = (f"{dataset} / {model_a}", f"{dataset} / {model_b}")
-    return paired_comparison(seed_averaged_scores(runs_a), seed_averaged_scores(runs_b), labels=labels)
+    return paired_comparison(scores_a, scores_b, labels=(f"{dataset} / {model_a}", f"{dataset} / {model_b}"))
 
 
 def _paired_columns(compared: str, comparison: PairedComparison | None) -> dict[str, Any]:
@@ -61,8 +70,10 @@ def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequen
     3x480x480), the seeds, Dice and mIoU (mean and sample std over seeds; NaN without a finished run), the
     differences of the means to the row's compared model (``previous``) and to the paper's ConvUNeXt (``final``),
     and the paired test of each Dice difference over the test images (:func:`paired_dice`): its confidence
-    interval (``_ci_low``, ``_ci_high``), Wilcoxon p-value (``_p``) and images won / tied / lost (``_wtl``)."""
+    interval (``_ci_low``, ``_ci_high``), Wilcoxon p-value (``_p``) and images won / tied / lost (``_wtl``), over
+    the model's ``test_images``."""
     stats = {(entry["dataset"], entry["model"]): entry for entry in summarize(rows)}
+    scores = seed_averaged_dice(specs)
 
     def mean(dataset: str, model: str | None, column: str) -> float:
         entry = stats.get((dataset, model))
@@ -83,6 +94,7 @@ def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequen
                 "params": entry.get("params", ""),
                 f"gflops_{FLOPS_SIZE}": entry.get(f"gflops_{FLOPS_SIZE}", math.nan),
                 "seeds": entry.get("seeds", 0),
+                "test_images": len(scores.get((dataset, row.name), {})),
             }
             for name, column in SCORES:
                 record[f"{name}_mean"] = mean(dataset, row.name, column)
@@ -91,7 +103,7 @@ def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequen
                 record[f"{name}_vs_previous"] = record[f"{name}_mean"] - mean(dataset, row.parent, column)
                 record[f"{name}_vs_final"] = record[f"{name}_mean"] - mean(dataset, study.final, column)
             for compared, model in zip(COMPARED, (row.parent, study.final)):
-                record.update(_paired_columns(compared, paired_dice(dataset, model, row.name, specs)))
+                record.update(_paired_columns(compared, paired_dice(scores, dataset, model, row.name)))
             out.append(record)
     return out
 
@@ -128,17 +140,15 @@ def paired_lines(study: Study, dataset: str, summary: Sequence[Mapping[str, Any]
     tested = [e for e in summary if e["dataset"] == dataset and any(e[f"dice_vs_{c}_wtl"] for c in compared)]
     if not tested:
         return []
-    wtl = next(e[f"dice_vs_{c}_wtl"] for e in tested for c in compared if e[f"dice_vs_{c}_wtl"])
-    images = sum(int(count) for count in wtl.split("/"))
     headers = ["Step", "Model", *(["Δ Dice vs previous"] if study.cumulative else []), "Δ Dice vs ConvUNeXt"]
     table = [[_step(e), f"`{e['model']}`", *(_paired_cell(e, c, study.final) for c in compared)] for e in tested]
     return [
         f"### {DATASET_TITLES[dataset]}: paired comparisons (test images)",
         "",
-        f"Can the test set tell the two models apart? Per test image ({images} images), each model's Dice is "
-        "averaged over its seeds, then paired by image name; a cell gives the mean difference (this row - the "
-        "compared model), its confidence interval, the p-value and the images won / tied / lost. An interval that "
-        "straddles 0 means these runs do not separate the two models. " + statistics_note(),
+        f"Can the test set tell the two models apart? Per test image ({tested[0]['test_images']} images), each "
+        "model's Dice is averaged over its seeds, then paired by image name; a cell gives the mean difference (this "
+        "row - the compared model), its confidence interval, the p-value and the images won / tied / lost. An "
+        "interval that straddles 0 means these runs do not separate the two models. " + statistics_note(),
         "",
         markdown_table(headers, table),
         "",
