@@ -188,6 +188,7 @@ def test_report_files(report: Path) -> None:
     markdown = (report / "roadmap.md").read_text()
     assert "budget `smoke`" in markdown and "## Synthetic" in markdown and "| ↳ 6a " in markdown
     assert "Δ Dice vs previous" in markdown and "`roadmap9_gate`" in markdown and "depths=(1, 1, 1, 1)" in markdown
+    assert "Side branches (`↳`)" in markdown
     assert (report / "roadmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((report / "roadmap.json").read_text())
     assert record["study"] == "roadmap" and record["models"] == STUDIES["roadmap"].models
@@ -245,6 +246,7 @@ def test_studies_share_their_common_runs(report: Path) -> None:
     assert [row["seeds"] for row in summary] == ["1", "0", "0", "0", "1", "0", "0", "0", "0", "1"]
     markdown = (report / "leave-one-out.md").read_text()
     assert "Δ Dice vs previous" not in markdown and "Δ Dice vs ConvUNeXt" in markdown
+    assert "reverts one of ConvUNeXt's choices" in markdown and "Side branches" not in markdown
     assert (report / "roadmap.md").is_file()  # the roadmap's report is left alone
 
 
