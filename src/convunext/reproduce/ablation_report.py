@@ -166,14 +166,14 @@ def study_markdown(
     """The text of ``STUDY.md``: the budget and protocol, one table per dataset, the models' arguments, the runs
     and the recipe."""
     lines = header_lines(f"ConvUNeXt ablation: {study.title}", budget, context, rows)
+    row_change = (
+        "changes one choice of the previous step (a side branch, of its step's previous one)"
+        if study.cumulative
+        else "reverts one of ConvUNeXt's choices"
+    )
+    intro = f"Each row {row_change}; Δ columns are differences of the mean test Dice."
     if study.cumulative:
-        intro = (
-            "Each row changes one choice of the previous step (a side branch, of its step's previous one); Δ columns "
-            "are differences of the mean test Dice. Side branches (`↳`) are the alternatives the paper tried at a "
-            "step and did not keep."
-        )
-    else:
-        intro = "Each row reverts one of ConvUNeXt's choices; Δ columns are differences of the mean test Dice."
+        intro += " Side branches (`↳`) are the alternatives the paper tried at a step and did not keep."
     lines += [intro, ""]
     headers = ["Step", "Change", "Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})", "Dice", "mIoU"]
     headers += [*(["Δ Dice vs previous"] if study.cumulative else []), "Δ Dice vs ConvUNeXt"]
