@@ -244,6 +244,9 @@ def test_studies_share_their_common_runs(report: Path) -> None:
     summary = _csv(report / "leave-one-out.csv")
     assert [(row["step"], row["model"]) for row in summary] == LEAVE_ONE_OUT
     assert [row["seeds"] for row in summary] == ["1", "0", "0", "0", "1", "0", "0", "0", "0", "1"]
+    for row in summary:  # rows still to run show their cost too, computed with the dataset's arguments
+        params, gflops = model_cost(row["model"], 480, width=8, in_channels=3, num_classes=2)
+        assert int(row["params"]) == params and float(row["gflops_480"]) == pytest.approx(gflops, rel=1e-5)
     markdown = (report / "leave-one-out.md").read_text()
     assert "Δ Dice vs previous" not in markdown and "Δ Dice vs ConvUNeXt" in markdown
     assert "reverts one of ConvUNeXt's choices" in markdown and "Side branches" not in markdown

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..evaluation.compare import PairedComparison, paired_comparison, statistics_note
+from ..models.cost import model_cost
 from ..models.variants import MACRO_NOTE, Study, arguments_text
 from ..utils.table import markdown_table
 from .budgets import Budget
@@ -16,6 +17,7 @@ from .plan import RunSpec
 from .report import (
     DATASET_TITLES,
     FLOPS_SIZE,
+    config_model_kwargs,
     header_lines,
     params_text,
     runs_and_recipe_lines,
@@ -66,14 +68,22 @@ def _paired_columns(compared: str, comparison: PairedComparison | None) -> dict[
 
 
 def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
-    """``STUDY.csv``: for each dataset and study row, the model's params and GFLOPs (of its runs, at
-    3x480x480), the seeds, Dice and mIoU (mean and sample std over seeds; NaN without a finished run), the
-    differences of the means to the row's compared model (``previous``) and to the paper's ConvUNeXt (``final``),
-    and the paired test of each Dice difference over the test images (:func:`paired_dice`): its confidence
-    interval (``_ci_low``, ``_ci_high``), Wilcoxon p-value (``_p``) and images won / tied / lost (``_wtl``), over
-    the model's ``test_images``."""
+    """``STUDY.csv``: for each dataset and study row, the model's params and GFLOPs (at 3x480x480; of its runs,
+    else computed with the arguments the dataset's config gives, so rows still to run show their cost too), the
+    seeds, Dice and mIoU (mean and sample std over seeds; NaN without a finished run), the differences of the means
+    to the row's compared model (``previous``) and to the paper's ConvUNeXt (``final``), and the paired test of each
+    Dice difference over the test images (:func:`paired_dice`): its confidence interval (``_ci_low``, ``_ci_high``),
+    Wilcoxon p-value (``_p``) and images won / tied / lost (``_wtl``), over the model's ``test_images``."""
     stats = {(entry["dataset"], entry["model"]): entry for entry in summarize(rows)}
     scores = seed_averaged_dice(specs)
+    dataset_specs = {spec.dataset: spec for spec in reversed(specs)}
+
+    def cost(dataset: str, model: str) -> dict[str, Any]:
+        entry = stats.get((dataset, model))
+        if entry is None:
+            params, gflops = model_cost(model, FLOPS_SIZE, **config_model_kwargs(dataset_specs[dataset]))
+            return {"params": params, f"gflops_{FLOPS_SIZE}": gflops}
+        return {"params": entry["params"], f"gflops_{FLOPS_SIZE}": entry[f"gflops_{FLOPS_SIZE}"]}
 
     def mean(dataset: str, model: str | None, column: str) -> float:
         entry = stats.get((dataset, model))
@@ -91,8 +101,7 @@ def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequen
                 "change": row.change,
                 "side_branch": row.branch,
                 "compared_with": row.parent or "",
-                "params": entry.get("params", ""),
-                f"gflops_{FLOPS_SIZE}": entry.get(f"gflops_{FLOPS_SIZE}", math.nan),
+                **cost(dataset, row.name),
                 "seeds": entry.get("seeds", 0),
                 "test_images": len(scores.get((dataset, row.name), {})),
             }
@@ -184,8 +193,8 @@ def study_markdown(
                 _step(entry),
                 entry["change"],
                 f"`{entry['model']}`",
-                params_text(int(entry["params"])) if entry["params"] != "" else "—",
-                "—" if math.isnan(entry[f"gflops_{FLOPS_SIZE}"]) else f"{entry[f'gflops_{FLOPS_SIZE}']:.1f}",
+                params_text(int(entry["params"])),
+                f"{entry[f'gflops_{FLOPS_SIZE}']:.1f}",
                 _score(entry["dice_mean"], entry["dice_std"]),
                 _score(entry["miou_mean"], entry["miou_std"]),
             ]

@@ -68,9 +68,7 @@ def plot_study(summary: Sequence[Mapping[str, Any]], title: str, final: str, pat
         right = blended_transform_factory(axis.transAxes, axis.transData)
         for y, (entry, mean) in enumerate(zip(entries, means)):
             branch = bool(entry["side_branch"])
-            cost = "—"
-            if entry["params"] != "":
-                cost = f"{params_text(int(entry['params']))}  {float(entry[f'gflops_{FLOPS_SIZE}']):.1f} GFLOPs"
+            cost = f"{params_text(int(entry['params']))}  {float(entry[f'gflops_{FLOPS_SIZE}']):.1f} GFLOPs"
             axis.text(1.02, y, cost, transform=right, va="center", fontsize=8)
             if math.isnan(mean):
                 axis.text(low, y, " not run", va="center", fontsize=8, color="grey")

@@ -49,16 +49,22 @@ def _training_seconds(run_dir: Path) -> float:
         return math.fsum(float(row["epoch_seconds"]) for row in csv.DictReader(handle))
 
 
-def _model_kwargs(spec: RunSpec) -> dict[str, Any]:
-    """The run's model arguments: its best checkpoint's, else (a committed report whose weights were not kept) its
-    config's with the dataset's channels and classes."""
-    best = spec.run_dir / "best.json"
-    if best.is_file():
-        return json.loads(best.read_text())["model"]["kwargs"]
+def config_model_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """The model arguments ``spec``'s config gives: the dataset's channels and classes, then ``model.kwargs`` (the
+    same for every model of a report: the recipe is)."""
     data = spec.config.data
     info = dataset_info(data.name, data.root, **data.options)
     kwargs = {"in_channels": info.in_channels, "num_classes": len(info.class_names)}
     return {**kwargs, **spec.config.model.kwargs}
+
+
+def _model_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """The run's model arguments: its best checkpoint's, else (a committed report whose weights were not kept) its
+    config's (:func:`config_model_kwargs`)."""
+    best = spec.run_dir / "best.json"
+    if best.is_file():
+        return json.loads(best.read_text())["model"]["kwargs"]
+    return config_model_kwargs(spec)
 
 
 def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str | Path) -> dict[str, Any]:
