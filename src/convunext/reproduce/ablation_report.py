@@ -76,7 +76,7 @@ def study_summary(study: Study, rows: Sequence[Mapping[str, Any]], specs: Sequen
     Wilcoxon p-value (``_p``) and images won / tied / lost (``_wtl``), over the model's ``test_images``."""
     stats = {(entry["dataset"], entry["model"]): entry for entry in summarize(rows)}
     scores = seed_averaged_dice(specs)
-    dataset_specs = {spec.dataset: spec for spec in reversed(specs)}
+    dataset_specs = {spec.dataset: spec for spec in specs}  # any of a dataset's specs: one recipe per report
 
     def cost(dataset: str, model: str) -> dict[str, Any]:
         entry = stats.get((dataset, model))
