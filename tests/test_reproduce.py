@@ -13,8 +13,9 @@ import pytest
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.compare import read_scores
+from convunext.models import list_models
 from convunext.reproduce import BUDGETS, CPU_STEPS, budgets, plan_runs, reproduce, step_budget
-from convunext.reproduce.report import paired_with_reference
+from convunext.reproduce.report import config_model_kwargs, paired_with_reference
 from convunext.reproduce.run import record_with_invocations
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
@@ -147,6 +148,14 @@ def test_a_committed_report_without_checkpoints_is_reported_as_it_is(report: Pat
         for d in (report, clone)
     ]
     assert tabled[0] == tabled[1]
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_a_run_without_checkpoint_is_costed_with_the_arguments_the_trainer_builds(tmp_path: Path, model: str) -> None:
+    # a committed report has no best.json: its params come from the config, which must give the trained model's
+    # arguments (deep supervision included: UNet++'s extra heads count)
+    (spec,) = plan_runs(tmp_path, [model], ["synthetic"], [0], BUDGETS["smoke"], tmp_path, QUIET)
+    assert config_model_kwargs(spec) == Trainer(spec.config, run_dir=spec.run_dir).model_kwargs
 
 
 def test_interrupted_run_resumes(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from .. import __version__
 from ..data import dataset_info
 from ..evaluation.compare import average_scores, comparison_table, paired_comparison, read_scores, statistics_note
 from ..models.cost import model_cost
+from ..training.trainer import model_kwargs_from_config
 from ..utils.io import atomic_path
 from ..utils.table import markdown_table
 from .budgets import Budget
@@ -50,12 +51,10 @@ def _training_seconds(run_dir: Path) -> float:
 
 
 def config_model_kwargs(spec: RunSpec) -> dict[str, Any]:
-    """The model arguments ``spec``'s config gives: the dataset's channels and classes, then ``model.kwargs`` (the
-    same for every model of a report: the recipe is)."""
+    """The model arguments ``spec``'s config gives, as the trainer builds them
+    (:func:`~convunext.training.trainer.model_kwargs_from_config`)."""
     data = spec.config.data
-    info = dataset_info(data.name, data.root, **data.options)
-    kwargs = {"in_channels": info.in_channels, "num_classes": len(info.class_names)}
-    return {**kwargs, **spec.config.model.kwargs}
+    return model_kwargs_from_config(spec.config, dataset_info(data.name, data.root, **data.options))
 
 
 def _model_kwargs(spec: RunSpec) -> dict[str, Any]:

@@ -133,6 +133,15 @@ class _Loop:
             self.ema.load_state_dict(state["ema"])
 
 
+def model_kwargs_from_config(config: ExperimentConfig, info: DatasetInfo) -> dict[str, Any]:
+    """The arguments ``config`` builds its model with: ``model.kwargs`` over the defaults of the dataset's channels
+    and classes and, for a model that has it, deep supervision on (what the trainer builds and checkpoints)."""
+    defaults: dict[str, Any] = {"in_channels": info.in_channels, "num_classes": len(info.class_names)}
+    if "deep_supervision" in model_arguments(config.model.name):
+        defaults["deep_supervision"] = True
+    return {**defaults, **config.model.kwargs}
+
+
 class Trainer:
     """Train one model on one dataset with one recipe; see :meth:`fit`.
 
@@ -170,7 +179,7 @@ class Trainer:
         self.train_set = open_dataset(data.name, data.root, "train", **data.options)
         self.val_set = open_dataset(data.name, data.root, "val", **data.options)
         self.info: DatasetInfo = self.train_set.info
-        self.model_kwargs = self._model_kwargs()
+        self.model_kwargs = model_kwargs_from_config(config, self.info)
         if config.train.threads is not None:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)
@@ -188,14 +197,6 @@ class Trainer:
         )
         self.autocast_enabled, self.amp_dtype = self._autocast()
         self.planned_seconds: float | None = None
-
-    def _model_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(self.config.model.kwargs)
-        kwargs.setdefault("in_channels", self.info.in_channels)
-        kwargs.setdefault("num_classes", len(self.info.class_names))
-        if "deep_supervision" in model_arguments(self.config.model.name):
-            kwargs.setdefault("deep_supervision", True)
-        return kwargs
 
     def checkpoint_meta(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         """The JSON record stored beside the weights: enough to rebuild and use the model on its own."""
