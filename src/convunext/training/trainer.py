@@ -136,7 +136,7 @@ class _Loop:
 def model_kwargs_from_config(config: ExperimentConfig, info: DatasetInfo) -> dict[str, Any]:
     """The arguments ``config`` builds its model with: ``model.kwargs`` over the defaults of the dataset's channels
     and classes and, for a model that has it, deep supervision on (what the trainer builds and checkpoints)."""
-    defaults: dict[str, Any] = {"in_channels": info.in_channels, "num_classes": len(info.class_names)}
+    defaults: dict[str, Any] = {"in_channels": info.in_channels, "num_classes": info.num_classes}
     if "deep_supervision" in model_arguments(config.model.name):
         defaults["deep_supervision"] = True
     return {**defaults, **config.model.kwargs}
@@ -622,7 +622,7 @@ class Trainer:
             optimize_for_inference(model) if self.fast_paths.fast_validation else model,
             dataset,
             EvalTransform(self.info.mean, self.info.std),
-            len(self.info.class_names),
+            self.info.num_classes,
             device=self.device,
             tile_size=self.config.data.eval_tile_size,
             progress=False,
