@@ -77,6 +77,11 @@ class Checkpoint:
     def class_names(self) -> list[str]:
         return list(self.meta["classes"])
 
+    @property
+    def weights_path(self) -> Path:
+        """The ``TAG.safetensors`` file beside the description."""
+        return self.path.parent / self.meta["weights"]["file"]
+
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP / torch.compile wrappers."""
@@ -152,6 +157,29 @@ def save_checkpoint_set(
     atomic_write_files(files)
 
 
+CHECKPOINT_FORMS = "give a run folder, its CHECKPOINT.json or .safetensors, or a pretrained model's name"
+
+
+def _not_a_checkpoint(path: Path) -> ConvUNeXtError:
+    """The refusal of an existing file that is no checkpoint, saying what it is when its name tells."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return ConvUNeXtError(
+            f"{path}: an ONNX model, not a convunext checkpoint: it lacks the input normalisation and class names; "
+            f"{CHECKPOINT_FORMS} (to run the model with ONNX Runtime, give that checkpoint and --backend onnx)"
+        )
+    if path.name == STATE_FILE:
+        return ConvUNeXtError(
+            f"{path}: the training state of --resume, not a checkpoint; give the run folder {path.parent}"
+        )
+    if suffix in (".pt", ".pth", ".ts", ".jit"):
+        return ConvUNeXtError(
+            f"{path}: a PyTorch file (TorchScript or pickle), not a convunext checkpoint; {CHECKPOINT_FORMS} "
+            "(a TorchScript export runs with torch.jit.load)"
+        )
+    return ConvUNeXtError(f"{path}: not a checkpoint; {CHECKPOINT_FORMS}")
+
+
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -160,9 +188,16 @@ def _resolve(path: str | Path) -> Path:
                 return path / f"{tag}.json"
         raise ConvUNeXtError(f"{path}: no checkpoint in this folder (expected best.json or last.json)")
     if path.suffix == ".safetensors":
+        if path.is_file() and not path.with_suffix(".json").is_file():
+            raise ConvUNeXtError(
+                f"{path}: its description {path.with_suffix('.json').name} is missing beside it (a checkpoint is "
+                "the pair TAG.json and TAG.safetensors)"
+            )
         path = path.with_suffix(".json")
     if not path.is_file():
         raise CheckpointNotFoundError(path)
+    if path.suffix != ".json":
+        raise _not_a_checkpoint(path)
     return path
 
 
@@ -282,6 +317,18 @@ def _check_architecture(weights_path: Path, json_path: Path, meta: dict[str, Any
             raise ConvUNeXtError(f"{json_path}: the model has {attribute}={value} but {field!r} has {described}")
 
 
+def _check_finite(state: dict[str, torch.Tensor], weights_path: Path) -> None:
+    """Refuse weights holding NaN or Inf, naming the first such tensor. The checksum cannot catch them: a run that
+    diverged saves them faithfully, and every prediction made with them would be silently wrong."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ConvUNeXtError(
+                f"{weights_path}: weights hold non-finite values (NaN or Inf: {bad} of {tensor.numel()} in tensor "
+                f"{key!r}), the run diverged; use an earlier checkpoint of it or train it again"
+            )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model of a checkpoint from the checkpoint alone, weights verified against their SHA-256 and
     their header against the described architecture before the model is built.
@@ -291,7 +338,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         map_location: device for the weights.
 
     Raises:
-        ConvUNeXtError: missing, truncated, tampered or mismatched files, with the file named.
+        ConvUNeXtError: missing, truncated, tampered or mismatched files, files that are no checkpoint (ONNX,
+            TorchScript, images), or weights holding NaN or Inf, with the file named.
     """
     meta, json_path = read_checkpoint_meta(path)
     weights_path = json_path.parent / meta["weights"]["file"]
@@ -304,6 +352,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError) as error:
         raise ConvUNeXtError(f"{weights_path}: cannot read weights ({error})") from error
+    _check_finite(state, weights_path)
     model = create_model(meta["model"]["name"], **meta["model"].get("kwargs", {}))
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from convunext.checkpoint import save_checkpoint
+from convunext.cli.main import main
 from convunext.data import dataset_info, detect_dataset, open_dataset
 from convunext.data.base import load_split_file
 from convunext.errors import ConvUNeXtError
+from convunext.models import create_model
 
 
 def test_glas_miniature_counts_and_binarised_instances(mini_glas):
@@ -71,12 +76,31 @@ def test_hrf_miniature_fixed_stratified_split(mini_hrf):
     assert detect_dataset(mini_hrf) == "hrf"
 
 
-def test_hrf_image_without_mask(tmp_path, mini_hrf):
+def test_hrf_unannotated_images_are_refused_by_name_and_split_unless_skipped(tmp_path, mini_hrf, capsys):
     copy = tmp_path / "HRF"
     shutil.copytree(mini_hrf, copy)
+    for stem in ("12_h", "01_h", "03_h"):  # 12_h is a training image, 01_h and 03_h test images
+        (copy / "manual1" / f"{stem}.tif").unlink()
+    expected = (
+        r"HRF/manual1: no vessel annotation for 12_h \(train\), 01_h, 03_h \(test\): this copy of HRF is incomplete"
+    )
+    for split in ("train", "val", "test"):  # whatever split is asked for: the user learns of every gap at once
+        with pytest.raises(ConvUNeXtError, match=expected):
+            open_dataset("hrf", copy, split, check_sizes=False)
+    sizes = {split: len(open_dataset("hrf", copy, split, skip_unannotated=True)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 19, "val": 4, "test": 19}
+    assert "going on without 3 unannotated image(s): 12_h (train), 01_h, 03_h (test)" in capsys.readouterr().err
+    names = open_dataset("hrf", copy, "test", skip_unannotated=True).names
+    assert "01_h" not in names and "04_h" in names
+
+
+def test_hrf_missing_image_is_not_taken_for_a_missing_annotation(tmp_path, mini_hrf):
+    copy = tmp_path / "HRF"
+    shutil.copytree(mini_hrf, copy)
+    (copy / "images" / "01_h.jpg").unlink()
     (copy / "manual1" / "01_h.tif").unlink()
-    with pytest.raises(ConvUNeXtError, match=r"01_h\.jpg: no mask \(.*manual1/01_h\.tif not found\)"):
-        open_dataset("hrf", copy, "test", check_sizes=False)
+    with pytest.raises(ConvUNeXtError, match=r"images/01_h\.jpg: image not found \(HRF test split\)"):
+        open_dataset("hrf", copy, "test", check_sizes=False, skip_unannotated=True)
 
 
 def test_real_glas(glas_root):
@@ -92,10 +116,37 @@ def test_real_glas(glas_root):
 
 
 def test_real_hrf(hrf_root):
-    sizes = {split: len(open_dataset("hrf", hrf_root, split, check_sizes=True)) for split in ("trainval", "test")}
-    assert sizes == {"trainval": 24, "test": 21}
-    dataset = open_dataset("hrf", hrf_root, "test")
+    # the shared copy lacks the manual annotations of 11_h, 12_h and 13_h: refused, named, unless the user opts out
+    with pytest.raises(ConvUNeXtError, match=r"no vessel annotation for 12_h \(train\), 11_h, 13_h \(test\)"):
+        open_dataset("hrf", hrf_root, "test")
+    sizes = {
+        split: len(open_dataset("hrf", hrf_root, split, check_sizes=True, skip_unannotated=True))
+        for split in ("trainval", "test")
+    }
+    assert sizes == {"trainval": 23, "test": 19}
+    dataset = open_dataset("hrf", hrf_root, "test", skip_unannotated=True)
     sample = dataset[0]
     assert sample["image"].shape == (3, 2336, 3504)
     assert set(np.unique(sample["mask"].numpy()).tolist()) == {0, 1}
     assert 0.5 < sample["fov"].numpy().mean() < 0.95
+
+
+def test_evaluate_on_an_incomplete_hrf_copy_refuses_then_goes_on_when_told(tmp_path, mini_hrf, capsys):
+    copy = tmp_path / "HRF"
+    shutil.copytree(mini_hrf, copy)
+    (copy / "manual1" / "01_h.tif").unlink()
+    torch.manual_seed(0)
+    meta = {
+        "model": {"name": "unet", "kwargs": {"width": 4}},
+        "classes": ["background", "vessel"],
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "data": {"name": "hrf"},
+    }
+    checkpoint = save_checkpoint(tmp_path / "run", "best", create_model("unet", width=4), meta)
+    out = tmp_path / "report"
+    argv = ["evaluate", str(checkpoint), str(copy), "--out", str(out), "--no-html", "--topology", "off"]
+    assert main(argv) == 2
+    assert "no vessel annotation for 01_h (test)" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--skip-unannotated"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["images"] == 20 and report["data_options"] == {"skip_unannotated": True}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +43,52 @@ def tiny_train_argv() -> Callable[..., list[str]]:
         return ["train", "--epochs", str(epochs), "--output-dir", str(out), *settings]
 
     return build
+
+
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+"""The environment of the helper processes the reliability tests start (one OpenMP thread: 2 busy cores)."""
+_HOLD_LOCK = (
+    "import sys, time\n"
+    "from convunext.utils.lock import RunLock\n"
+    "with RunLock(sys.argv[1]):\n"
+    "    print('locked', flush=True)\n"
+    "    time.sleep(120)\n"
+)
+
+
+@pytest.fixture
+def hold_lock() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """``hold_lock(folder)``: a second process that holds ``folder``'s :class:`~convunext.utils.lock.RunLock`
+    (returned once it does) until it is killed; every such process is killed at the end of the test."""
+    holders: list[subprocess.Popen[str]] = []
+
+    def start(folder: Path) -> subprocess.Popen[str]:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True, env=SUBPROCESS_ENV
+        )
+        holders.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        return holder
+
+    yield start
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture
+def fail_fsync_of(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """``fail_fsync_of(name)``: from then on, syncing a temporary file of ``name`` (``.NAME.*.tmp``, as
+    :func:`~convunext.utils.io.atomic_path` writes) fails as on a full disk, after its data was written."""
+
+    def arm(name: str) -> None:
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{name}."):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    return arm

@@ -29,13 +29,6 @@ from convunext.utils import lock as lock_module
 from convunext.utils.lock import LOCK_NAME, RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-HOLD_LOCK = (
-    "import sys, time\n"
-    "from convunext.utils.lock import RunLock\n"
-    "with RunLock(sys.argv[1]):\n"
-    "    print('locked', flush=True)\n"
-    "    time.sleep(120)\n"
-)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -46,15 +39,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def _temp_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob(".*.tmp"))
-
-
-def _hold_lock(folder: Path) -> subprocess.Popen[str]:
-    """A second process holding ``folder``'s lock until it is killed."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +69,24 @@ def test_a_folder_without_a_resumable_state_is_refused_without_suggesting_resume
     (tmp_path / "b" / "notes.txt").write_text("mine")
     assert main(tiny_train_argv(tmp_path, "train.run_name=b")) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'b'}: this folder already holds a run" in err and "--resume" not in err
+    assert f"{tmp_path / 'b'}: this folder is not empty (notes.txt) and holds no convunext run" in err  # issue 30
+    assert "--resume" not in err and "--overwrite" not in err
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
 
 
-def test_overwrite_replaces_the_old_run_completely(tmp_path: Path, tiny_train_argv: Callable[..., list[str]]) -> None:
+def test_overwrite_replaces_the_old_run_completely(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_train_argv: Callable[..., list[str]]
+) -> None:
     assert main(tiny_train_argv(tmp_path, "train.run_name=c", epochs=2)) == 0
     (tmp_path / "c" / "test").mkdir()
     (tmp_path / "c" / "test" / "metrics.json").write_text("{}")  # e.g. an evaluation of the old weights
+    # issue 30: --overwrite removes only what a run wrote, so a folder holding anything else is refused, untouched
+    assert main([*tiny_train_argv(tmp_path, "train.run_name=c"), "--overwrite"]) == 2
+    assert "also holds test/; nothing was deleted" in capsys.readouterr().err
+    assert (tmp_path / "c" / "test" / "metrics.json").is_file()
+    (tmp_path / "c" / "test" / "metrics.json").unlink()
+    (tmp_path / "c" / "test").rmdir()
     assert main([*tiny_train_argv(tmp_path, "train.run_name=c"), "--overwrite"]) == 0
-    assert not (tmp_path / "c" / "test").exists()
     assert (tmp_path / "c" / "metrics.csv").read_text().count("\n") == 2  # header + the new run's one epoch
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["epochs_run"] == 1
 
@@ -110,7 +102,7 @@ def test_several_seeds_into_an_existing_run_are_refused_before_training(
     (tmp_path / "n" / "seed2").mkdir(parents=True)
     (tmp_path / "n" / "seed2" / "summary.json").write_text("{}")
     assert main([*tiny_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"]) == 2
-    assert f"{tmp_path / 'n' / 'seed2'}: this folder already holds a run" in capsys.readouterr().err
+    assert f"{tmp_path / 'n' / 'seed2'}: this folder is not empty (summary.json)" in capsys.readouterr().err
     assert not (tmp_path / "n" / "seed1").exists(), "refused before the first seed trains"
 
 
@@ -131,10 +123,12 @@ def test_automatic_names_never_collide(
     assert claim_run_dir(tmp_path, "x") == tmp_path / "x" and claim_run_dir(tmp_path, "x") == tmp_path / "x-2"
 
 
-def _train_while_held(folder: Path, argv: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
+def _train_while_held(
+    folder: Path, argv: list[str], hold_lock: Callable[[Path], subprocess.Popen[str]]
+) -> tuple[subprocess.CompletedProcess[str], int]:
     """Run ``convunext ARGV`` in a new process while another process holds ``folder``'s lock; return the result
     and the holder's pid (the holder is gone afterwards)."""
-    holder = _hold_lock(folder)
+    holder = hold_lock(folder)
     try:
         command = [sys.executable, "-m", "convunext", *argv]
         done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
@@ -145,17 +139,21 @@ def _train_while_held(folder: Path, argv: list[str]) -> tuple[subprocess.Complet
 
 
 def test_a_run_folder_in_use_is_refused_with_the_holders_pid(
-    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+    tmp_path: Path,
+    tiny_train_argv: Callable[..., list[str]],
+    hold_lock: Callable[[Path], subprocess.Popen[str]],
 ) -> None:
-    done, pid = _train_while_held(tmp_path / "busy", tiny_train_argv(tmp_path, "train.run_name=busy"))
+    done, pid = _train_while_held(tmp_path / "busy", tiny_train_argv(tmp_path, "train.run_name=busy"), hold_lock)
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert "\n" not in line and f"{tmp_path / 'busy'}: in use by another process (pid {pid} on " in line
     assert not (tmp_path / "busy" / "config.yaml").exists(), "the refused run wrote nothing"
 
 
-def test_resume_of_a_run_in_use_is_refused(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    holder = _hold_lock(finished)
+def test_resume_of_a_run_in_use_is_refused(
+    finished: Path, capsys: pytest.CaptureFixture[str], hold_lock: Callable[[Path], subprocess.Popen[str]]
+) -> None:
+    holder = hold_lock(finished)
     try:
         assert main(["train", "--resume", str(finished)]) == 2
     finally:
@@ -165,9 +163,9 @@ def test_resume_of_a_run_in_use_is_refused(finished: Path, capsys: pytest.Captur
 
 
 def test_a_lock_left_by_a_killed_process_does_not_block(
-    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+    tmp_path: Path, tiny_train_argv: Callable[..., list[str]], hold_lock: Callable[[Path], subprocess.Popen[str]]
 ) -> None:
-    holder = _hold_lock(tmp_path / "d")
+    holder = hold_lock(tmp_path / "d")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert json.loads((tmp_path / "d" / LOCK_NAME).read_text())["pid"] == holder.pid  # the file is left behind
@@ -203,8 +201,10 @@ def test_the_lock_without_flock_detects_live_and_dead_holders(tmp_path: Path, mo
         live.wait()
 
 
-def test_a_waiting_lock_gets_the_folder_once_it_is_free(tmp_path: Path) -> None:
-    holder = _hold_lock(tmp_path)
+def test_a_waiting_lock_gets_the_folder_once_it_is_free(
+    tmp_path: Path, hold_lock: Callable[[Path], subprocess.Popen[str]]
+) -> None:
+    holder = hold_lock(tmp_path)
     start = time.monotonic()
     with pytest.raises(ConvUNeXtError, match="in use"):
         RunLock(tmp_path, timeout=0.3).acquire()
@@ -310,11 +310,13 @@ def test_reproduce_restarts_a_run_killed_before_its_first_epoch(tmp_path: Path) 
     assert not _temp_files(tmp_path) and not (tmp_path / LOCK_NAME).exists()
 
 
-def test_reproduce_refuses_a_run_another_process_works_on(tmp_path: Path) -> None:
+def test_reproduce_refuses_a_run_another_process_works_on(
+    tmp_path: Path, hold_lock: Callable[[Path], subprocess.Popen[str]]
+) -> None:
     (spec,) = plan_runs(
         tmp_path, ["unet"], ["synthetic"], [0], BUDGETS["smoke"], tmp_path, ["train.progress_bar=false"]
     )
-    holder = _hold_lock(spec.run_dir)
+    holder = hold_lock(spec.run_dir)
     try:
         expected = re.escape(f"{spec.run_dir}: in use by another process (pid {holder.pid} on ")
         with pytest.raises(ConvUNeXtError, match=expected):
@@ -343,14 +345,17 @@ def test_under_ddp_every_rank_refuses_a_taken_folder_without_hanging(
 
 
 def test_a_seed_run_in_progress_is_reported_as_in_use_not_as_resumable(
-    tmp_path: Path, tiny_train_argv: Callable[..., list[str]]
+    tmp_path: Path,
+    tiny_train_argv: Callable[..., list[str]],
+    hold_lock: Callable[[Path], subprocess.Popen[str]],
 ) -> None:
     """--seeds checks every seed's folder before training: one that holds files because a process is training into
     it right now is reported with its holder, not as a finished run to resume or overwrite."""
     busy = tmp_path / "n" / "seed1"
     busy.mkdir(parents=True)
     (busy / "metrics.csv").write_text("epoch\n")
-    done, pid = _train_while_held(busy, [*tiny_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"])
+    argv = [*tiny_train_argv(tmp_path, "train.run_name=n"), "--seeds", "1", "2"]
+    done, pid = _train_while_held(busy, argv, hold_lock)
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert f"{busy}: in use by another process (pid {pid} on " in line and "--overwrite" not in line

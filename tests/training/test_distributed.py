@@ -137,6 +137,7 @@ def test_two_processes_write_one_set_of_checkpoints(ddp: Path) -> None:
         "best.json",
         "best.safetensors",
         "config.yaml",
+        "convunext-run.json",
         "last.json",
         "last.safetensors",
         "last_state.pt",

@@ -107,4 +107,4 @@ def test_time_budget_flag_prints_planned_and_actual(
     assert "planned 0.1 min, took" in out
     with pytest.raises(SystemExit):
         main(["train", "--threads", "0"])
-    assert "expected a positive number of threads" in capsys.readouterr().err
+    assert "'0': expected a number of threads, an integer of at least 1" in capsys.readouterr().err

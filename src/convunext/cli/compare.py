@@ -48,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metric", default="dice_fg", help="a per-image column of per_image.csv (default: dice_fg; iou_fg, ...)"
     )
-    parser.add_argument("--out", help="folder for the comparison (default: compare-DATASET-SPLIT)")
+    parser.add_argument(
+        "--out",
+        help="folder for the comparison (default: compare-DATASET-SPLIT); an earlier comparison there is replaced "
+        "whole, other files are left alone",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (for runs to evaluate)")
     add_backend_argument(parser)
     add_threads_argument(parser)

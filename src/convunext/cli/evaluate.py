@@ -12,6 +12,7 @@ from .options import (
     add_evaluation_data_arguments,
     add_threads_argument,
     apply_threads,
+    integer_at_least,
 )
 
 
@@ -32,10 +33,13 @@ def run(args: argparse.Namespace) -> int:
         topology=args.topology,
         html=args.html,
         full_maps=args.full_maps,
+        data_options={"skip_unannotated": True} if args.skip_unannotated else None,
     )
     what = report.context
     print(f"{what['model']} on {what['dataset']} ({args.split}, {what['images']} images, {what['seconds']:.1f} s)")
     print(metrics_table(report.results))
+    if report.replaced:
+        print(f"replaced the earlier evaluation in {report.out_dir} (its files only; other files were left alone)")
     print(f"written: {report.out_dir}/metrics.json, per_image.csv, metrics.md" + (", report.html" if args.html else ""))
     return 0
 
@@ -50,8 +54,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_argument(parser)
     add_evaluation_data_arguments(parser)
-    parser.add_argument("--out", help="report folder (default: CHECKPOINT_DIR/eval-DATASET-SPLIT)")
-    parser.add_argument("--tile-size", type=int, help="sliding-window tile (default: the checkpoint's; 0 = whole)")
+    parser.add_argument(
+        "--skip-unannotated",
+        action="store_true",
+        help="HRF: go on without the images whose manual annotation is missing from this copy (they are named); "
+        "without it such a copy is refused",
+    )
+    parser.add_argument(
+        "--out",
+        help="report folder (default: CHECKPOINT_DIR/eval-DATASET-SPLIT; for a shipped model "
+        "./convunext-reports/NAME/eval-DATASET-SPLIT); an earlier evaluation there is replaced whole once the new "
+        "one is complete, other files are left alone",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=integer_at_least(0, "a tile side in pixels"),
+        help="sliding-window tile (default: the checkpoint's; 0 = whole)",
+    )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument(
         "--auc",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint, read_checkpoint_meta
+from ..checkpoint import Checkpoint, load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
-from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, export_model
+from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET, export_model
 from ..pretrained import publish_pretrained
-from .options import add_checkpoint_argument
+from .options import add_checkpoint_argument, integer_at_least
 
 
 def _test_report(checkpoint: str, given: str | None) -> Path:
@@ -26,7 +26,17 @@ def _test_report(checkpoint: str, given: str | None) -> Path:
     return found[0]
 
 
+def _check_out(out: Path, checkpoint: Checkpoint) -> None:
+    """Refuse an ``--out`` that is one of the exported checkpoint's own files."""
+    if out.resolve() in (checkpoint.path.resolve(), checkpoint.weights_path.resolve()):
+        raise ConvUNeXtError(f"{out}: is a file of the exported checkpoint; give another --out file")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained and (args.format or args.out or args.opset is not None):
+        raise ConvUNeXtError("give either --pretrained NAME or --format and --out, not both")
+    if args.opset is not None and args.format != "onnx":
+        raise ConvUNeXtError("--opset applies to --format onnx only")
     if args.pretrained:
         path = publish_pretrained(
             args.checkpoint,
@@ -41,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.format or not args.out:
         raise ConvUNeXtError("convunext export: give --format and --out (or --pretrained NAME)")
     checkpoint = load_checkpoint(args.checkpoint)
-    model = checkpoint.model
-    report = export_model(model, args.format, args.out, verify=not args.no_verify, opset=args.opset)
+    _check_out(Path(args.out), checkpoint)
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    report = export_model(checkpoint.model, args.format, args.out, verify=not args.no_verify, opset=opset)
     channels = len(checkpoint.mean)
     classes = len(checkpoint.class_names)
-    detail = f"opset {args.opset}, " if args.format == "onnx" else ""
+    detail = f"opset {opset}, " if args.format == "onnx" else ""
     print(
         f"wrote {report.path} ({args.format}, {detail}input 'image' N x {channels} x H x W float32, any N and "
         f"H, W >= {report.min_size} px; output 'logits' N x {classes} x H x W)"
@@ -75,8 +86,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_argument(parser)
     parser.add_argument("--format", choices=EXPORT_FORMATS, help="onnx or torchscript")
-    parser.add_argument("--out", help="output file, e.g. model.onnx or model.pt (missing parent folders are created)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--out",
+        help="output file, e.g. model.onnx or model.pt (missing parent folders are created; written only once "
+        "verified)",
+    )
+    parser.add_argument(
+        "--opset",
+        type=integer_at_least(MIN_OPSET, "an ONNX opset"),
+        help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} or later)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the check against the eager model")
     shipped = parser.add_argument_group("pretrained model of the package")
     shipped.add_argument(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConvUNeXtError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         print(f"convunext {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout went away (`convunext models | head -3`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConvUNeXtError
 from ..models import list_models, list_variants
 from ..models.cost import model_cost
 from ..models.variants import arguments_text
@@ -45,7 +46,16 @@ def pretrained_table() -> str:
     return markdown_table(headers, rows)
 
 
+MIN_SIZE = 16
+"""The smallest image side every registered model takes: each halves it four times."""
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.size < MIN_SIZE:  # the channel and class counts are checked by the models themselves
+        raise ConvUNeXtError(
+            f"--size {args.size}: expected an image side of at least {MIN_SIZE} pixels (every model halves it four "
+            "times)"
+        )
     if args.pretrained:
         print(pretrained_table())
         return 0

@@ -4,6 +4,8 @@ evaluated data)."""
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from ..inference.optimize import BACKENDS
 from ..pretrained import resolve_checkpoint
@@ -14,15 +16,34 @@ THREADS_HELP = (
 )
 
 
-def positive_threads(text: str) -> int:
-    """``--threads``' type: a positive integer."""
+def integer_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (``what`` it counts names it in the refusal)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}, an integer of at least {low}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1) (e.g. ``--overlap``)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of threads")
+        value = math.nan
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction, at least 0 and less than 1")
     return value
+
+
+positive_threads = integer_at_least(1, "a number of threads")
+"""``--threads``' type."""
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -7,23 +7,42 @@ elastic launcher (``python -m torch.distributed.run --standalone --nproc_per_nod
 ``optim.batch_size`` is per process: the global batch is ``batch_size x N``.
 
 A new run never replaces a folder that already holds one: reusing a ``train.run_name`` is refused (continue the old
-run with ``--resume RUN_DIR``, or delete it and start again with ``--overwrite``).
+run with ``--resume RUN_DIR``, or delete it and start again with ``--overwrite``, which removes only what a run
+writes and refuses a folder that holds anything else). ``--resume`` only ever continues a run, as it was trained
+(:mod:`convunext.training.resume`); with several seeds, ``--resume BASE`` continues each seed that started, reports
+the finished ones and starts those that never did. Every seed's folder and configuration is checked before the first
+seed trains.
+
+A time budget on a dataset preset trains with the recipe validated for short budgets
+(:func:`~convunext.training.time_budget.short_budget_overrides`) in place of the preset's full-length one; what the
+command line sets still wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import STATE_FILE
 from ..errors import ConvUNeXtError
-from ..training.config import ExperimentConfig, list_presets
+from ..training.config import PRESET_DIR, ExperimentConfig, list_presets, resolve_preset
 from ..training.distributed import DistributedContext
-from ..training.run_folder import check_new_run_dir, claim_run_dir, default_run_name
+from ..training.resume import check_resume
+from ..training.run_folder import (
+    check_new_run_dir,
+    check_overwritable,
+    check_resumable,
+    claim_run_dir,
+    default_run_name,
+)
+from ..training.time_budget import short_budget_overrides
 from ..training.trainer import TrainResult
 from .options import THREADS_HELP, positive_threads
 
@@ -75,7 +94,9 @@ def _flags() -> tuple[_Flag, ...]:
         _Flag(
             "--time-budget",
             "train for about MINUTES: the epochs are fixed from the measured cost of a step and a validation, and "
-            "the schedule is compressed to that length (sets train.time_budget_minutes)",
+            "the schedule is compressed to that length (sets train.time_budget_minutes); with a dataset preset, the "
+            "recipe validated for short budgets replaces the preset's (reference lr, poly decay, crop 256), and a "
+            "plan of too few steps to learn is warned about",
             sets="train.time_budget_minutes",
             type=float,
             metavar="MINUTES",
@@ -90,13 +111,15 @@ def _flags() -> tuple[_Flag, ...]:
         _Flag("--set", "override any config field", action="append", metavar="SECTION.FIELD=VALUE"),
         _Flag(
             "--resume",
-            "continue the run in RUN_DIR from its last checkpoint (with its config.yaml)",
+            "continue the run in RUN_DIR from its last checkpoint, as it was trained (its config.yaml; only the "
+            "length, device, threads and display may change); with several seeds, each RUN_DIR/seed<S>",
             metavar="RUN_DIR",
         ),
         _Flag(
             "--overwrite",
-            "delete what the run folder holds (a finished or stopped run of the same train.run_name) and start "
-            "again; without it such a folder is refused",
+            "delete the old run in the run folder (a finished or stopped run of the same train.run_name: only the "
+            "files a run writes) and start again; without it such a folder is refused, and a folder that holds "
+            "anything else is refused in any case",
             action="store_true",
         ),
         _Flag("--seeds", "train once per seed and report mean ± std", type=int, nargs="+"),
@@ -116,24 +139,47 @@ def _flags() -> tuple[_Flag, ...]:
     )
 
 
-def build_config(args: argparse.Namespace) -> ExperimentConfig:
-    """The experiment of the command line: the preset/file, then the shortcut options, then every ``--set``."""
-    if args.config:
-        source = args.config
-    elif args.resume:  # continue with the run's own resolved config
-        candidates = [Path(args.resume) / "config.yaml", *sorted(Path(args.resume).glob("seed*/config.yaml"))]
-        existing = [path for path in candidates if path.is_file()]
-        if not existing:
-            raise ConvUNeXtError(f"{args.resume}: not a run folder (no config.yaml)")
-        source = str(existing[0])
-    else:
-        source = args.data if args.data in list_presets() else "synthetic"
+def build_config(args: argparse.Namespace) -> tuple[ExperimentConfig, str | None]:
+    """The experiment of the command line — the preset/file, then the shortcut options, then every ``--set`` —
+    and, when a time budget replaced the preset's recipe by the short-budget one, a line that says so.
+
+    The short-budget recipe (:func:`~convunext.training.time_budget.short_budget_overrides`) goes between a dataset
+    preset and the command line when the run has a time budget: the presets' recipe is the paper's 300 epochs at
+    crop 480, which a budget of minutes compresses into a few dozen steps that learn little. The ``synthetic``
+    preset is already a short CPU recipe, and a file of the user's (or a run's saved ``config.yaml``) keeps its
+    own recipe."""
+    source = _config_source(args)
     overrides = [
         f"{flag.sets}={value}"
         for flag in _flags()
         if flag.sets and (value := getattr(args, flag.dest)) is not None and value != ""
-    ]
-    return ExperimentConfig.from_yaml(source, overrides + list(args.set or []))
+    ] + list(args.set or [])
+    config = ExperimentConfig.from_yaml(source, overrides)
+    file = resolve_preset(source)
+    if not (config.train.time_budget_minutes and file.parent == PRESET_DIR and config.data.name != "synthetic"):
+        return config, None
+    recipe = short_budget_overrides(file.stem)  # the preset's crop (HRF's is larger), whatever data it is given
+    note = (
+        f"time budget: the short-budget recipe replaces the {file.stem} preset's ({', '.join(recipe)}: "
+        "AdamW lr 1.5e-3, poly decay; chosen on DRIVE's validation split); --set any of them to choose otherwise"
+    )
+    return ExperimentConfig.from_yaml(source, [*recipe, *overrides]), note
+
+
+def _config_source(args: argparse.Namespace) -> str:
+    """The preset or YAML file the command line starts from; under ``--resume`` without one, the run's own
+    resolved ``config.yaml`` (with several seeds, the first seed's that has one)."""
+    if args.config:
+        return args.config
+    if not args.resume:
+        return args.data if args.data in list_presets() else "synthetic"
+    base = Path(args.resume)
+    candidates = [base / "config.yaml", *sorted(base.glob("seed*/config.yaml"))]
+    existing = [path for path in candidates if path.is_file()]
+    if not existing:
+        check_resumable(base)  # says what the folder lacks
+        raise ConvUNeXtError(f"{base}: nothing to resume: no config.yaml")
+    return str(existing[0])
 
 
 def _summary(results: list[TrainResult], seeds: list[int], config: ExperimentConfig) -> str:
@@ -196,7 +242,7 @@ def _launch(args: argparse.Namespace) -> int:
 
     if "WORLD_SIZE" in os.environ:
         raise ValueError("--devices starts torchrun itself; under torchrun, leave --devices out")
-    config = build_config(args)  # report a bad preset or --set here, once, rather than in every worker
+    config, _ = build_config(args)  # report a bad preset or --set here, once, rather than in every worker
     wants_cuda = config.train.device != "cpu" and torch.cuda.is_available()
     if args.sync_batchnorm and not wants_cuda:
         raise ValueError("--sync-batchnorm needs CUDA (PyTorch has no CPU implementation); leave it out on CPU")
@@ -210,56 +256,114 @@ def _launch(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
-    if args.resume and args.overwrite:
-        raise ValueError("--overwrite starts the run again and --resume continues it; give one of them")
-    if args.devices is not None:
-        if args.devices < 1:
-            raise ValueError(f"--devices {args.devices}: expected a positive number of processes")
-        if args.devices > 1:
-            return _launch(args)
-    config = build_config(args)
+    _check_arguments(args)
+    if args.devices is not None and args.devices > 1:
+        return _launch(args)
+    config, note = build_config(args)
     from ..training.distributed import context_from_environment
 
     dist = context_from_environment(config.train.device, sync_batchnorm=args.sync_batchnorm)
-    seeds = args.seeds or [config.train.seed]
     results = []
     try:
-        run_dirs = _seed_run_dirs(args, config, seeds, dist)
-        # --resume restarts a seed that never finished an epoch (no state to continue): its files are replaced
-        overwrite = args.overwrite or bool(args.resume)
-        resumes = [
-            bool(args.resume) and run_dir is not None and (run_dir / "last_state.pt").is_file() for run_dir in run_dirs
-        ]
-        for run_dir, resume in zip(run_dirs, resumes):
-            if run_dir is not None and not (resume or overwrite):
-                check_new_run_dir(run_dir)  # every seed's folder, before the first seed trains
-        for seed, run_dir, resume in zip(seeds, run_dirs, resumes):
-            config.train.seed = seed
-            trainer = Trainer(config, run_dir=run_dir, resume=resume, dist=dist, overwrite=overwrite)
+        runs = _seed_runs(args, config, dist)
+        _check_seed_runs(runs, config, overwrite=args.overwrite)  # every seed, before the first one trains
+        if note and dist.is_main:
+            print(note)
+        for run in runs:
+            config.train.seed = run.seed
+            trainer = Trainer(config, run_dir=run.run_dir, resume=run.resume, dist=dist, overwrite=args.overwrite)
             results.append(trainer.fit())
             config = trainer.config  # resolved: later seeds keep the first one's switches and time-budget plan
     finally:  # every rank leaves the process group, also when all of them refuse the run with the same error
         dist.close()
     if dist.is_main:
-        print(_summary(results, seeds, config))
+        print(_summary(results, [run.seed for run in runs], config))
     return 0
 
 
-def _seed_run_dirs(
-    args: argparse.Namespace, config: ExperimentConfig, seeds: list[int], dist: DistributedContext
-) -> list[Path | None]:
-    """The run folder of each seed: ``--resume``'s or the trainer's choice (None) for one seed; with several,
-    ``BASE/seed<S>`` under ``--resume``, ``train.output_dir/train.run_name`` or a new automatically named BASE."""
-    if len(seeds) == 1:
-        return [Path(args.resume) if args.resume else None]
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse contradicting or repeated options before anything is read or written."""
+    if args.resume and args.overwrite:
+        raise ValueError("--overwrite starts the run again and --resume continues it; give one of them")
+    if args.devices is not None and args.devices < 1:
+        raise ValueError(f"--devices {args.devices}: expected a positive number of processes")
+    seeds = args.seeds or []
+    repeated = next((seed for index, seed in enumerate(seeds) if seed in seeds[:index]), None)
+    if repeated is not None:
+        raise ConvUNeXtError(
+            f"--seeds {' '.join(map(str, seeds))}: seed {repeated} is given twice (its runs would share one folder); "
+            "give each seed once"
+        )
+
+
+@dataclass(frozen=True)
+class _SeedRun:
+    """One seed's run of the command: its seed, its folder (None: the trainer's choice) and whether it resumes."""
+
+    seed: int
+    run_dir: Path | None
+    resume: bool
+
+
+def _seed_runs(args: argparse.Namespace, config: ExperimentConfig, dist: DistributedContext) -> list[_SeedRun]:
+    """The run of each seed. One seed: ``--resume``'s folder, or the trainer's choice. Several: ``BASE/seed<S>``
+    under ``--resume BASE``, ``train.output_dir/train.run_name`` or a new automatically named BASE.
+
+    ``--resume BASE`` without ``--seeds`` continues the seeds whose folders BASE holds; with several seeds, a seed
+    whose folder does not exist (or is empty) starts, and the others resume (:func:`_check_seed_runs` refuses a
+    folder that holds files but no training state)."""
     if args.resume:
         base = Path(args.resume)
-    elif config.train.run_name:
+        started = _started_seeds(base)
+        seeds = args.seeds or started or [config.train.seed]
+        if len(seeds) == 1 and (not started or _is_run(base)):
+            return [_SeedRun(seeds[0], base, resume=True)]
+        runs = [_SeedRun(seed, base / f"seed{seed}", resume=_started(base / f"seed{seed}")) for seed in seeds]
+        if not any(run.resume for run in runs):
+            raise ConvUNeXtError(f"{base}: nothing to resume: none of {_seed_names(seeds)} has started")
+        return runs
+    seeds = args.seeds or [config.train.seed]
+    if len(seeds) == 1:
+        return [_SeedRun(seeds[0], None, resume=False)]
+    if config.train.run_name:
         base = Path(config.train.output_dir) / config.train.run_name
     else:  # rank 0 claims a fresh folder, the other ranks use it
         claimed = claim_run_dir(config.train.output_dir, default_run_name(config)) if dist.is_main else None
         base = dist.broadcast_object(claimed)
-    return [base / f"seed{seed}" for seed in seeds]
+    return [_SeedRun(seed, base / f"seed{seed}", resume=False) for seed in seeds]
+
+
+def _check_seed_runs(runs: list[_SeedRun], config: ExperimentConfig, *, overwrite: bool) -> None:
+    """Refuse, before any seed trains, a seed that cannot run: an invalid seed, a resume that cannot continue or
+    would change the run, a folder that a new run (or ``overwrite``) may not take."""
+    for run in runs:
+        seeded = copy.deepcopy(config)
+        seeded.train.seed = run.seed
+        seeded.validate("--seeds")
+        if run.resume:
+            check_resume(run.run_dir, seeded)  # type: ignore[arg-type]
+        elif run.run_dir is not None:
+            (check_overwritable if overwrite else check_new_run_dir)(run.run_dir)
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file() or (folder / "config.yaml").is_file()
+
+
+def _started(folder: Path) -> bool:
+    """Whether a seed's folder under ``--resume BASE`` holds anything but hidden files (a lock, temporary files):
+    a missing or empty one starts afresh."""
+    return folder.is_dir() and any(not path.name.startswith(".") for path in folder.iterdir())
+
+
+def _started_seeds(base: Path) -> list[int]:
+    """The seeds whose ``seed<S>`` folders under ``base`` hold a run's config or state."""
+    found = (path for path in base.glob("seed*") if path.name[len("seed") :].isdigit() and _is_run(path))
+    return sorted(int(path.name[len("seed") :]) for path in found)
+
+
+def _seed_names(seeds: list[int]) -> str:
+    return ", ".join(f"seed{seed}" for seed in seeds)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

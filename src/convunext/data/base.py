@@ -18,6 +18,8 @@ from ..errors import ConvUNeXtError
 from .io import IGNORE_INDEX, image_size, is_image_file, read_fov, read_image, read_mask
 
 SPLITS = ("train", "val", "test", "trainval")
+BINARY_CLASS_NAMES = ("background", "foreground")
+"""The class names of a binary dataset that does not name its classes (a folder without ``class_names``)."""
 
 Sample = dict[str, Any]
 """One item of a dataset, a plain dict:
@@ -46,7 +48,7 @@ class DatasetInfo:
     """
 
     name: str
-    class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    class_names: list[str] = field(default_factory=lambda: list(BINARY_CLASS_NAMES))
     in_channels: int = 3
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
@@ -205,19 +207,30 @@ def split_stems(lists: dict[str, Any], split: str) -> list[str]:
 
 
 class FolderIndex:
-    """Case-insensitive lookup of image files by stem in one folder (``01_h`` finds ``01_h.JPG``)."""
+    """Case-insensitive lookup of image files by stem in one folder (``01_h`` finds ``01_h.JPG``).
+
+    A stem that two files answer to (``a.png`` and ``a.tif``, or ``a.png`` and ``A.png``) is refused when it is
+    looked up, naming both, rather than one of them being used in silence.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.by_stem: dict[str, Path] = {}
+        self.by_stem: dict[str, list[Path]] = {}
         if self.folder.is_dir():
             for path in sorted(self.folder.iterdir(), key=lambda p: p.name):
                 if is_image_file(path):
-                    self.by_stem.setdefault(path.stem.lower(), path)
+                    self.by_stem.setdefault(path.stem.lower(), []).append(path)
 
     def find(self, stem: str) -> Path | None:
-        """The image file named ``stem`` + any image extension, or None."""
-        return self.by_stem.get(stem.lower())
+        """The image file named ``stem`` + any image extension, or None.
+
+        Raises:
+            ConvUNeXtError: two files answer to ``stem``.
+        """
+        found = self.by_stem.get(stem.lower(), [])
+        if len(found) > 1:
+            raise ConvUNeXtError(f"{found[0]} and {found[1].name}: two files for {stem!r}; keep one of them")
+        return found[0] if found else None
 
 
 def locate_root(

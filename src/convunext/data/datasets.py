@@ -62,7 +62,8 @@ def dataset_info(name: str, root: str | Path | None = None, **kwargs: Any) -> Da
     Args:
         name: ``"synthetic"``, ``"drive"``, ``"glas"``, ``"hrf"`` or ``"folder"``.
         root: the dataset's folder (ignored for ``"synthetic"``; required for ``"folder"``).
-        **kwargs: ``task`` for synthetic, ``class_names`` for folder; others are ignored.
+        **kwargs: ``task`` for synthetic, ``class_names`` for folder, ``skip_unannotated`` for HRF; others are
+            ignored.
     """
     key = _check_name(name)
     if key == "synthetic":
@@ -78,7 +79,13 @@ def dataset_info(name: str, root: str | Path | None = None, **kwargs: Any) -> Da
         return glas_info(mean, std)
     if key == "hrf":
         found = locate_hrf(root)
-        mean, std = _cached_stats("hrf", found, lambda: HrfDataset(found, "trainval", check_sizes=False), reduce=4)
+        skip = bool(kwargs.get("skip_unannotated", False))
+        mean, std = _cached_stats(
+            f"hrf-skip{skip}",
+            found,
+            lambda: HrfDataset(found, "trainval", check_sizes=False, skip_unannotated=skip),
+            reduce=4,
+        )
         return hrf_info(mean, std)
     if root is None:
         raise ConvUNeXtError("dataset 'folder' needs a root folder")
@@ -110,7 +117,8 @@ def open_dataset(name: str, root: str | Path | None = None, split: str = "train"
         split: ``"train"`` (official training images minus the fixed validation subset), ``"val"``, ``"test"``
             or ``"trainval"`` (all official training images).
         **kwargs: synthetic: ``num_images``, ``size``, ``seed``, ``task``, ``num_test``, ``cache``;
-            drive: ``observer``; folder: ``class_names``; all file datasets: ``check_sizes``.
+            drive: ``observer``; hrf: ``skip_unannotated``; folder: ``class_names``; all file datasets:
+            ``check_sizes``.
 
     Raises:
         ConvUNeXtError: unknown name/split/option, or a missing or malformed dataset (the message names the file).
@@ -128,7 +136,8 @@ def open_dataset(name: str, root: str | Path | None = None, split: str = "train"
         return GlasDataset(root, split, info=dataset_info("glas", root), **kwargs)
     if key == "hrf":
         _check_kwargs(key, HrfDataset, kwargs, {"root", "split", "info"})
-        return HrfDataset(root, split, info=dataset_info("hrf", root), **kwargs)
+        info = dataset_info("hrf", root, skip_unannotated=kwargs.get("skip_unannotated", False))
+        return HrfDataset(root, split, info=info, **kwargs)
     if root is None:
         raise ConvUNeXtError("dataset 'folder' needs a root folder")
     _check_kwargs(key, FolderDataset, kwargs, {"root", "split", "info"})

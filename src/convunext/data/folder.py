@@ -22,11 +22,12 @@ here refuses a folder holding the marker; a folder without it is read as the use
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvUNeXtError
-from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split
+from .base import BINARY_CLASS_NAMES, DatasetInfo, FileDataset, FolderIndex, Record, check_split
 from .io import image_channels, list_images
 
 EVERY = 5
@@ -65,6 +66,16 @@ def read_json(path: Path) -> Any:
         raise ConvUNeXtError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
 
 
+def _first_repeated(items: list[str]) -> str | None:
+    """The first item of ``items`` that occurs again later, or None."""
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
 def folder_splits(root: Path, stems: list[str]) -> dict[str, list[str]]:
     """Every split of a folder dataset whose sorted image stems are ``stems`` (see module docstring)."""
     path = root / "splits.json"
@@ -83,8 +94,13 @@ def folder_splits(root: Path, stems: list[str]) -> dict[str, list[str]]:
         missing = [stem for stem in listed if stem not in known]
         if missing:
             raise ConvUNeXtError(f"{path}: split {name!r} lists {missing[0]!r}, which has no image in images/")
+        repeated = _first_repeated(listed)
+        if repeated is not None:
+            raise ConvUNeXtError(
+                f"{path}: split {name!r} lists {repeated!r} {listed.count(repeated)} times; list each image once"
+            )
         splits[name] = list(listed)
-    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test"), ("trainval", "test")):
         shared = sorted(set(splits.get(first, [])) & set(splits.get(second, [])))
         if shared:
             raise ConvUNeXtError(f"{path}: {shared[0]!r} is in both {first!r} and {second!r}")
@@ -125,9 +141,11 @@ class FolderDataset(FileDataset):
         if not image_files:
             raise ConvUNeXtError(f"{images_dir}: no images found (png, jpg, tif, bmp or gif)")
         seen: dict[str, Path] = {}
+        by_lower_stem: dict[str, Path] = {}  # masks and FOVs are found case-insensitively: a.png and A.png clash
         for path in image_files:
-            if path.stem in seen:
-                raise ConvUNeXtError(f"{path}: two images share the stem {path.stem!r} ({seen[path.stem].name})")
+            other = by_lower_stem.setdefault(path.stem.lower(), path)
+            if other is not path:
+                raise ConvUNeXtError(f"{path}: two images share the stem {path.stem!r} ({other.name})")
             seen[path.stem] = path
         if not masks_dir.is_dir():
             raise ConvUNeXtError(f"{root}: no masks/ folder (a folder dataset needs images/ and masks/)")
@@ -173,9 +191,12 @@ def folder_info_without_stats(root: Path, class_names: list[str] | None = None) 
     root = Path(root)
     meta = load_dataset_json(root)
     path = root / "dataset.json"
-    names = class_names or meta.get("class_names") or ["background", "foreground"]
+    names = class_names or meta.get("class_names") or list(BINARY_CLASS_NAMES)
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise ConvUNeXtError(f"{path}: class_names must be a list of at least 2 names, background first")
+    repeated = _first_repeated(names)
+    if repeated is not None:
+        raise ConvUNeXtError(f"{path}: class_names lists {repeated!r} twice; give each class its own name")
     if len(names) > 255:
         raise ConvUNeXtError(f"{path}: at most 255 classes are supported (255 is the ignore value)")
     images = list_images(root / "images") if (root / "images").is_dir() else []
@@ -185,11 +206,13 @@ def folder_info_without_stats(root: Path, class_names: list[str] | None = None) 
     mean = meta.get("mean", [0.5] * in_channels)
     std = meta.get("std", [0.25] * in_channels)
     for key, value in (("mean", mean), ("std", std)):
-        numbers = isinstance(value, list) and all(isinstance(v, int | float) for v in value)
-        if not numbers or len(value) != in_channels:
-            raise ConvUNeXtError(f"{path}: {key} must be a list of {in_channels} numbers")
-    if any(v <= 0 for v in std):
-        raise ConvUNeXtError(f"{path}: std values must be positive")
+        if not isinstance(value, list) or len(value) != in_channels or not all(map(_is_finite_number, value)):
+            raise ConvUNeXtError(f"{path}: {key} must be a list of {in_channels} finite numbers, got {value!r}")
+    # image values are read into [0, 1]: statistics in 0..255 units (ImageNet's 123.7, ...) would normalise wrongly
+    if not all(0 <= v <= 1 for v in mean):
+        raise ConvUNeXtError(f"{path}: mean {mean} is not in [0, 1]; give it in the units of pixel / 255")
+    if not all(0 < v <= 1 for v in std):
+        raise ConvUNeXtError(f"{path}: std {std} must be positive and at most 1 (in the units of pixel / 255)")
     return DatasetInfo(
         name=str(meta.get("name") or root.name),
         class_names=list(names),
@@ -198,6 +221,10 @@ def folder_info_without_stats(root: Path, class_names: list[str] | None = None) 
         std=tuple(float(v) for v in std),
         has_fov=(root / "fov").is_dir(),
     )
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def folder_has_stats(root: Path) -> bool:

@@ -10,10 +10,16 @@ Distributed layout (``all.zip``, or ``images.zip``, ``manual1.zip`` and ``mask.z
 The paper splits randomly 24 train / 21 test; this package ships that split as a fixed list, stratified over
 h/dr/g (8 train / 7 test each), in ``splits/hrf.json``. ``val`` = 4 of the 24 (06_h, 10_dr, 14_dr, 03_g);
 ``train`` = the other 20.
+
+Some copies in circulation lack a few manual annotations (one copy lacks those of 11_h, 12_h and 13_h). The reader
+then refuses, naming every unannotated image and the split it belongs to; ``skip_unannotated=True`` (``--set
+data.options.skip_unannotated=true``, ``convunext evaluate --skip-unannotated``) goes on without them and says
+which it left out, once per process. An image is never dropped in silence.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import ConvUNeXtError
@@ -46,6 +52,12 @@ class HrfDataset(FileDataset):
         root: the HRF folder, or a folder containing it (default: ``default_data_root() / "HRF"``).
         split: ``"train"`` (20), ``"val"`` (4), ``"trainval"`` (24) or ``"test"`` (21).
         info: the :class:`DatasetInfo` to attach (the registry passes one with computed mean/std).
+        check_sizes: check that each image, mask and FOV have the same size when read.
+        skip_unannotated: go on without the images whose manual annotation is missing from this copy (they are
+            named on stderr, with their splits); without it such a copy is refused.
+
+    Raises:
+        ConvUNeXtError: a missing image or FOV mask; a missing annotation unless ``skip_unannotated``.
     """
 
     def __init__(
@@ -54,22 +66,65 @@ class HrfDataset(FileDataset):
         split: str = "train",
         info: DatasetInfo | None = None,
         check_sizes: bool = True,
+        skip_unannotated: bool = False,
     ) -> None:
         check_split(split)
         root = locate_hrf(root)
         images, manuals, fovs = FolderIndex(root / "images"), FolderIndex(root / "manual1"), FolderIndex(root / "mask")
         if not (root / "mask").is_dir():
             raise ConvUNeXtError(f"{root / 'mask'}: HRF field-of-view folder not found")
+        splits = load_split_file("hrf")
+        unannotated = unannotated_images(splits, images, manuals)
+        if unannotated and not skip_unannotated:
+            raise ConvUNeXtError(
+                f"{root / 'manual1'}: no vessel annotation for {_describe(unannotated)}: this copy of HRF is "
+                "incomplete; restore the files, or go on without these images (--set "
+                "data.options.skip_unannotated=true to train, --skip-unannotated to evaluate)"
+            )
+        if unannotated:
+            _report_skipped(root, unannotated)
         records = []
-        for stem in split_stems(load_split_file("hrf"), split):
+        for stem in split_stems(splits, split):
+            if stem in unannotated:
+                continue
             image = images.find(stem)
             if image is None:
                 raise ConvUNeXtError(f"{root / 'images' / (stem + '.jpg')}: image not found (HRF {split} split)")
-            mask = manuals.find(stem)
-            if mask is None:
-                raise ConvUNeXtError(f"{image}: no mask ({root / 'manual1' / (stem + '.tif')} not found)")
             fov = fovs.find(f"{stem}_mask")
             if fov is None:
                 raise ConvUNeXtError(f"{image}: no FOV mask ({root / 'mask' / (stem + '_mask.tif')} not found)")
-            records.append(Record(stem, image, mask, fov))
+            records.append(Record(stem, image, manuals.find(stem), fov))
         super().__init__(records, info or hrf_info(), split, root, check_sizes=check_sizes)
+
+
+def unannotated_images(splits: dict[str, list[str]], images: FolderIndex, manuals: FolderIndex) -> dict[str, str]:
+    """The images of the HRF split lists present in ``images`` but without a manual annotation in ``manuals``, each
+    with the split it belongs to (``train``, ``val`` or ``test``), in split-list order."""
+    missing = {}
+    for split in ("train", "val", "test"):
+        for stem in split_stems(splits, split):
+            if images.find(stem) is not None and manuals.find(stem) is None:
+                missing[stem] = split
+    return missing
+
+
+def _describe(unannotated: dict[str, str]) -> str:
+    """``"12_h (train), 11_h, 13_h (test)"``."""
+    by_split: dict[str, list[str]] = {}
+    for stem, split in unannotated.items():
+        by_split.setdefault(split, []).append(stem)
+    return ", ".join(f"{', '.join(stems)} ({split})" for split, stems in by_split.items())
+
+
+_REPORTED: set[Path] = set()
+
+
+def _report_skipped(root: Path, unannotated: dict[str, str]) -> None:
+    """Say once per process and folder which images are left out."""
+    if root.resolve() in _REPORTED:
+        return
+    _REPORTED.add(root.resolve())
+    print(
+        f"HRF ({root}): going on without {len(unannotated)} unannotated image(s): {_describe(unannotated)}",
+        file=sys.stderr,
+    )

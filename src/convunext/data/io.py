@@ -257,7 +257,7 @@ def read_mask(path: Path, num_classes: int = 2, instances: bool = False) -> np.n
 
 def read_fov(path: Path) -> np.ndarray:
     """Read a field-of-view mask as ``H x W`` bool (True inside). Stored as 0/255, 0/1 or any grey/colour image:
-    values above half the maximum possible level count as inside."""
+    values above half the maximum possible level count as inside. An empty mask is refused, naming the file."""
     path = Path(path)
     image = open_image(path)
     if image.mode in ("LA", "PA"):
@@ -269,6 +269,7 @@ def read_fov(path: Path) -> np.ndarray:
     else:  # "1" and the colour modes
         array = np.asarray(image.convert("L"), dtype=np.int64)
     maximum = int(array.max(initial=0))
-    if maximum <= 1:
-        return array > 0
-    return array >= (128 if maximum <= 255 else 32768)
+    inside = array > 0 if maximum <= 1 else array >= (128 if maximum <= 255 else 32768)
+    if not inside.any():  # nothing of the image would be scored, and its statistics would be empty
+        raise ConvUNeXtError(f"{path}: empty field-of-view mask (no pixel inside it); fix or replace this mask")
+    return inside

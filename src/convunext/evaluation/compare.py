@@ -22,7 +22,15 @@ from ..checkpoint import load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
-from .evaluate import EvaluationReport, evaluate_to_report, evaluated_dataset_name, reusable_report
+from .evaluate import (
+    EvaluationReport,
+    check_evaluable,
+    evaluate_to_report,
+    evaluated_dataset_name,
+    open_evaluated_dataset,
+    reusable_report,
+)
+from .report_folder import COMPARISON_REPORT, ReportFolder
 
 NOT_METRICS = ("name", "pixels")
 """Columns of ``per_image.csv`` that are not scores."""
@@ -298,7 +306,9 @@ def compare_runs(
     (:func:`~convunext.evaluation.evaluate.reusable_report`: ``RUN/eval-DATASET-SPLIT/`` or a reproduction's
     ``RUN/test/``); otherwise the run is evaluated and its report written to ``RUN/eval-DATASET-SPLIT/``, as
     ``convunext evaluate`` does. Writes into ``out_dir`` (default ``compare-DATASET-SPLIT``): ``comparison.md``,
-    ``comparison.json``, ``paired_differences.csv`` and ``paired-K-MODEL.png`` for the K-th run.
+    ``comparison.json``, ``paired_differences.csv`` and ``paired-K-MODEL.png`` for the K-th run, replacing an
+    earlier comparison there whole (:class:`~convunext.evaluation.report_folder.ReportFolder`). Every run is checked
+    against the data, and the folder, before any run is evaluated.
 
     Args:
         runs: run folders or checkpoint files (as ``convunext evaluate`` takes them); the first is the reference.
@@ -308,8 +318,9 @@ def compare_runs(
         log: receives one line per run (reused or evaluated).
 
     Raises:
-        ConvUNeXtError: fewer than two runs, the same checkpoint twice, runs trained for different classes, a
-            metric that is not a per-image column, or runs scored on different images.
+        ConvUNeXtError: fewer than two runs, the same checkpoint twice, runs trained for different classes or for
+            other classes or channels than the data's, an output folder that cannot hold the comparison, a metric
+            that is not a per-image column, or runs scored on different images.
     """
     if len(runs) < 2:
         raise ConvUNeXtError(f"compare needs at least two runs (got {len(runs)}): RUN_A RUN_B [RUN ...] DATA")
@@ -323,44 +334,50 @@ def compare_runs(
     if len(set(classes)) > 1:
         counts = ", ".join(f"{run}: {count}" for run, count in zip(runs, classes))
         raise ConvUNeXtError(f"the runs were trained for different numbers of classes ({counts})")
-    scored = []
-    for run, (meta, path) in zip(runs, checkpoints):
-        report = reusable_report(path, meta, data, split, layout)
-        reused = report is not None
-        if report is None:
-            log(f"{run}: evaluating {meta['model']['name']} on {dataset} ({split})")
-            report = evaluate_to_report(
-                load_checkpoint(path), data, split, layout=layout, device=device, backend=backend, progress=progress
-            )
-        else:
-            log(f"{run}: reusing the report in {report.out_dir} (same weights)")
-        scores = read_scores(report.out_dir / "per_image.csv", metric)
-        scored.append(RunScores(str(run), meta["model"]["name"], report, reused, scores))
-    reference = scored[0]
-    comparisons = [
-        paired_comparison(
-            reference.scores,
-            other.scores,
-            resamples=resamples,
-            confidence=confidence,
-            seed=seed,
-            labels=(reference.run, other.run),
-        )
-        for other in scored[1:]
-    ]
+    for meta, path in checkpoints:  # every run fits the data before any is evaluated
+        check_evaluable(path, meta, data, open_evaluated_dataset(meta, data, split, layout)[2])
     out = Path(out_dir) if out_dir else Path(f"compare-{dataset}-{split}")
-    table = comparison_table(
-        ["run", "model", "mean"],
-        [reference.run, reference.model, f"{reference.mean:.4f}"],
-        [([run.run, run.model, f"{run.mean:.4f}"], comparison) for run, comparison in zip(scored[1:], comparisons)],
-    )
-    result = ComparisonResult(dataset, split, metric, out, scored, comparisons, table)
-    _write_comparison(result, resamples, seed)
+    with ReportFolder(out, COMPARISON_REPORT) as folder:
+        scored = []
+        for run, (meta, path) in zip(runs, checkpoints):
+            report = reusable_report(path, meta, data, split, layout)
+            reused = report is not None
+            if report is None:
+                log(f"{run}: evaluating {meta['model']['name']} on {dataset} ({split})")
+                report = evaluate_to_report(
+                    load_checkpoint(path), data, split, layout=layout, device=device, backend=backend, progress=progress
+                )
+            else:
+                log(f"{run}: reusing the report in {report.out_dir} (same weights)")
+            scores = read_scores(report.out_dir / "per_image.csv", metric)
+            scored.append(RunScores(str(run), meta["model"]["name"], report, reused, scores))
+        reference = scored[0]
+        comparisons = [
+            paired_comparison(
+                reference.scores,
+                other.scores,
+                resamples=resamples,
+                confidence=confidence,
+                seed=seed,
+                labels=(reference.run, other.run),
+            )
+            for other in scored[1:]
+        ]
+        table = comparison_table(
+            ["run", "model", "mean"],
+            [reference.run, reference.model, f"{reference.mean:.4f}"],
+            [([run.run, run.model, f"{run.mean:.4f}"], comparison) for run, comparison in zip(scored[1:], comparisons)],
+        )
+        result = ComparisonResult(dataset, split, metric, out, scored, comparisons, table)
+        _write_comparison(result, folder.staging, resamples, seed)
+    if folder.replaces:
+        log(f"replaced the earlier comparison in {out} (its files only; other files were left alone)")
     return result
 
 
-def _write_comparison(result: ComparisonResult, resamples: int, seed: int) -> None:
-    """``comparison.md``, ``comparison.json``, ``paired_differences.csv`` and the paired plots."""
+def _write_comparison(result: ComparisonResult, folder: Path, resamples: int, seed: int) -> None:
+    """``comparison.md``, ``paired_differences.csv``, the paired plots and ``comparison.json`` (the record of the
+    comparison, last) into ``folder``."""
     reference, others = result.runs[0], result.runs[1:]
     confidence = result.comparisons[0].confidence
     method = (
@@ -374,9 +391,18 @@ def _write_comparison(result: ComparisonResult, resamples: int, seed: int) -> No
         f"- {method}",
     ]
     text = "\n".join(["# Paired comparison", "", *header, "", result.table, ""])
-    atomic_write_text(result.out_dir / "comparison.md", text)
+    atomic_write_text(folder / "comparison.md", text)
+    with atomic_path(folder / "paired_differences.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "run", "model", "reference", "score", "difference"])
+        for run, comparison in zip(others, result.comparisons):
+            for name, a, b in zip(comparison.names, comparison.scores_a, comparison.scores_b):
+                writer.writerow([name, run.run, run.model, f"{a:.6f}", f"{b:.6f}", f"{b - a:+.6f}"])
+    for index, (run, comparison) in enumerate(zip(others, result.comparisons), 2):
+        labels = (f"{reference.model} (1)", f"{run.model} ({index})")
+        plot_paired(comparison, folder / f"paired-{index}-{run.model}.png", labels, result.metric)
     atomic_write_json(
-        result.out_dir / "comparison.json",
+        folder / "comparison.json",
         {
             "dataset": result.dataset,
             "split": result.split,
@@ -399,12 +425,3 @@ def _write_comparison(result: ComparisonResult, resamples: int, seed: int) -> No
             ],
         },
     )
-    with atomic_path(result.out_dir / "paired_differences.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", "run", "model", "reference", "score", "difference"])
-        for run, comparison in zip(others, result.comparisons):
-            for name, a, b in zip(comparison.names, comparison.scores_a, comparison.scores_b):
-                writer.writerow([name, run.run, run.model, f"{a:.6f}", f"{b:.6f}", f"{b - a:+.6f}"])
-    for index, (run, comparison) in enumerate(zip(others, result.comparisons), 2):
-        labels = (f"{reference.model} (1)", f"{run.model} ({index})")
-        plot_paired(comparison, result.out_dir / f"paired-{index}-{run.model}.png", labels, result.metric)

@@ -23,17 +23,18 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data import open_dataset
-from ..data.base import Sample
+from ..data.base import BINARY_CLASS_NAMES, Sample
 from ..data.detect import detect_dataset
 from ..data.io import IGNORE_INDEX
 from ..errors import ConvUNeXtError
 from ..inference.sliding_window import predict_probabilities
-from ..pretrained import PRETRAINED_DIR
+from ..pretrained import shipped_name
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .html_report import ReportGallery, write_html_report
 from .metrics import SegmentationMetrics
+from .report_folder import EVALUATION_REPORT, ReportFolder
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
@@ -176,13 +177,31 @@ def write_report(
     gallery: ReportGallery | None = None,
     html: bool = True,
 ) -> tuple[str, dict[str, Any]]:
-    """Write ``metrics.json`` (with ``context``: checkpoint, dataset, split...), ``per_image.csv``, ``metrics.md``
-    and (``html``) ``report.html`` with ``gallery``'s pictures into ``out_dir``; return the printed table and the
-    results."""
-    out_dir = Path(out_dir)
+    """Write the report of an evaluation into ``out_dir``, replacing an earlier evaluation there whole
+    (:class:`~convunext.evaluation.report_folder.ReportFolder`): ``metrics.json`` (with ``context``: checkpoint,
+    dataset, split...), ``per_image.csv``, ``metrics.md`` and (``html``) ``report.html`` with ``gallery``'s
+    thumbnails; return the printed table and the results.
+
+    ``gallery`` must not write full-size maps: they belong in the report folder, which only
+    :func:`evaluate_to_report` writes them into.
+    """
+    if gallery is not None and gallery.full_maps_dir is not None:
+        raise ValueError("write_report takes a gallery of thumbnails only; evaluate_to_report writes full-size maps")
+    with ReportFolder(out_dir, EVALUATION_REPORT) as folder:
+        return _write_report_files(metrics, folder.staging, context, class_names, gallery, html)
+
+
+def _write_report_files(
+    metrics: SegmentationMetrics,
+    out_dir: Path,
+    context: dict[str, Any],
+    class_names: Sequence[str],
+    gallery: ReportGallery | None,
+    html: bool,
+) -> tuple[str, dict[str, Any]]:
+    """:func:`write_report`'s files, into ``out_dir`` as it is; ``metrics.json``, the record of the report, last."""
     results = metrics.compute()
     results["iou_per_class"] = dict(zip(class_names, results["iou_per_class"]))
-    atomic_write_json(out_dir / "metrics.json", {**context, "metrics": _json_safe(results)})
     rows = metrics.per_image()
     with atomic_path(out_dir / "per_image.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["name"])
@@ -194,6 +213,7 @@ def write_report(
     if html:
         roc = metrics.fov.roc_curve() if "fov_auc" in results else None
         write_html_report(out_dir / "report.html", results, rows, context, REPORTED_METRICS, gallery, roc)
+    atomic_write_json(out_dir / "metrics.json", {**context, "metrics": _json_safe(results)})
     return table, results
 
 
@@ -204,6 +224,8 @@ class EvaluationReport:
     out_dir: Path
     context: dict[str, Any]
     results: dict[str, Any]
+    replaced: bool = False
+    """Whether writing it replaced an earlier evaluation in the folder."""
 
 
 def evaluated_dataset_name(data: str | Path, layout: str | None = None) -> str:
@@ -214,11 +236,60 @@ def evaluated_dataset_name(data: str | Path, layout: str | None = None) -> str:
     return layout or detect_dataset(Path(data))
 
 
+SHIPPED_REPORTS = "convunext-reports"
+"""The folder, in the working directory, of the reports of the shipped pretrained models."""
+
+
 def default_report_dir(checkpoint_path: Path, dataset: str, split: str) -> Path:
     """Where ``convunext evaluate`` writes a checkpoint's report unless told otherwise: ``RUN/eval-DATASET-SPLIT``;
-    for a model shipped with the package, ``./NAME/eval-DATASET-SPLIT`` (never into the installed package)."""
-    base = Path(checkpoint_path.stem) if checkpoint_path.parent == PRETRAINED_DIR else checkpoint_path.parent
+    for a model shipped with the package, ``./convunext-reports/NAME/eval-DATASET-SPLIT`` (never into the installed
+    package, and never ``./NAME``, which would then be taken for a run folder of that name)."""
+    name = shipped_name(checkpoint_path)
+    base = checkpoint_path.parent if name is None else Path(SHIPPED_REPORTS) / name
     return base / f"eval-{dataset}-{split}"
+
+
+def open_evaluated_dataset(
+    meta: Mapping[str, Any],
+    data: str | Path,
+    split: str,
+    layout: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+) -> tuple[str, Path | None, Dataset]:
+    """The split of DATA that ``convunext evaluate`` scores a checkpoint (described by ``meta``) on: its dataset
+    name (:func:`evaluated_dataset_name`), its folder (None for ``synthetic``, which is generated with the options
+    the checkpoint was trained on) and the dataset, opened with ``data_options`` (e.g. HRF's ``skip_unannotated``)
+    on top."""
+    trained_on = meta.get("data", {})
+    name = evaluated_dataset_name(data, layout)
+    root = None if name == "synthetic" else Path(data)
+    options = trained_on.get("options", {}) if name == "synthetic" and trained_on.get("name") == "synthetic" else {}
+    return name, root, open_dataset(name, root, split, **{**options, **(data_options or {})})
+
+
+def classes_agree(model_classes: Sequence[str], data_classes: Sequence[str]) -> bool:
+    """Whether a model's classes are a dataset's: the same names in the same order, where a binary dataset that
+    does not name its classes (:data:`~convunext.data.base.BINARY_CLASS_NAMES`) fits any binary model."""
+    model, data = list(model_classes), list(data_classes)
+    return model == data or (len(model) == len(data) == 2 and list(BINARY_CLASS_NAMES) in (model, data))
+
+
+def check_evaluable(checkpoint_path: Path, meta: Mapping[str, Any], data: str | Path, dataset: Dataset) -> None:
+    """Refuse data a checkpoint cannot be scored on: images of another number of channels, or other classes (a
+    3-class model scored on a binary dataset would report its own class names for the dataset's classes).
+
+    Raises:
+        ConvUNeXtError: one line naming the checkpoint, the data and what differs.
+    """
+    info = dataset.info  # type: ignore[attr-defined]
+    channels = len(meta["normalization"]["mean"])
+    if info.in_channels != channels:
+        raise ConvUNeXtError(f"{data}: images have {info.in_channels} channels, {checkpoint_path} expects {channels}")
+    if not classes_agree(meta["classes"], info.class_names):
+        raise ConvUNeXtError(
+            f"{checkpoint_path}: the model's classes {list(meta['classes'])} are not those of {data} "
+            f"{list(info.class_names)}; evaluate it on data of its own classes"
+        )
 
 
 def evaluate_to_report(
@@ -237,70 +308,77 @@ def evaluate_to_report(
     topology: TopologyMode = "auto",
     html: bool = True,
     full_maps: bool = False,
+    data_options: Mapping[str, Any] | None = None,
 ) -> EvaluationReport:
     """Evaluate ``checkpoint`` on a split of DATA and write the report (``convunext evaluate``).
 
     Args:
         data: ``"synthetic"`` (with the options the checkpoint was trained on) or a dataset folder.
         layout: the folder's layout (default: detected, :func:`evaluated_dataset_name`).
-        out_dir: the report folder (default: :func:`default_report_dir`).
+        out_dir: the report folder (default: :func:`default_report_dir`). An earlier evaluation there is replaced
+            whole once the new one is complete (:class:`~convunext.evaluation.report_folder.ReportFolder`); other
+            files in it are left alone.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         tile_size: sliding-window tile (default: the checkpoint's training setting; ``0``: whole images).
         tta, auc, backend, progress, topology: as :func:`evaluate_checkpoint`.
         html: also write ``report.html`` (:mod:`~convunext.evaluation.html_report`) with each image's thumbnails.
         full_maps: also write each image's full-size prediction and error map under ``OUT/maps/``.
+        data_options: options of the dataset reader (:func:`~convunext.data.open_dataset`), recorded in the
+            report, e.g. ``{"skip_unannotated": True}`` for an HRF copy that lacks annotations.
 
     The context in ``metrics.json`` records the checkpoint, the SHA-256 of its weights, the data and the settings,
     so that :func:`reusable_report` can tell later whether the report still describes the checkpoint.
 
+    Everything is checked before any image is scored: the tile size, the device, the dataset, that the checkpoint
+    fits it (:func:`check_evaluable`) and that the report folder may be written.
+
     Raises:
-        ConvUNeXtError: a missing or malformed dataset, or images with another number of channels than the
-            checkpoint expects.
+        ConvUNeXtError: a negative tile size, an unknown device, a missing or malformed dataset, data of other
+            channels or classes than the checkpoint's, or a report folder that is a file, in use, or holds files
+            of an evaluation's names that are not an evaluation.
     """
-    trained_on = checkpoint.meta.get("data", {})
-    name = evaluated_dataset_name(data, layout)
-    root = None if name == "synthetic" else Path(data)
-    options = trained_on.get("options", {}) if name == "synthetic" and trained_on.get("name") == "synthetic" else {}
-    dataset = open_dataset(name, root, split, **options)
-    expected_channels = len(checkpoint.mean)
-    if dataset.info.in_channels != expected_channels:  # type: ignore[attr-defined]
+    if tile_size is not None and tile_size < 0:
         raise ConvUNeXtError(
-            f"{data}: images have {dataset.info.in_channels} channels, "  # type: ignore[attr-defined]
-            f"the checkpoint expects {expected_channels}"
+            f"tile_size={tile_size} is not valid; expected a tile side in pixels, or 0 for whole images"
         )
-    tile = tile_size if tile_size is not None else trained_on.get("eval_tile_size")
+    torch_device = resolve_device(device)
+    name, root, dataset = open_evaluated_dataset(checkpoint.meta, data, split, layout, data_options)
+    check_evaluable(checkpoint.path, checkpoint.meta, data, dataset)
+    tile = tile_size if tile_size is not None else checkpoint.meta.get("data", {}).get("eval_tile_size")
     out = Path(out_dir) if out_dir else default_report_dir(checkpoint.path, name, split)
-    gallery = ReportGallery(full_maps_dir=out / "maps" if full_maps else None) if html else None
-    start = time.perf_counter()
-    metrics = evaluate_checkpoint(
-        checkpoint,
-        dataset,
-        device=resolve_device(device),
-        tile_size=tile or None,
-        tta=tta,
-        progress=progress,
-        auc=auc,
-        backend=backend,
-        on_image=gallery,
-        topology=topology,
-    )
-    context = {
-        "checkpoint": str(checkpoint.path),
-        "weights_sha256": checkpoint.meta["weights"]["sha256"],
-        "model": checkpoint.meta["model"]["name"],
-        "dataset": name,
-        "data": str(root) if root else name,
-        "split": split,
-        "images": len(dataset),  # type: ignore[arg-type]
-        "tta": tta,
-        "tile_size": tile,
-        "auc": auc,
-        "topology": topology,
-        "backend": backend,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    _, results = write_report(metrics, out, context, checkpoint.class_names, gallery, html=html)
-    return EvaluationReport(out, context, results)
+    with ReportFolder(out, EVALUATION_REPORT) as folder:
+        gallery = ReportGallery(full_maps_dir=folder.staging / "maps" if full_maps else None) if html else None
+        start = time.perf_counter()
+        metrics = evaluate_checkpoint(
+            checkpoint,
+            dataset,
+            device=torch_device,
+            tile_size=tile or None,
+            tta=tta,
+            progress=progress,
+            auc=auc,
+            backend=backend,
+            on_image=gallery,
+            topology=topology,
+        )
+        context = {
+            "checkpoint": str(checkpoint.path),
+            "weights_sha256": checkpoint.meta["weights"]["sha256"],
+            "model": checkpoint.meta["model"]["name"],
+            "dataset": name,
+            "data": str(root) if root else name,
+            "split": split,
+            "images": len(dataset),  # type: ignore[arg-type]
+            **({"data_options": dict(data_options)} if data_options else {}),
+            "tta": tta,
+            "tile_size": tile,
+            "auc": auc,
+            "topology": topology,
+            "backend": backend,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        _, results = _write_report_files(metrics, folder.staging, context, checkpoint.class_names, gallery, html)
+    return EvaluationReport(out, context, results, replaced=folder.replaces)
 
 
 def reusable_report(
@@ -316,7 +394,7 @@ def reusable_report(
     """
     name = evaluated_dataset_name(data, layout)
     folders = [default_report_dir(checkpoint_path, name, split)]
-    if split == "test":
+    if split == "test" and shipped_name(checkpoint_path) is None:
         folders.append(checkpoint_path.parent / "test")
     wanted = {
         "weights_sha256": meta["weights"]["sha256"],
@@ -326,9 +404,10 @@ def reusable_report(
         "tile_size": meta.get("data", {}).get("eval_tile_size") or None,
     }
     for folder in folders:
-        if not ((folder / "metrics.json").is_file() and (folder / "per_image.csv").is_file()):
+        record = folder / EVALUATION_REPORT.record
+        if not (EVALUATION_REPORT.is_record(record) and (folder / "per_image.csv").is_file()):
             continue
-        report = json.loads((folder / "metrics.json").read_text())
+        report = json.loads(record.read_text(encoding="utf-8"))
         found = {**report, "tta": bool(report.get("tta")), "tile_size": report.get("tile_size") or None}
         same_data = "data" not in report or Path(report["data"]).resolve() == Path(data).resolve()
         if same_data and all(found.get(key) == value for key, value in wanted.items()):

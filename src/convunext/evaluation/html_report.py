@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..data.io import IGNORE_INDEX
+from ..errors import ConvUNeXtError
 from ..utils.io import atomic_path, atomic_write_text
 
 __all__ = ["ERROR_COLOURS", "IMAGE_COLUMNS", "ImagePanels", "ReportGallery", "error_codes", "write_html_report"]
@@ -150,6 +151,7 @@ class ReportGallery:
         self.thumbnail_side = int(thumbnail_side)
         self.full_maps_dir = Path(full_maps_dir) if full_maps_dir is not None else None
         self.panels: dict[str, ImagePanels] = {}
+        self._map_stems: dict[str, str] = {}  # file stem of the full-size maps -> the image name it stands for
 
     def __call__(self, sample: Mapping[str, Any], probabilities: Tensor) -> None:
         """Add one image: ``sample`` as the dataset gives it (``image`` C x H x W in [0, 1], ``mask`` H x W,
@@ -164,12 +166,19 @@ class ReportGallery:
             error_png=_png(_shrink_max(codes, side), list(ERROR_COLOURS.values())),
         )
         if self.full_maps_dir is not None:
+            stem = _file_stem(sample["name"])
+            other = self._map_stems.setdefault(stem, sample["name"])
+            if other != sample["name"]:
+                raise ConvUNeXtError(
+                    f"images {other!r} and {sample['name']!r} would write the same full-size maps "
+                    f"({stem}_*.png); rename one, or evaluate without --full-maps"
+                )
             self.full_maps_dir.mkdir(parents=True, exist_ok=True)
             for kind, data in (
                 ("prediction", _png(classes, CLASS_COLOURS)),
                 ("errors", _png(codes, list(ERROR_COLOURS.values()))),
             ):
-                path = self.full_maps_dir / f"{_file_stem(sample['name'])}_{kind}.png"
+                path = self.full_maps_dir / f"{stem}_{kind}.png"
                 with atomic_path(path) as tmp:
                     tmp.write_bytes(data)
                 panels.full_maps[kind] = str(path)

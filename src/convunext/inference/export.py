@@ -44,12 +44,14 @@ from .onnx_runtime import MIN_SIZE_KEY, OnnxRuntimeModule, require_onnxruntime
 
 __all__ = [
     "EXPORT_FORMATS",
+    "MIN_OPSET",
     "ExportReport",
     "export_friendly",
     "export_model",
     "export_onnx",
     "export_onnx_bytes",
     "export_torchscript",
+    "export_torchscript_bytes",
     "min_input_size",
     "verify_export",
 ]
@@ -57,6 +59,9 @@ __all__ = [
 EXPORT_FORMATS = ("onnx", "torchscript")
 NUM_DOWNSAMPLINGS = 4  # every registry model halves the resolution four times
 DEFAULT_OPSET = 18
+MIN_OPSET = 18
+"""The lowest opset torch's exporter writes; it reaches lower ones only by a conversion that fails for this graph
+(and then leaves opset 18 in the file)."""
 MAX_SIDE = 65536
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
@@ -99,20 +104,30 @@ def _require_onnx_exporter() -> None:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's warnings and log lines (e.g. about torchvision not being installed)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's warnings and log lines (e.g. about torchvision not being installed, or the traceback
+    onnxscript logs when an opset conversion fails: :func:`_onnx_proto` reports that in one line)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _check_opset(opset: int) -> None:
+    """Refuse an opset below :data:`MIN_OPSET` before exporting."""
+    if opset < MIN_OPSET:
+        raise ConvUNeXtError(f"ONNX opset {opset}: the exporter writes opset {MIN_OPSET} or later")
 
 
 def _onnx_proto(model: nn.Module, opset: int) -> Any:
     """The ``onnx.ModelProto`` of ``model`` with dynamic N, H, W and the minimum side in its metadata."""
+    _check_opset(opset)
     _require_onnx_exporter()
     from torch.export import Dim
 
@@ -138,6 +153,12 @@ def _onnx_proto(model: nn.Module, opset: int) -> Any:
         except Exception as error:  # the exporter raises many error types
             raise ConvUNeXtError(f"ONNX export failed: {str(error).strip().splitlines()[0]}") from error
     proto = program.model_proto
+    written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter falls back to its own opset when it cannot convert the graph
+        raise ConvUNeXtError(
+            f"ONNX export to opset {opset} failed: the exporter cannot convert this model to it (it wrote opset "
+            f"{written}); choose another opset, e.g. the default {DEFAULT_OPSET}"
+        )
     proto.metadata_props.add(key=MIN_SIZE_KEY, value=str(low))
     return proto
 
@@ -164,15 +185,20 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     exporting and written atomically; missing parent folders are created.
     """
     path = prepare_output_file(path)
+    atomic_write_files([(path, export_torchscript_bytes(model))])
+    return path
+
+
+def export_torchscript_bytes(model: nn.Module) -> bytes:
+    """``model`` (in eval mode) as a serialized traced TorchScript module with dynamic N, H, W."""
     low = min_input_size(model)
     example = torch.randn(2, _in_channels(model), max(96, low), max(96, low), device=module_device(model))
-    with eval_mode(model), export_friendly(model), warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # jit.trace's deprecation and tracer warnings
-        traced = torch.jit.trace(model, example, check_trace=False)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={MIN_SIZE_KEY: str(low)})
-    atomic_write_files([(path, buffer.getvalue())])
-    return path
+    with eval_mode(model), export_friendly(model), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # jit.trace's and jit.save's deprecation and tracer warnings
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, buffer, _extra_files={MIN_SIZE_KEY: str(low)})
+    return buffer.getvalue()
 
 
 @dataclass
@@ -196,21 +222,23 @@ def _verification_shapes(channels: int, low: int) -> list[tuple[int, int, int, i
 
 def verify_export(
     model: nn.Module,
-    path: str | Path,
+    exported: str | Path | bytes,
     fmt: str,
     shapes: Sequence[tuple[int, ...]] | None = None,
     seed: int = 0,
 ) -> list[tuple[tuple[int, ...], float, float]]:
-    """Run the exported file (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) and the eager ``model`` on
-    random inputs; returns ``(shape, max |exported - eager|, max |eager|)`` per shape (default: two sizes, one odd).
+    """Run the exported model (a file, or its bytes; onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) and
+    the eager ``model`` on random inputs; returns ``(shape, max |exported - eager|, max |eager|)`` per shape
+    (default: two sizes, one odd).
     """
     shapes = list(shapes) if shapes else _verification_shapes(_in_channels(model), min_input_size(model))
     generator = torch.Generator().manual_seed(seed)
     if fmt == "onnx":
         require_onnxruntime()
-        runner: nn.Module = OnnxRuntimeModule(Path(path))
+        runner: nn.Module = OnnxRuntimeModule(exported if isinstance(exported, bytes) else Path(exported))
     elif fmt == "torchscript":
-        runner = torch.jit.load(str(path), map_location=module_device(model))
+        source = io.BytesIO(exported) if isinstance(exported, bytes) else str(exported)
+        runner = torch.jit.load(source, map_location=module_device(model))
     else:
         raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     results = []
@@ -234,29 +262,38 @@ def export_model(
     """Export ``model`` (in eval mode; its mode is restored) to ``out`` as ``fmt`` (``"onnx"`` or
     ``"torchscript"``) and, with ``verify``, check the file against the eager model at two input sizes.
 
+    The exported bytes are verified before anything is written, then written atomically: a failed export or
+    verification (or a full disk) leaves ``out`` as it was.
+
     Raises:
-        ConvUNeXtError: unknown format, missing optional dependency, an output path that cannot be written (a
-            folder, under a file, no permission, disk full), failed export, or a verification difference above
-            ``tolerance`` times the largest logit (at least 1).
+        ConvUNeXtError: unknown format, an ONNX opset under :data:`MIN_OPSET` or one the exporter cannot convert
+            to, missing optional dependency, an output path that cannot be written (a folder, under a file, no
+            permission, disk full), failed export, or a verification difference above ``tolerance`` times the
+            largest logit (at least 1).
     """
     if fmt not in EXPORT_FORMATS:
         raise ConvUNeXtError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if fmt == "onnx":
+        _check_opset(opset)
         _require_onnx_exporter()
         if verify:
             require_onnxruntime()
-        path = export_onnx(model, out, opset)
-    else:
-        path = export_torchscript(model, out)
+    path = prepare_output_file(out)
+    data = export_onnx_bytes(model, opset) if fmt == "onnx" else export_torchscript_bytes(model)
     report = ExportReport(path=path, format=fmt, min_size=min_input_size(model))
-    if verify:
-        for shape, diff, scale in verify_export(model, path, fmt):
+    if verify:  # the bytes, before they are written: a model that fails is never written
+        try:
+            results = verify_export(model, data, fmt)
+        except ConvUNeXtError as error:
+            raise ConvUNeXtError(f"{path}: not written, the exported model does not run ({error})") from error
+        for shape, diff, scale in results:
             report.shapes.append(shape)
             report.max_abs_diffs.append(diff)
             report.max_abs_logits.append(scale)
             if not diff <= tolerance * max(1.0, scale):
                 raise ConvUNeXtError(
-                    f"{path}: verification failed at input {'x'.join(map(str, shape))}: max abs difference "
-                    f"{diff:.3g} to the eager model (tolerance {tolerance:g} x max(1, {scale:.3g}))"
+                    f"{path}: not written, verification failed at input {'x'.join(map(str, shape))}: max abs "
+                    f"difference {diff:.3g} to the eager model (tolerance {tolerance:g} x max(1, {scale:.3g}))"
                 )
+    atomic_write_files([(path, data)])
     return report

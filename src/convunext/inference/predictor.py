@@ -11,6 +11,7 @@ pass and cropped back (:mod:`convunext.inference.sliding_window`), so every imag
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,19 @@ from torch import nn
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.io import is_image_file, read_image
 from ..errors import ConvUNeXtError
-from .sliding_window import predict_probabilities
+from ..utils.io import atomic_write_files
+from .sliding_window import check_window_settings, predict_probabilities
 
 # Overlay colours for classes 1..K-1 (class 0, background, is not tinted); green first: it stands out on both
 # fundus (red/orange) and H&E (pink/purple) images.
 PALETTE = np.array(
     [[0, 255, 96], [64, 200, 255], [255, 220, 0], [255, 64, 64], [255, 120, 255], [255, 160, 60]], dtype=np.float32
 )
+OUTPUT_SUFFIXES = ("_mask.png", "_prob.npy", "_overlay.png")
+"""What :func:`save_prediction` appends to an image's name: the mask, the probabilities, the overlay."""
+PREDICTIONS_MARKER = ".convunext-predictions.json"
+"""The file ``convunext predict`` leaves in its output folder: such a folder is never read as input (its masks are
+no images to segment), and only the checkpoint named in the file writes into it again."""
 
 
 @dataclass
@@ -58,6 +65,10 @@ class Predictor:
             ``convunext[onnx]``; the exported ConvUNeXt graph needs 64 px per side, so smaller images and tiles are
             padded to 64 for it instead of 16). See :func:`convunext.inference.optimize.make_backend`; every
             back-end gives the eager logits within 1e-4 on the same input.
+
+    Raises:
+        ConvUNeXtError: a ``tile_size`` under 1, an ``overlap`` outside [0, 1) or a ``batch_size`` under 1, here
+            rather than at the first image large enough to be tiled.
     """
 
     def __init__(
@@ -76,6 +87,10 @@ class Predictor:
         from ..utils.device import resolve_device
         from .optimize import make_backend
 
+        try:
+            check_window_settings(tile_size, overlap, batch_size)
+        except ValueError as error:
+            raise ConvUNeXtError(str(error)) from None
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.backend = backend
         self.model = make_backend(model.to(self.device).eval(), backend)
@@ -106,9 +121,27 @@ class Predictor:
             raise ConvUNeXtError(f"image has {image.shape[0]} channels, the model expects {self.in_channels}")
         return (image.float() - self.mean) / self.std
 
-    @torch.inference_mode()
     def predict(self, image: np.ndarray | torch.Tensor) -> Prediction:
-        """Segment one image: ``H x W x C`` array (uint8, or float in [0, 1]) or ``C x H x W`` float tensor."""
+        """Segment one image: ``H x W x C`` array (uint8, or float in [0, 1]) or ``C x H x W`` float tensor.
+
+        Raises:
+            ConvUNeXtError: the model's output is not finite (NaN or Inf) for this image.
+        """
+        return self._segment(image, "image")
+
+    def predict_file(self, path: str | Path) -> tuple[np.ndarray, Prediction]:
+        """Read an image file (forced to the model's channel count) and segment it; returns (image, prediction).
+
+        Raises:
+            ConvUNeXtError: unreadable file, or a model output that is not finite for it, naming the file.
+        """
+        image = read_image(Path(path), channels=self.in_channels)
+        return image, self._segment(image, str(path))
+
+    @torch.inference_mode()
+    def _segment(self, image: np.ndarray | torch.Tensor, source: str) -> Prediction:
+        """:meth:`predict`, naming ``source`` when the output is not finite: its argmax would be a plausible
+        all-background mask, and its probabilities NaN."""
         batch = self._to_tensor(image)[None]
         probabilities = predict_probabilities(
             self.model,
@@ -119,12 +152,12 @@ class Predictor:
             tta_flips=self.tta,
             device=self.device,
         )[0]
+        if not torch.isfinite(probabilities).all():
+            raise ConvUNeXtError(
+                f"{source}: the model's output holds NaN or Inf (an input holding them, or weights that overflow "
+                "on it); nothing was written for it"
+            )
         return Prediction(probabilities.numpy(), probabilities.argmax(0).to(torch.uint8).numpy())
-
-    def predict_file(self, path: str | Path) -> tuple[np.ndarray, Prediction]:
-        """Read an image file (forced to the model's channel count) and segment it; returns (image, prediction)."""
-        image = read_image(Path(path), channels=self.in_channels)
-        return image, self.predict(image)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -153,11 +186,18 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files named directly plus the image files inside named folders (sorted), each file once.
 
     Raises:
-        ConvUNeXtError: a missing input, a folder without images, or two different files with the same stem
-            (both would be written as ``NAME_mask.png``: the second would overwrite the first's results).
+        ConvUNeXtError: a missing input, a folder without images, an output folder of ``convunext predict`` (or a
+            file in one; see :data:`PREDICTIONS_MARKER`), or two different files with the same stem (both would be
+            written as ``NAME_mask.png``: the second would overwrite the first's results).
     """
     files: dict[Path, Path] = {}  # resolved path -> path as given
     for item in map(Path, inputs):
+        folder = item if item.is_dir() else item.parent
+        if (folder / PREDICTIONS_MARKER).is_file():
+            raise ConvUNeXtError(
+                f"{item}: convunext predict outputs (its folder holds {PREDICTIONS_MARKER}), not input images; "
+                "give the images themselves"
+            )
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if is_image_file(p))
             if not found:
@@ -179,6 +219,25 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return list(files.values())
 
 
+def output_paths(out_dir: Path, name: str, probabilities: bool = False, overlay: bool = False) -> list[Path]:
+    """The files :func:`save_prediction` writes for image ``name``: ``NAME_mask.png``, then ``NAME_prob.npy`` and
+    ``NAME_overlay.png`` when asked for."""
+    wanted = (True, probabilities, overlay)
+    return [out_dir / f"{name}{suffix}" for suffix, want in zip(OUTPUT_SUFFIXES, wanted, strict=True) if want]
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 def save_prediction(
     out_dir: Path,
     name: str,
@@ -188,20 +247,22 @@ def save_prediction(
     binary_as_255: bool = True,
 ) -> list[Path]:
     """Write ``NAME_mask.png`` (0/255 for two classes, else class ids), optionally ``NAME_prob.npy``
-    (``K x H x W`` float16) and, when ``image`` is given, ``NAME_overlay.png``. Returns the written paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    (``K x H x W`` float16) and, when ``image`` is given, ``NAME_overlay.png``. Returns the written paths.
+
+    The files are written as one set (:func:`~convunext.utils.io.atomic_write_files`): each to a temporary name
+    first, all renamed into place once all are complete, so a kill or a full disk never leaves a truncated file
+    under an output's name, nor one image's mask without the overlay it asked for.
+
+    Raises:
+        ConvUNeXtError: a full disk (or another machine-side write failure), naming the file.
+    """
     mask = prediction.mask
     stored = (mask * 255).astype(np.uint8) if binary_as_255 and prediction.probabilities.shape[0] == 2 else mask
-    path = out_dir / f"{name}_mask.png"
-    Image.fromarray(stored).save(path)
-    written.append(path)
+    contents = [_png_bytes(stored)]
     if probabilities:
-        path = out_dir / f"{name}_prob.npy"
-        np.save(path, prediction.probabilities.astype(np.float16))
-        written.append(path)
+        contents.append(_npy_bytes(prediction.probabilities.astype(np.float16)))
     if image is not None:
-        path = out_dir / f"{name}_overlay.png"
-        Image.fromarray(overlay(image, mask)).save(path)
-        written.append(path)
-    return written
+        contents.append(_png_bytes(overlay(image, mask)))
+    paths = output_paths(out_dir, name, probabilities, image is not None)
+    atomic_write_files(list(zip(paths, contents, strict=True)))
+    return paths

@@ -39,6 +39,7 @@ from ..utils.modules import eval_mode, module_device
 
 __all__ = [
     "MIN_INPUT_SIZE",
+    "check_window_settings",
     "gaussian_importance_map",
     "predict_probabilities",
     "sliding_window_inference",
@@ -60,6 +61,17 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if min(pair) < 1:
         raise ValueError(f"tile_size must be positive, got {value!r}")
     return pair
+
+
+def check_window_settings(tile_size: int | tuple[int, int] | list[int] | None, overlap: float, batch_size: int) -> None:
+    """Raise ``ValueError`` for a non-positive tile side, an overlap outside [0, 1) (NaN included) or a
+    ``batch_size`` under 1: checked up front, since the overlap is only used once an image needs several tiles."""
+    if tile_size is not None:
+        _pair(tile_size)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -202,8 +214,7 @@ def sliding_window_inference(
     image, squeeze = _check_image(image)
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_window_settings(tile_size, overlap, batch_size)
     n, _, height, width = image.shape
     tile_h, tile_w = _pair(tile_size)
     min_side = _min_side(model, min_size)
@@ -287,6 +298,7 @@ def predict_probabilities(
         N x K x H x W (or K x H x W) float32 probabilities on ``output_device``.
     """
     image, squeeze = _check_image(image)
+    check_window_settings(tile_size, overlap, batch_size)
     height, width = image.shape[-2:]
     if tile_size is not None:
         tile_h, tile_w = _pair(tile_size)
@@ -306,8 +318,6 @@ def predict_probabilities(
                 min_size=min_size,
             )
             return result[0] if squeeze else result
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     run_device = torch.device(device) if device is not None else module_device(model, image.device)
     out_device = torch.device(output_device)
     outputs = []

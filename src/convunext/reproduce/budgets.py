@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..data.base import load_split_file
+from ..training.time_budget import SHORT_BUDGET_RECIPE, short_budget_crop
 
 CPU_STEPS = 1200
 """Optimiser steps of every model under the ``cpu`` budget (batch 4, so 4,800 crops)."""
@@ -26,11 +27,12 @@ def step_budget(steps: int, training_images: int, batch_size: int = 4) -> tuple[
     return f"train.epochs={epochs}", f"optim.warmup_epochs={epochs / 300:.6f}"
 
 
-def _cpu_dataset(dataset: str, crop: int, eval_every: int, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The ``cpu`` budget's overrides of one dataset: :data:`CPU_STEPS` steps, its crop, validation cadence."""
+def _cpu_dataset(dataset: str, eval_every: int, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The ``cpu`` budget's overrides of one dataset: :data:`CPU_STEPS` steps, the short-budget recipe's crop
+    (:func:`~convunext.training.time_budget.short_budget_crop`), validation cadence."""
     return (
         *step_budget(CPU_STEPS, training_images(dataset)),
-        f"data.crop_size={crop}",
+        f"data.crop_size={short_budget_crop(dataset)}",
         f"train.eval_every={eval_every}",
         *extra,
     )
@@ -71,10 +73,10 @@ BUDGETS: dict[str, Budget] = {
         f"2-core CPU (the two machines of reports/drive-cpu). "
         f"Still a small fraction of the paper's training for GlaS and HRF: compare the models with each other.",
         {
-            "*": ("optim.recipe=reference", "optim.batch_size=4", "train.precise_bn_batches=4"),
-            "drive": _cpu_dataset("drive", crop=256, eval_every=10),
-            "glas": _cpu_dataset("glas", crop=256, eval_every=3),
-            "hrf": _cpu_dataset("hrf", crop=384, eval_every=24, extra=("data.eval_tile_size=960",)),
+            "*": SHORT_BUDGET_RECIPE,
+            "drive": _cpu_dataset("drive", eval_every=10),
+            "glas": _cpu_dataset("glas", eval_every=3),
+            "hrf": _cpu_dataset("hrf", eval_every=24, extra=("data.eval_tile_size=960",)),
             "synthetic": (),  # the synthetic preset is already a CPU recipe (12 epochs on 128x128 crops)
         },
     ),

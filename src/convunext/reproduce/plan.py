@@ -14,25 +14,10 @@ from .budgets import Budget
 
 DATASETS = ("drive", "glas", "hrf", "synthetic")
 DATASET_DIRS = {"drive": "DRIVE", "glas": "GlaS", "hrf": "HRF"}
-# config fields that do not change what is trained (where it is written, how it is shown)
-_NOT_RECIPE = {
-    "data": ("root", "num_workers"),
-    "train": (
-        "output_dir",
-        "run_name",
-        "progress_bar",
-        "tensorboard",
-        "device",
-        "threads",
-        # the speed switches change how the work is computed, not the result (a saved run records them resolved)
-        "channels_last",
-        "fused_kernels",
-        "tune_malloc",
-        "fast_validation",
-        "time_budget_plan",
-    ),
-}
-_PLANNED_BY_TIME_BUDGET = {"train": ("epochs",), "optim": ("warmup_epochs", "decay_gamma")}
+_NOT_RECIPE = ("data.root", "train.time_budget_plan")
+"""Besides the execution fields (:data:`~convunext.training.config.EXECUTION_FIELDS`), what a reproduction may
+change between invocations: where the data lives, and a budget's plan (measured on each machine)."""
+_PLANNED_BY_TIME_BUDGET = ("train.epochs", "optim.warmup_epochs", "optim.decay_gamma")
 """What a ``train.time_budget_minutes`` plan resolves (a run with a budget keeps its measured length)."""
 
 
@@ -72,30 +57,22 @@ class RunSpec:
         return not best.is_file() or json.loads(report.read_text()).get("weights_sha256") == sha256_file(best)
 
     def check_recipe(self) -> None:
-        """Refuse to continue a run folder that was made with another recipe (e.g. another budget)."""
-        from ..training.config import ExperimentConfig
+        """Refuse to continue a run folder that was made with another recipe (e.g. another budget), naming the
+        fields that differ."""
+        from ..training.config import EXECUTION_FIELDS, ExperimentConfig
 
         saved = self.run_dir / "config.yaml"
         if not saved.is_file():
             return
-        if _recipe(ExperimentConfig.from_yaml(saved)) != _recipe(self.config):
+        planned = _PLANNED_BY_TIME_BUDGET if self.config.train.time_budget_minutes else ()
+        ignored = (*EXECUTION_FIELDS, *_NOT_RECIPE, *planned)
+        changed = [key for key, _, _ in ExperimentConfig.from_yaml(saved).differences(self.config, ignored)]
+        if changed:
+            shown = ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
             raise ConvUNeXtError(
-                f"{self.run_dir}: this run folder was trained with another recipe (budget or --set changed); "
-                "use another --out folder, or delete the folder to start this run again"
+                f"{self.run_dir}: this run folder was trained with another recipe ({shown} differ: budget or --set "
+                "changed); use another --out folder, or delete the folder to start this run again"
             )
-
-
-def _recipe(config: Any) -> dict[str, Any]:
-    raw = config.to_dict()
-    ignored = dict(_NOT_RECIPE)
-    if raw["train"].get("time_budget_minutes"):
-        ignored = {
-            k: ignored.get(k, ()) + _PLANNED_BY_TIME_BUDGET.get(k, ()) for k in ignored | _PLANNED_BY_TIME_BUDGET
-        }
-    for section, keys in ignored.items():
-        for key in keys:
-            raw[section].pop(key, None)
-    return raw
 
 
 def locate_dataset(name: str, data_root: str | Path) -> Path:
@@ -154,6 +131,10 @@ def plan_runs(
     bad = sorted(set(datasets) - set(DATASETS))
     if bad:
         raise ConvUNeXtError(f"unknown dataset {bad[0]!r}; choose from {', '.join(DATASETS)}")
+    for option, values in (("--models", models), ("--datasets", datasets), ("--seeds", seeds)):
+        repeated = next((value for index, value in enumerate(values) if value in values[:index]), None)
+        if repeated is not None:  # one run counted twice would weigh twice in the mean and std over seeds
+            raise ConvUNeXtError(f"{option} {' '.join(map(str, values))}: {repeated} is given twice; give each once")
     report_dir = Path(report_dir)
     specs = []
     for dataset in datasets:

@@ -38,7 +38,8 @@ def train_run(spec: RunSpec) -> None:
         return
     spec.check_recipe()
     resume = (spec.run_dir / "last_state.pt").is_file()
-    # not resumable = killed before its first epoch ended: whatever it left is replaced
+    # not resumable = killed before its first epoch ended: the files it wrote are replaced (anything else there is
+    # refused, never deleted)
     Trainer(spec.config, run_dir=spec.run_dir, resume=resume, overwrite=not resume).fit()
 
 

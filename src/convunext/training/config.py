@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -29,6 +29,23 @@ RECIPES = ("paper", "reference")
 Switch = Literal["auto", "on", "off"]
 """A speed switch: ``auto`` (on where it is faster for the model and device, see
 :mod:`convunext.training.fast_paths`), ``on`` or ``off``; YAML ``true``/``false`` mean ``on``/``off``."""
+
+
+EXECUTION_FIELDS = (
+    "data.num_workers",
+    "train.device",
+    "train.threads",
+    "train.progress_bar",
+    "train.tensorboard",
+    "train.output_dir",
+    "train.run_name",
+    "train.channels_last",
+    "train.fused_kernels",
+    "train.tune_malloc",
+    "train.fast_validation",
+)
+"""The fields that change where a run is written, how it is shown or how its work is computed (the speed switches,
+recorded resolved), never what it trains: a resumed run or a reproduction may differ in them."""
 
 
 @dataclass
@@ -150,7 +167,7 @@ class ExperimentConfig:
             section, name = key.split(".")
             value = getattr(getattr(self, section), name)
             if value is not None and not valid(value):
-                raise ConvUNeXtError(f"{source}: {key}={_plain(value)!r} is not valid; expected {expected}")
+                raise ConvUNeXtError(f"{source}: {key}={_shown(_plain(value))} is not valid; expected {expected}")
         if self.train.loss_ce_weight == 0 and self.train.loss_dice_weight == 0:
             raise ConvUNeXtError(
                 f"{source}: train.loss_ce_weight and train.loss_dice_weight are both 0; the loss would be 0"
@@ -162,7 +179,20 @@ class ExperimentConfig:
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the resolved configuration to ``path``."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    def differences(self, other: ExperimentConfig, ignore: Collection[str] = ()) -> list[tuple[str, Any, Any]]:
+        """``(SECTION.FIELD, this value, other's value)`` of every field where ``other`` differs, in field order,
+        but those of ``ignore`` (a field, or a mapping and all its keys); mappings (``model.kwargs``,
+        ``data.options``) are compared key by key (``model.kwargs.width``), a key that one side lacks counting as
+        None there."""
+        mine, theirs = _flat(self.to_dict()), _flat(other.to_dict())
+        keys = list(mine) + [key for key in theirs if key not in mine]
+        return [
+            (key, mine.get(key), theirs.get(key))
+            for key in keys
+            if mine.get(key) != theirs.get(key) and not any(key == f or key.startswith(f"{f}.") for f in ignore)
+        ]
 
     @classmethod
     def from_dict(
@@ -195,7 +225,12 @@ class ExperimentConfig:
         """Load ``path`` (a YAML file, or the name of a built-in preset) and apply ``overrides``."""
         resolved = resolve_preset(path)
         try:
-            raw = yaml.safe_load(resolved.read_text())
+            raw = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise ConvUNeXtError(
+                f"{resolved}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                "save it as UTF-8"
+            ) from error
         except yaml.YAMLError as error:
             raise ConvUNeXtError(f"{resolved}: not valid YAML ({str(error).splitlines()[0]})") from error
         if raw is not None and not isinstance(raw, dict):
@@ -203,9 +238,18 @@ class ExperimentConfig:
         return cls.from_dict(raw or {}, str(resolved), overrides)
 
 
+NAME_MAX_BYTES = 255
+"""The longest file or folder name that common file systems take (ext4, APFS, NTFS: 255 bytes or characters)."""
+
+
 def _plain_folder_name(name: str) -> bool:
-    """One path component on every OS: no ``/`` or ``\\``, no drive, not ``.`` or ``..``."""
-    return name not in (".", "..") and PurePosixPath(name).name == name and PureWindowsPath(name).name == name
+    """One path component on every OS: no ``/`` or ``\\``, no drive, not ``.`` or ``..``, not over-long."""
+    plain = name not in (".", "..") and PurePosixPath(name).name == name and PureWindowsPath(name).name == name
+    return plain and len(name.encode()) <= NAME_MAX_BYTES
+
+
+def _short_names(path: str) -> bool:
+    return all(len(part.encode()) <= NAME_MAX_BYTES for part in Path(path).parts)
 
 
 _POSITIVE_INTEGER = (lambda v: v >= 1, "a positive integer")
@@ -224,6 +268,7 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.decay_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1] (a decay)"),
     "optim.poly_power": _POSITIVE,
     "train.epochs": _POSITIVE_INTEGER,
+    "train.seed": (lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295"),
     "train.threads": _POSITIVE_INTEGER,
     "train.time_budget_minutes": _POSITIVE,
     "train.precise_bn_batches": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
@@ -233,7 +278,11 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.grad_clip_norm": _NON_NEGATIVE,
     "train.loss_ce_weight": _NON_NEGATIVE,
     "train.loss_dice_weight": _NON_NEGATIVE,
-    "train.run_name": (_plain_folder_name, "a plain folder name inside train.output_dir (no '/', '\\', '.' or '..')"),
+    "train.run_name": (
+        _plain_folder_name,
+        f"a plain folder name of at most {NAME_MAX_BYTES} bytes inside train.output_dir (no '/', '\\', '.' or '..')",
+    ),
+    "train.output_dir": (_short_names, f"a path whose every folder name has at most {NAME_MAX_BYTES} bytes"),
 }
 """What :meth:`ExperimentConfig.validate` accepts per field (``None`` is always accepted where the type allows it)."""
 
@@ -333,6 +382,23 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConvUNeXtError(f"{where}={value!r} is not valid; expected a string")
         return str(value)
     return value
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": {}}`` as ``{"a.b": 1}``: the leaves of nested mappings, by dotted key."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a 300-character run name stays a readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 def _plain(value: Any) -> Any:

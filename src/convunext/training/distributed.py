@@ -112,7 +112,7 @@ def context_from_environment(device: str = "auto", sync_batchnorm: bool = False)
     """
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    requested = resolve_device(device)  # a clear error for cuda without CUDA, or a bad name
+    requested = resolve_device(device, setting="train.device")  # a clear error for cuda without CUDA, or a bad name
     if world_size <= 1:
         return single_process(requested)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

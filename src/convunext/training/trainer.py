@@ -48,9 +48,10 @@ from .fast_paths import enable_fast_paths, resolve_fast_paths
 from .losses import SegmentationLoss
 from .memory import check_crop_size, check_step_memory, estimate_step_memory
 from .plots import plot_progress
+from .resume import check_resume
 from .run_folder import default_run_name, open_run_dir
 from .schedule import build_scheduler, compress_schedule
-from .time_budget import RunCosts, plan_epochs
+from .time_budget import RunCosts, plan_epochs, too_few_steps_warning
 
 METRIC_COLUMNS = (
     "epoch",
@@ -104,9 +105,11 @@ class _Loop:
     history: list[dict[str, float]] = field(default_factory=list)
     ema: ModelEma | None = None
 
-    def state(self, model: nn.Module, world_size: int) -> dict[str, Any]:
-        """The training state after :attr:`epoch`, for ``last_state.pt``."""
+    def state(self, model: nn.Module, world_size: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The training state after :attr:`epoch`, for ``last_state.pt``, with the ``config`` that trained it (what
+        a resume is compared with: :mod:`~convunext.training.resume`)."""
         return {
+            "config": config,
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -133,6 +136,22 @@ class _Loop:
             self.ema.load_state_dict(state["ema"])
 
 
+def check_model_matches_data(config: ExperimentConfig, info: DatasetInfo) -> None:
+    """Refuse ``model.kwargs.in_channels`` or ``num_classes`` other than the data's: the first batch would fail
+    deep in a convolution (or the loss), after the run folder was written. Both follow the data when left out."""
+    has = {
+        "in_channels": (info.in_channels, f"{info.in_channels}-channel images"),
+        "num_classes": (info.num_classes, f"{info.num_classes} classes ({', '.join(info.class_names)})"),
+    }
+    for key, (count, description) in has.items():
+        given = config.model.kwargs.get(key, count)
+        if given != count:
+            raise ConvUNeXtError(
+                f"model.kwargs.{key}={given!r}, but the {config.data.name} data has {description}; leave "
+                f"model.kwargs.{key} out (it follows the data) or set it to {count}"
+            )
+
+
 def model_kwargs_from_config(config: ExperimentConfig, info: DatasetInfo) -> dict[str, Any]:
     """The arguments ``config`` builds its model with: ``model.kwargs`` over the defaults of the dataset's channels
     and classes and, for a model that has it, deep supervision on (what the trainer builds and checkpoints)."""
@@ -149,10 +168,14 @@ class Trainer:
         config: the experiment (model, data, optimiser, loop settings); validated here.
         run_dir: where checkpoints, logs and plots go (default ``train.output_dir/<run_name>``, or a new folder
             named by :func:`~convunext.training.run_folder.default_run_name`).
-        resume: continue the run in ``run_dir`` from its ``last`` checkpoint.
+        resume: continue the run in ``run_dir`` from its ``last`` checkpoint, as it was trained: ``config`` may
+            differ from the configuration the run records only where that is safe (the length, the device...; see
+            :mod:`~convunext.training.resume`). A folder without a training state is refused, never replaced.
         dist: the distributed context (default: a single process); only rank 0 writes files.
-        overwrite: a new run (not ``resume``) in a folder that holds files deletes them first; without it such a
-            folder is refused (:func:`~convunext.training.run_folder.check_new_run_dir`).
+        overwrite: a new run (not ``resume``) in a folder that holds an old run deletes the old run's files first;
+            without it such a folder is refused (:func:`~convunext.training.run_folder.check_new_run_dir`), and a
+            folder holding anything else is refused in any case
+            (:func:`~convunext.training.run_folder.check_overwritable`).
     """
 
     def __init__(
@@ -165,20 +188,23 @@ class Trainer:
     ) -> None:
         config.validate()
         config = copy.deepcopy(config)  # the run resolves its auto switches and time budget in its own copy
-        self.config, self.resume, self.overwrite = config, resume, overwrite
+        self.resume, self.overwrite = resume, overwrite
         self.dist = dist or single_process()
-        self.device = self.dist.device if dist is not None else resolve_device(config.train.device)
+        self.device = self.dist.device if dist is not None else resolve_device(config.train.device, "train.device")
         self.auto_name = run_dir is None and not config.train.run_name
         name = config.train.run_name or default_run_name(config)
         name = self.dist.broadcast_object(name)  # every rank must agree on the folder (timestamps may differ)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.train.output_dir) / name
-        if resume and not (self.run_dir / "last_state.pt").is_file():
-            raise ConvUNeXtError(f"{self.run_dir}: nothing to resume (no last_state.pt in this folder)")
+        self.resume_changes: list[str] = []
+        if resume:  # before the data is opened: a resume with another dataset is refused, not started
+            config, self.resume_changes = check_resume(self.run_dir, config)
+        self.config = config
 
         data = config.data
         self.train_set = open_dataset(data.name, data.root, "train", **data.options)
         self.val_set = open_dataset(data.name, data.root, "val", **data.options)
         self.info: DatasetInfo = self.train_set.info
+        check_model_matches_data(config, self.info)
         self.model_kwargs = model_kwargs_from_config(config, self.info)
         if config.train.threads is not None:
             torch.set_num_threads(config.train.threads)
@@ -304,7 +330,11 @@ class Trainer:
             self.run_dir = self._on_main(lambda: self._open_run_dir(held))
             start_time = time.perf_counter()
             loop = self._prepare(start_time)
-            self._resume_or_start(loop)
+            if self.resume:
+                self._load(loop)
+                if self._finished(loop):  # reported, not trained again or rewritten
+                    return self._result(loop, 0.0)
+            self._start(loop)
             for epoch in range(loop.epoch + 1, self.config.train.epochs + 1):
                 epoch_start = time.perf_counter()
                 train_loss = self._train_epoch(loop, epoch)
@@ -424,19 +454,42 @@ class Trainer:
                 f"{plan.save_seconds:.2f} s; planned {plan.planned_seconds / 60:.1f} min); schedule compressed from "
                 f"{plan.nominal_epochs} epochs"
             )
+            warning = too_few_steps_warning(plan)
+            if warning:
+                print(warning)
 
-    def _resume_or_start(self, loop: _Loop) -> None:
-        """Load the ``last`` state when resuming; rank 0 writes the run's ``config.yaml`` and says how it runs."""
-        if self.resume:
-            state = load_training_state(self.run_dir)
-            loop.load(state, self.model)
-            saved_world = int(state.get("world_size", 1))
-            if saved_world != self.dist.world_size and self.dist.is_main:
-                print(
-                    f"warning: resuming a run saved with {saved_world} process(es) on {self.dist.world_size}: "
-                    "the global batch, sample order and steps per epoch change"
-                )
+    def _load(self, loop: _Loop) -> None:
+        """Continue from the run's ``last`` state."""
+        state = load_training_state(self.run_dir)
+        loop.load(state, self.model)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size and self.dist.is_main:
+            print(
+                f"warning: resuming a run saved with {saved_world} process(es) on {self.dist.world_size}: "
+                "the global batch, sample order and steps per epoch change"
+            )
+
+    def _finished(self, loop: _Loop) -> bool:
+        """Whether the loaded run has nothing left to train (all its epochs, or stopped early); says so."""
+        epochs, patience = self.config.train.epochs, self.config.train.early_stopping_patience
+        if loop.epoch >= epochs:
+            reason = f"finished (epoch {loop.epoch} of {epochs}); nothing to train (a larger train.epochs extends it)"
+        elif patience is not None and loop.best["stale"] >= patience:
+            reason = (
+                f"stopped early at epoch {loop.epoch} (no validation Dice gain for {patience} evaluations); nothing "
+                "to train (a larger train.early_stopping_patience continues it)"
+            )
+        else:
+            return False
         if self.dist.is_main:
+            print(f"{self.run_dir}: {reason}")
+        return True
+
+    def _start(self, loop: _Loop) -> None:
+        """Rank 0 writes the run's ``config.yaml`` and says how it runs (and what a resume changed)."""
+        if self.dist.is_main:
+            if self.resume_changes:
+                print(f"resuming {self.run_dir} after epoch {loop.epoch} with: {', '.join(self.resume_changes)}")
             self.config.to_yaml(self.run_dir / "config.yaml")
         loop.writer = self._tensorboard()
         if self.dist.enabled and self.dist.is_main:
@@ -527,7 +580,7 @@ class Trainer:
                 self.run_dir,
                 self.model,
                 self.checkpoint_meta(epoch, metrics),
-                loop.state(self.model, self.dist.world_size),
+                loop.state(self.model, self.dist.world_size, self.config.to_dict()),
                 best=loop.best["epoch"] == epoch,
                 extra=extra,
             )
@@ -543,14 +596,17 @@ class Trainer:
             print(f"early stopping: no validation Dice gain for {patience} evaluations")
         return True
 
+    def _result(self, loop: _Loop, seconds: float) -> TrainResult:
+        best = loop.best
+        return TrainResult(
+            self.run_dir, best["epoch"], best["metrics"], loop.epoch, seconds, loop.history, self.planned_seconds
+        )
+
     def _finish(self, loop: _Loop, seconds: float) -> TrainResult:
         """Close the logs; rank 0 writes ``summary.json``; every rank returns the result once it is written."""
         if loop.writer is not None:
             loop.writer.close()
-        best = loop.best
-        result = TrainResult(
-            self.run_dir, best["epoch"], best["metrics"], loop.epoch, seconds, loop.history, self.planned_seconds
-        )
+        result = self._result(loop, seconds)
         if self.dist.is_main:
             summary: dict[str, Any] = {
                 "best_epoch": result.best_epoch,

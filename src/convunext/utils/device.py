@@ -11,19 +11,27 @@ import torch
 from ..errors import ConvUNeXtError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "--device") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
 
-    Raises :class:`~convunext.errors.ConvUNeXtError` for a name torch does not know or CUDA on a machine without it.
+    Raises :class:`~convunext.errors.ConvUNeXtError` for a name torch does not know or CUDA on a machine without it,
+    naming ``setting``: where the user gave the name (``--device``, or the config field ``train.device``).
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ConvUNeXtError(f"train.device={name!r} is not a valid device") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConvUNeXtError(f"train.device={name!r} but CUDA is not available on this machine")
+        raise ConvUNeXtError(f"{setting} {name!r} is not a valid device (auto, cpu, cuda or cuda:N)") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConvUNeXtError(f"{setting} {name!r} but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConvUNeXtError(f"{setting} {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConvUNeXtError(f"{setting} {name!r} but Apple's MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConvUNeXtError(f"{setting} {name!r}: convunext runs on auto, cpu, cuda, cuda:N or mps")
     return device
 
 

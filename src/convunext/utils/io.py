@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +169,29 @@ def prepare_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ConvUNeXtError(f"{path}: is a folder; give a file name, e.g. {path / 'model.onnx'}")
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ConvUNeXtError(f"{path}: cannot create it, {ancestor} is a file, not a folder")
-            break
+    _refuse_file_on_the_way(path, path.parents)
     with writing(path):
         _temp_beside(path).unlink()
     return path
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Check, before any work, that ``path`` is a folder or can be created as one (neither it nor a parent folder
+    is a regular file); creates nothing.
+
+    Raises:
+        ConvUNeXtError: ``path`` or one of its parents is a file, with ``path`` named.
+    """
+    path = Path(path)
+    _refuse_file_on_the_way(path, [path, *path.parents])
+    return path
+
+
+def _refuse_file_on_the_way(path: Path, folders: Iterable[Path]) -> None:
+    """Raise when the first of ``folders`` (``path``'s own folders, innermost first) that exists is not a folder."""
+    existing = next((folder for folder in folders if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConvUNeXtError(f"{path}: cannot create it, {existing} is a file, not a folder")
 
 
 def sha256_bytes(data: bytes) -> str:
