@@ -2,8 +2,9 @@
 
 Measures params, FLOPs, latency (median/min/max), img/s, GFLOP/s and peak RSS of the five registry models and of
 ConvUNeXt computed the authors' way, eagerly, and by each fast path (fast, compile, onnx); training steps with
-peak RSS; activation checkpointing memory. Writes a Markdown table with the machine description to
-benchmarks/results/. Same as ``convunext benchmark``; the code lives in ``convunext.benchmarking``.
+peak RSS; activation recomputation memory. Writes a Markdown table with the machine description to
+benchmarks/results/. The same command as ``convunext benchmark`` (same options); the suite lives in
+``convunext.benchmarking``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ try:
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convunext.benchmarking import main
+from convunext.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["benchmark", *sys.argv[1:]]))

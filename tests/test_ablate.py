@@ -17,12 +17,19 @@ from convunext.models import ConvUNeXt, create_model, list_models, list_variants
 from convunext.models.cost import model_cost
 from convunext.models.registry import variant_arguments
 from convunext.models.variants import STUDIES, UNET_LIKE, study
-from convunext.reproduce import BUDGETS, ablate, plan_runs, study_models
+from convunext.reproduce import BUDGETS, Experiment, ablate, plan_runs, resolve_experiment, study_models
 from convunext.training.trainer import Trainer
 
 QUIET = ["train.progress_bar=false"]
 ONE_EPOCH = [*QUIET, "train.epochs=1"]
 """The module's study: one epoch per run (a plumbing test; 13 runs)."""
+
+
+def _smoke(report: Path, models: list[str], overrides: list[str] = ONE_EPOCH) -> Experiment:
+    """The smoke-budget experiment on synthetic data, seed 0, of ``models`` into ``report``."""
+    return resolve_experiment(report, models, "smoke", ["synthetic"], [0], overrides=overrides)
+
+
 ROADMAP = [
     ("0", "unet"),
     ("1", "roadmap1_macro"),
@@ -164,7 +171,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ablate")
-    result = ablate(out, "roadmap", "smoke", datasets=["synthetic"], seeds=[0], overrides=ONE_EPOCH, log=lambda _: None)
+    result = ablate(_smoke(out, STUDIES["roadmap"].models), "roadmap", log=lambda _: None)
     assert (result.trained, result.skipped) == (13, 0)  # 14 rows, step 6 = step 5's model
     return out
 
@@ -229,17 +236,13 @@ def test_each_difference_has_its_paired_test_over_the_test_images(report: Path) 
 
 
 def test_second_invocation_skips_finished_runs(report: Path) -> None:
-    result = ablate(
-        report, "roadmap", "smoke", datasets=["synthetic"], seeds=[0], overrides=ONE_EPOCH, log=lambda _: None
-    )
+    result = ablate(_smoke(report, STUDIES["roadmap"].models), "roadmap", log=lambda _: None)
     assert (result.trained, result.skipped) == (0, 13)
 
 
 def test_studies_share_their_common_runs(report: Path) -> None:
     models = ["convunext", "roadmap9_gate", "loo_relu"]  # the first two were trained by the roadmap
-    result = ablate(
-        report, "leave-one-out", "smoke", ["synthetic"], models, [0], overrides=ONE_EPOCH, log=lambda _: None
-    )
+    result = ablate(_smoke(report, models), "leave-one-out", log=lambda _: None)
     assert (result.trained, result.skipped) == (1, 2)
     summary = _csv(report / "leave-one-out.csv")
     assert [(row["step"], row["model"]) for row in summary] == LEAVE_ONE_OUT
@@ -260,9 +263,7 @@ def test_an_interrupted_run_resumes(tmp_path: Path) -> None:
     (spec.run_dir / "summary.json").unlink()
     spec.config.to_yaml(spec.run_dir / "config.yaml")
     assert spec.status() == "resume"
-    result = ablate(
-        tmp_path, "roadmap", "smoke", ["synthetic"], ["roadmap3_depthwise"], [0], overrides=QUIET, log=lambda _: None
-    )
+    result = ablate(_smoke(tmp_path, ["roadmap3_depthwise"], QUIET), "roadmap", log=lambda _: None)
     assert result.trained == 1 and spec.status() == "done"
     assert [row["epoch"] for row in _csv(spec.run_dir / "metrics.csv")] == ["1", "2"]
     summary = _csv(tmp_path / "roadmap.csv")  # the other rows wait for their runs

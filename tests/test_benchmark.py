@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from convunext import create_model
-from convunext.benchmarking import AuthorsConvUNeXt, authors_from_convunext, main
-from convunext.benchmarking.cli import parse_args
+from convunext.benchmarking import AuthorsConvUNeXt, authors_from_convunext
 from convunext.benchmarking.configs import Config, build_configs
 from convunext.benchmarking.measure import measure_in_subprocess
-from convunext.cli.main import build_parser
+from convunext.benchmarking.suite import finalize_args
+from convunext.cli.main import build_parser, main
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +28,12 @@ def keep_threads():
 def test_quick_benchmark_writes_its_table(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads sets it; restored after the test
     out = tmp_path / "results" / "quick.md"
-    code = main(["--quick", "--threads", "1", "--out", str(out)])
+    code = main(["benchmark", "--quick", "--threads", "1", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = out.read_text()
     assert report in printed + "\n" or report.strip() in printed
-    for text in ("## Inference", "## Training step", "## Activation checkpointing", "**CPU**", "**allocator**",
+    for text in ("## Inference", "## Training step", "## Activation recomputation", "**CPU**", "**allocator**",
                  "**torch**", "matmul peak", "convunext authors' style", "convunext fast", "unet eager",
                  "speed-up vs authors", "speed-up vs UNet", "peak RSS MB", "GFLOP/s"):  # fmt: skip
         assert text in report, text
@@ -50,15 +52,14 @@ def test_quick_benchmark_writes_its_table(tmp_path: Path, capsys, monkeypatch: p
 
 
 def test_full_run_plan_covers_the_issue() -> None:
-    args = parse_args(["--hrf", "--allocators"])
-    configs = build_configs(args)
+    configs = build_configs(finalize_args(build_parser().parse_args(["benchmark", "--hrf", "--allocators"])))
     inference = {(c.model, c.path) for c in configs if c.section == "inference" and c.size == (480, 480)}
     assert {("convunext", p) for p in ("authors", "eager", "channels_last", "fast", "compile", "onnx")} <= inference
     assert {(m, "eager") for m in ("unet", "attention_unet", "unet_plus_plus", "resunet")} <= inference
     assert any(c.size == (512, 512) for c in configs)
     train = [c for c in configs if c.section == "training" and not c.env]
     assert {(c.batch, c.size) for c in train} == {(4, (256, 256))}
-    assert any(c.checkpointing and c.size == (480, 480) for c in configs)
+    assert any(c.recompute and c.size == (480, 480) for c in configs)
     assert any(c.mode == "window" and c.size == (2336, 3504) for c in configs)
     assert any("GLIBC_TUNABLES" in c.env for c in configs)
     assert all(c.repeats >= 10 for c in configs if c.section in ("inference", "training"))
@@ -74,6 +75,26 @@ def test_one_configuration_in_a_fresh_process() -> None:
 def test_benchmark_is_a_cli_command() -> None:
     args = build_parser().parse_args(["benchmark", "--quick", "--no-train"])
     assert args.quick and args.no_train and callable(args.func)
+
+
+def test_the_benchmark_speaks_the_flag_vocabulary_of_the_other_commands() -> None:
+    parser = build_parser()
+    args = finalize_args(
+        parser.parse_args(["benchmark", "--hrf", "--batch-size", "2", "--tile-size", "256", "--train-batch-size", "3"])
+    )
+    configs = build_configs(args)
+    assert {c.batch for c in configs if c.section == "inference"} == {2}
+    assert {c.batch for c in configs if c.section == "training"} == {3}
+    assert {c.tile for c in configs if c.mode == "window"} == {256}
+    assert (args.threads, args.device) == (None, "cpu")  # PyTorch's thread count; the CPU unless told otherwise
+    with pytest.raises(SystemExit):
+        parser.parse_args(["benchmark", "--threads", "0"])  # as for every command: a positive count, or nothing
+
+
+def test_benchmarks_script_runs_the_command(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: convunext benchmark" in done.stdout and "--tile-size" in done.stdout
 
 
 def test_authors_model_reproduces_the_reference_fixture(reference: dict) -> None:

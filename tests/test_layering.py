@@ -9,18 +9,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "convunext"
 
 LAYERS = {
     "errors": 0,
-    "utils": 1,
-    "models": 2,
-    "data": 2,
-    "checkpoint": 3,
-    "inference": 4,
-    "pretrained": 4,
-    "evaluation": 5,
-    "training": 6,
-    "benchmarking": 7,
-    "reproduce": 7,
-    "cli": 8,
-    "__main__": 9,
+    "runtime": 1,
+    "utils": 2,
+    "models": 3,
+    "data": 3,
+    "checkpoint": 4,
+    "inference": 5,
+    "pretrained": 5,
+    "evaluation": 6,
+    "training": 7,
+    "benchmarking": 8,
+    "reproduce": 8,
+    "cli": 9,
+    "__main__": 10,
 }
 """Layer of each top-level module or subpackage; a module may import only from lower layers and its own part."""
 

@@ -1,9 +1,11 @@
-"""Pretrained models shipped in the package: publishing a run (``convunext export --pretrained``), the card,
-float16 weights verified on load, names accepted wherever a checkpoint is, and one-line errors."""
+"""Pretrained models: publishing a run (``convunext export --pretrained``) into a folder of one's own (never the
+package), the card and the model card, float16 weights verified on load, names and folders accepted wherever a
+checkpoint is, and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +14,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-import convunext.pretrained as pretrained
+import convunext.pretrained.store as store
 from convunext.checkpoint import load_checkpoint
 from convunext.cli.main import main
 from convunext.data import open_dataset
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_checkpoint
-from convunext.pretrained import list_pretrained, load_pretrained, publish_pretrained
+from convunext.pretrained import PretrainedCard, from_pretrained, list_pretrained, publish_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,11 +38,51 @@ def tested_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def shipped(tested_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny run published as ``tiny-vessels`` into a package folder of its own."""
-    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
+def published(tested_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny run published as ``tiny-vessels`` with the CLI's defaults, from an empty working directory."""
+    monkeypatch.chdir(tmp_path)
     assert main(["export", str(tested_run), "--pretrained", "tiny-vessels"]) == 0
-    return tmp_path
+    return tmp_path / "pretrained" / "tiny-vessels"
+
+
+@pytest.fixture
+def shipped(published: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tiny-vessels`` shipped: the package's folder of pretrained models is its folder."""
+    monkeypatch.setattr(store, "PRETRAINED_DIR", published)
+    return published
+
+
+def test_publishing_writes_a_folder_of_ones_own_never_the_package(
+    tested_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package_files = sorted(path.name for path in store.PRETRAINED_DIR.iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(tested_run), "--pretrained", "tiny-vessels"]) == 0
+    folder = Path("pretrained/tiny-vessels")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "tiny-vessels.json", "tiny-vessels.safetensors"]
+    assert "convunext predict pretrained/tiny-vessels IMAGE" in capsys.readouterr().out
+    assert sorted(path.name for path in store.PRETRAINED_DIR.iterdir()) == package_files
+    before = (folder / "tiny-vessels.json").read_bytes()
+    assert main(["export", str(tested_run), "--pretrained", "tiny-vessels"]) == 0  # an earlier version: replaced
+    assert (folder / "tiny-vessels.json").read_bytes() == before
+    assert main(["export", str(tested_run), "--pretrained", "other", "--out", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"convunext export: error: {folder}: holds another checkpoint (tiny-vessels.json); give other a folder of "
+        "its own"
+    )
+
+
+def test_publishing_into_the_package_is_refused(
+    tested_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "package"
+    package.mkdir()
+    monkeypatch.setattr(store, "PRETRAINED_DIR", package)
+    for out in (package, package / "tiny-vessels"):
+        assert main(["export", str(tested_run), "--pretrained", "tiny-vessels", "--out", str(out)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and f"{out}: the installed package's pretrained models; save to a folder" in error[0]
+    assert list(package.iterdir()) == []
 
 
 def test_publish_writes_float16_weights_and_a_card_with_the_test_metrics(tested_run: Path, shipped: Path) -> None:
@@ -48,6 +90,8 @@ def test_publish_writes_float16_weights_and_a_card_with_the_test_metrics(tested_
         dtypes = {handle.get_tensor(key).dtype for key in handle.keys()}  # noqa: SIM118
     assert torch.float16 in dtypes and torch.float32 not in dtypes
     (card,) = list_pretrained()
+    json_path = shipped / "tiny-vessels.json"
+    assert card == PretrainedCard.from_meta(json_path, json.loads(json_path.read_text()))
     report = json.loads((tested_run / "eval-synthetic-test" / "metrics.json").read_text())
     assert card.name == "tiny-vessels" and card.model == "convunext"
     assert card.test_metrics["dice_fg_mean"] == report["metrics"]["dice_fg_mean"]
@@ -55,7 +99,7 @@ def test_publish_writes_float16_weights_and_a_card_with_the_test_metrics(tested_
     assert card.reference_image == {"name": first_row[0], "dice_fg": float(first_row[1])}
     assert card.terms.startswith("see the terms of use")  # synthetic data: no data set's terms to state
     original = load_checkpoint(tested_run).model
-    loaded = load_pretrained("tiny-vessels")
+    loaded = from_pretrained("tiny-vessels")
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     for (key, value), expected in zip(loaded.model.state_dict().items(), original.state_dict().values()):
         rounded = expected.half().to(expected.dtype) if expected.is_floating_point() else expected
@@ -73,18 +117,36 @@ def test_names_work_wherever_a_checkpoint_does(shipped: Path, tmp_path: Path, ca
     assert "| tiny-vessels" in listing and "dice_fg_mean" in listing and "terms of use" in listing
 
 
+def test_the_folder_works_wherever_a_checkpoint_does_and_holds_its_model_card(published: Path) -> None:
+    checkpoint = from_pretrained("pretrained/tiny-vessels")
+    card = PretrainedCard.from_meta(checkpoint.path, checkpoint.meta)
+    readme = (published / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: convunext\n") and "\n# tiny-vessels\n" in readme
+    assert 'checkpoint = from_pretrained("pretrained/tiny-vessels")' in readme
+    assert "convunext predict pretrained/tiny-vessels image.png --out predictions" in readme
+    normalization = checkpoint.meta["normalization"]
+    assert f"normalised per channel with mean {normalization['mean']} and std {normalization['std']}." in readme
+    assert "- Output: `N x 2 x H x W` logits over the classes background, vessel;" in readme
+    for key, value in card.test_metrics.items():
+        assert re.search(rf"\| {key} +\| +{value:.4f} \|", readme), key
+    assert card.data in readme and card.terms in readme and "Training scale" not in readme
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save("eye.png")
+    assert main(["predict", "pretrained/tiny-vessels", "eye.png", "--out", "predicted"]) == 0
+    assert Image.open("predicted/eye_mask.png").size == (90, 70)
+
+
 def test_tampered_weights_are_refused(shipped: Path) -> None:
     weights = shipped / "tiny-vessels.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ConvUNeXtError, match="do not match their checksum"):
-        load_pretrained("tiny-vessels")
+        from_pretrained("tiny-vessels")
 
 
 def test_unknown_name_lists_the_available_ones(shipped: Path) -> None:
-    with pytest.raises(ConvUNeXtError, match=r"no pretrained model named 'retina' \(available: tiny-vessels\)"):
-        load_pretrained("retina")
+    with pytest.raises(ConvUNeXtError, match=r"^retina: no such folder, shipped pretrained model \(available: tiny-ve"):
+        from_pretrained("retina")
 
 
 def test_an_unknown_bare_name_on_the_command_line_lists_the_shipped_models(
@@ -103,7 +165,7 @@ def test_an_unknown_bare_name_on_the_command_line_lists_the_shipped_models(
 def test_export_without_a_readable_test_report_is_one_line(
     tested_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = ["export", str(tested_run), "--pretrained", "x", "--pretrained-dir", str(tmp_path / "pkg")]
+    args = ["export", str(tested_run), "--pretrained", "x", "--out", str(tmp_path / "pkg")]
     assert main([*args, "--test-report", str(tmp_path / "missing.json")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "missing.json: cannot read the test report" in error[0]
@@ -143,9 +205,8 @@ def test_the_shipped_drive_model_scores_its_stated_dice_on_a_drive_test_image(dr
     assert "drive-vessels" in cards, "the package ships its DRIVE model"
     card = cards["drive-vessels"]
     assert card.model == "convunext" and card.terms.startswith("DRIVE") and card.reference_image is not None
-    checkpoint = load_pretrained("drive-vessels")
+    checkpoint = from_pretrained("drive-vessels")
     dataset = open_dataset("drive", drive_root, "test")
     index = [record.name for record in dataset.records].index(card.reference_image["name"])
-    tile = checkpoint.meta.get("data", {}).get("eval_tile_size")
-    metrics = evaluate_checkpoint(checkpoint, _OneImage(dataset, index), tile_size=tile, progress=False, topology="off")
+    metrics = evaluate_checkpoint(checkpoint, _OneImage(dataset, index), progress=False, topology="off")  # its tiles
     assert metrics.per_image()[0]["dice_fg"] == pytest.approx(card.reference_image["dice_fg"], abs=1e-3)

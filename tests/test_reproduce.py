@@ -7,14 +7,25 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from convunext.cli.main import main
+from convunext.cli.main import build_parser, main
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.compare import read_scores
+from convunext.inference import Inferer
 from convunext.models import list_models
-from convunext.reproduce import BUDGETS, CPU_STEPS, budgets, plan_runs, reproduce, step_budget
+from convunext.reproduce import (
+    BUDGETS,
+    CPU_STEPS,
+    Experiment,
+    budgets,
+    plan_runs,
+    reproduce,
+    resolve_experiment,
+    step_budget,
+)
 from convunext.reproduce.report import config_model_kwargs, paired_with_reference
 from convunext.reproduce.run import record_with_invocations
 from convunext.training.config import ExperimentConfig
@@ -37,10 +48,15 @@ def _tabled(report: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
+def _smoke(report: Path, models: list[str] = MODELS, **settings: Any) -> Experiment:
+    """The smoke-budget experiment on synthetic data (quiet runs) of ``models`` into ``report``."""
+    return resolve_experiment(report, models, "smoke", **{"datasets": ["synthetic"], "overrides": QUIET, **settings})
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    result = reproduce(out, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    result = reproduce(_smoke(out), log=lambda _: None)
     assert (result.trained, result.skipped) == (4, 0)  # 2 models x the smoke budget's 2 seeds
     return out
 
@@ -88,14 +104,38 @@ def test_results_md_pairs_each_model_with_convunext_image_by_image(report: Path)
     assert paired_with_reference("synthetic", ["unet"], specs) == []
 
 
+def test_each_test_report_records_how_the_test_split_was_run(report: Path) -> None:
+    for tested in report.glob("runs/*/*/*/test/metrics.json"):
+        record = json.loads(tested.read_text())
+        assert {key: record[key] for key in ("tile_size", "overlap", "tta", "backend")} == {
+            "tile_size": None,  # synthetic images are evaluated whole
+            "overlap": None,
+            "tta": False,
+            "backend": "fast",
+        }
+
+
+def test_the_protocol_fixes_how_the_test_split_is_run(tmp_path: Path) -> None:
+    for inferer in (Inferer(tile_size=64), Inferer(tile_size=0), Inferer(overlap=0.5), Inferer(tta=True)):
+        with pytest.raises(ConvUNeXtError, match=r"without TTA \(the protocol\); give an inferer without tile_size"):
+            _smoke(tmp_path, inferer=inferer)
+    experiment = _smoke(tmp_path, inferer=Inferer(device="cpu", backend="eager", batch_size=2))
+    assert experiment.overrides[-1] == "train.device=cpu"  # the runs train where they are tested
+    assert experiment.inferer.backend == "eager" and experiment.inferer.batch_size == 2
+    parser = build_parser()
+    args = parser.parse_args(["reproduce", "--device", "cpu", "--backend", "eager", "--threads", "1"])
+    assert (args.device, args.backend, args.threads) == ("cpu", "eager", 1)
+    for fixed in (["--tta"], ["--tile-size", "64"], ["--overlap", "0.5"], ["--batch-size", "2"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["reproduce", *fixed])
+
+
 def test_second_invocation_skips_finished_runs(report: Path) -> None:
     weights = sorted(report.glob("runs/*/*/*/last.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in weights]
     invocations = json.loads((report / "reproduce.json").read_text())["invocations"]
     start = time.perf_counter()
-    result = reproduce(
-        report, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, command="again", log=lambda _: None
-    )
+    result = reproduce(_smoke(report), command="again", log=lambda _: None)
     assert (result.trained, result.skipped) == (0, 4)
     assert [p.stat().st_mtime_ns for p in weights] == stamps
     assert time.perf_counter() - start < 20
@@ -126,9 +166,7 @@ def test_a_record_from_before_the_invocation_list_counts_as_one_invocation(tmp_p
 
 def test_the_report_covers_every_finished_run_of_the_folder(report: Path) -> None:
     # one seed of one model asked: the runs finished by the first invocation stay in the table, in order
-    result = reproduce(
-        report, "smoke", datasets=["synthetic"], models=["unet"], seeds=[1], overrides=QUIET, log=lambda _: None
-    )
+    result = reproduce(_smoke(report, ["unet"], seeds=[1]), log=lambda _: None)
     assert (result.trained, result.skipped) == (0, 1)
     assert _tabled(report) == (RUNS, SUMMARY)
 
@@ -140,7 +178,7 @@ def test_a_committed_report_without_checkpoints_is_reported_as_it_is(report: Pat
     for pattern in ("*.safetensors", "best.json", "last.json", "last_state.pt"):
         for path in clone.glob(f"runs/*/*/*/{pattern}"):
             path.unlink()
-    result = reproduce(clone, "smoke", datasets=["synthetic"], models=MODELS, overrides=QUIET, log=lambda _: None)
+    result = reproduce(_smoke(clone), log=lambda _: None)
     assert (result.trained, result.skipped) == (0, 4)
     assert _tabled(clone) == (RUNS, SUMMARY)
     tabled = [
@@ -165,7 +203,7 @@ def test_interrupted_run_resumes(tmp_path: Path) -> None:
     (spec.run_dir / "summary.json").unlink()
     spec.config.to_yaml(spec.run_dir / "config.yaml")
     assert spec.status() == "resume"
-    result = reproduce(tmp_path, "smoke", datasets=["synthetic"], models=["unet"], seeds=[0], overrides=QUIET)
+    result = reproduce(_smoke(tmp_path, ["unet"], seeds=[0]))
     assert result.trained == 1 and spec.status() == "done"
     epochs = [row["epoch"] for row in csv.DictReader((spec.run_dir / "metrics.csv").open())]
     assert epochs == ["1", "2"]
@@ -173,12 +211,12 @@ def test_interrupted_run_resumes(tmp_path: Path) -> None:
 
 def test_another_recipe_in_the_same_folder_is_refused(report: Path) -> None:
     with pytest.raises(ConvUNeXtError, match="another recipe"):
-        reproduce(report, "smoke", datasets=["synthetic"], models=MODELS, overrides=[*QUIET, "optim.lr=0.1"])
+        reproduce(_smoke(report, overrides=[*QUIET, "optim.lr=0.1"]))
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConvUNeXtError, match="DRIVE not found"):
-        reproduce(tmp_path / "out", "cpu", datasets=["drive"], data_root=tmp_path)
+        reproduce(resolve_experiment(tmp_path / "out", MODELS, "cpu", datasets=["drive"], data_root=tmp_path))
 
 
 @pytest.mark.parametrize("dataset, images", [("drive", 16), ("glas", 75), ("hrf", 20)])

@@ -108,6 +108,20 @@ def test_a_reproduction_test_report_is_reused_and_a_stale_report_is_not(
     shutil.rmtree(reference / "test")
 
 
+def test_a_report_made_with_other_inference_settings_is_not_reused(
+    runs: tuple[Path, Path], tmp_path: Path, evaluations: list[str]
+) -> None:
+    compared = [*map(str, runs), "synthetic", "--out", str(tmp_path / "cmp")]
+    tiled = ["--tile-size", "32", "--overlap", "0.5"]
+    for settings, evaluated in (([], None), (["--tta"], True), (tiled, True), (tiled, False)):
+        evaluations.clear()
+        assert _compare(*compared, *settings) == 0
+        if evaluated is not None:  # reports made with other settings are made again; the same settings reuse them
+            assert evaluations == (["convunext", "unet"] if evaluated else [])
+    recorded = json.loads((runs[0] / "eval-synthetic-test" / "metrics.json").read_text())
+    assert (recorded["tile_size"], recorded["overlap"], recorded["tta"]) == (32, 0.5, False)
+
+
 def test_user_errors_are_one_line(runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     reference, other = runs
     three_classes = tmp_path / "three-classes"

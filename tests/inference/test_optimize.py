@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from convunext import create_model, list_models
+from convunext import create_model, list_models, runtime
+from convunext.inference import Inferer
 from convunext.inference.optimize import InferenceModel, make_backend, optimize_for_inference
 from convunext.inference.predictor import Predictor
 from convunext.models.fast import FastUpStage
@@ -101,19 +102,19 @@ def test_folded_channels_last_path_equals_eager_for_every_model(name: str, size:
 
 
 @pytest.mark.parametrize("mode", ["pool", "openmp"])
-def test_fast_convunext_with_two_threads(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_convunext_with_two_threads(mode: runtime.FusedParallelism) -> None:
     """Two threads: chunks of rows on the worker pool (default) or one after the other with OpenMP operators."""
-    monkeypatch.setenv("CONVUNEXT_FUSED_PARALLELISM", mode)
     model = make(width=8)
     fast = optimize_for_inference(model, band_elements=3000)
     x = torch.randn(3, 3, 67, 53)
-    torch.set_num_threads(2)
+    previous = runtime.settings().fused_parallelism
+    runtime.configure(fused_parallelism=mode, threads=2)
     try:
         with torch.inference_mode():
             got = fast(x)
         assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak
     finally:
-        torch.set_num_threads(1)
+        runtime.configure(fused_parallelism=previous, threads=1)
     with torch.no_grad():
         assert_close(got, model(x))
 
@@ -202,8 +203,8 @@ def test_predictor_fast_backend_gives_the_eager_probabilities() -> None:
     model = make(width=8)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     image = torch.rand(3, 70, 90)
-    eager = Predictor(model, mean, std, tile_size=64, device="cpu", backend="eager").predict(image)
-    fast_predictor = Predictor(model, mean, std, tile_size=64, device="cpu")  # the default, as in the CLI
+    eager = Predictor(model, mean, std, Inferer(tile_size=64, device="cpu", backend="eager")).predict(image)
+    fast_predictor = Predictor(model, mean, std, Inferer(tile_size=64, device="cpu"))  # the default, as in the CLI
     assert isinstance(fast_predictor.model, InferenceModel)
     fast = fast_predictor.predict(image)
     assert abs(fast.probabilities - eager.probabilities).max() < 1e-5

@@ -7,9 +7,7 @@ import copy
 import pytest
 import torch
 
-from convunext import create_model
-from convunext.models.checkpointing import enable_activation_checkpointing
-from convunext.models.fused import enable_fused_training
+from convunext import create_model, runtime
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
@@ -21,7 +19,7 @@ def _step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> floa
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "checkpointing", "band_elements"),
+    ("kwargs", "recompute", "band_elements"),
     [
         ({}, False, None),
         ({}, False, 5000),  # many bands per map
@@ -30,13 +28,13 @@ def _step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> floa
         ({"attention_gate": False}, False, None),
     ],
 )
-def test_fused_training_matches_plain(kwargs: dict, checkpointing: bool, band_elements: int | None) -> None:
+def test_fused_training_matches_plain(kwargs: dict, recompute: bool, band_elements: int | None) -> None:
     torch.manual_seed(0)
     plain = create_model("convunext", width=8, **kwargs).train().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
-    assert enable_fused_training(fused, band_elements=band_elements) == 11 + 4
-    if checkpointing:
-        enable_activation_checkpointing(fused)
+    assert fused.set_fused_training(band_elements=band_elements) == 11 + 4
+    if recompute:
+        fused.set_grad_checkpointing()
     x = torch.randn(2, 3, 67, 64).contiguous(memory_format=torch.channels_last)  # odd height: padded decoder
     target = torch.randint(0, 2, (2, 67, 64))
     assert _step(plain, x, target) == pytest.approx(_step(fused, x, target), rel=1e-5)
@@ -55,29 +53,29 @@ def test_fused_kernels_fall_back_on_nchw_inputs_and_switch_off() -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-        enable_fused_training(model)
+        model.set_fused_training()
         assert torch.allclose(model(x), expected, atol=1e-6)  # NCHW: plain path
         fused_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
         assert torch.allclose(fused_cl, expected, atol=1e-5)
-    assert enable_fused_training(model, enabled=False) == 15
+    assert model.set_fused_training(False) == 15
     assert not any(getattr(m, "fused_training", False) for m in model.modules())
 
 
 @pytest.mark.parametrize("mode", ["pool", "openmp"])
-def test_fused_training_with_two_threads(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONVUNEXT_FUSED_PARALLELISM", mode)
+def test_fused_training_with_two_threads(mode: runtime.FusedParallelism) -> None:
     torch.manual_seed(0)
     plain = create_model("convunext", width=8).train().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
-    enable_fused_training(fused, band_elements=5000)
+    fused.set_fused_training(band_elements=5000)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 2, (2, 64, 64))
     expected = _step(plain, x, target)
-    torch.set_num_threads(2)
+    previous = runtime.settings().fused_parallelism
+    runtime.configure(fused_parallelism=mode, threads=2)
     try:
         got = _step(fused, x, target)
     finally:
-        torch.set_num_threads(1)
+        runtime.configure(fused_parallelism=previous, threads=1)
     assert got == pytest.approx(expected, rel=1e-5)
     for (key, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
         assert (a.grad - b.grad).abs().max().item() <= 1e-4 * max(a.grad.abs().max().item(), 1e-2), key

@@ -13,8 +13,7 @@ from torch import nn
 from convunext import create_model
 from convunext.errors import ConvUNeXtError
 from convunext.inference.export import export_friendly
-from convunext.models.blocks import BlockOptions, ConvNeXtBlock, SkipGate
-from convunext.models.checkpointing import enable_activation_checkpointing
+from convunext.models.blocks import BlockOptions, ConvNeXtBlock
 from convunext.models.fast import fast_form_problems, reparameterize_model
 
 SWITCHES = {
@@ -63,11 +62,6 @@ def test_switches_count_changes_and_switch_off() -> None:
     assert model.set_fused_training() == 15 and model.set_exportable() == 12 + 4  # reflect convs, decoder stages
     assert create_model("unet", width=4).set_grad_checkpointing() == 9
     assert create_model("unet", width=4).set_fused_training() == 0
-
-
-def test_checkpointing_refuses_a_type_without_the_switch() -> None:
-    with pytest.raises(ValueError, match="SkipGate does not support grad_checkpointing"):
-        enable_activation_checkpointing(create_model("convunext", width=4), (SkipGate,))
 
 
 def test_export_mode_is_per_model_and_restored() -> None:

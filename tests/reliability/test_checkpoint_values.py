@@ -16,6 +16,7 @@ from convunext import create_model
 from convunext.checkpoint import load_checkpoint, save_checkpoint
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
+from convunext.inference import Inferer
 from convunext.inference.predictor import Predictor
 
 MODEL = {"name": "convunext", "kwargs": {"in_channels": 3, "num_classes": 2, "width": 8}}
@@ -96,4 +97,4 @@ def test_non_finite_outputs_are_refused_naming_the_image(tmp_path: Path, capsys:
     assert err.startswith(f"convunext predict: error: {image}: ") and "NaN or Inf" in err and err.count("\n") == 1
     assert not list(out.glob("a_*"))
     with pytest.raises(ConvUNeXtError, match="NaN or Inf"):
-        Predictor.from_checkpoint(path, device="cpu", backend="eager").predict(np.zeros((32, 32, 3), np.uint8))
+        Predictor.from_checkpoint(path, Inferer(device="cpu", backend="eager")).predict(np.zeros((32, 32, 3), np.uint8))

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convunext import runtime
 from convunext.cli.main import main
 from convunext.data import open_dataset, prepare_dataset, read_fov, read_image, read_mask, verify_prepared
 from convunext.data.folder import INCOMPLETE_MARKER
-from convunext.data.io import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_ENV, image_size
+from convunext.data.io import image_size
 from convunext.errors import ConvUNeXtError
+from convunext.runtime import DEFAULT_MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS_ENV
 
 STEMS = ["a", "b", "c", "d", "e", "f"]  # folder splits without splits.json: test = [e], val = [f], train = a-d
 TRAIN_TINY = ["model.kwargs.width=8", "data.crop_size=16", "train.progress_bar=false", "optim.batch_size=2"]
@@ -205,11 +207,22 @@ def _write_blank_png(path: Path, width: int, height: int) -> None:
 
 
 def _assert_pixel_limit_message(message: str, path: Path, limit: int) -> None:
-    assert str(path) in message and f"{limit:,}" in message and PIXEL_LIMIT_ENV in message and "0 = no limit" in message
+    assert str(path) in message and f"{limit:,}" in message and MAX_IMAGE_PIXELS_ENV in message
+    assert "0 = no limit" in message
 
 
-def test_a_decompression_bomb_is_one_line_in_info_and_train(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv(PIXEL_LIMIT_ENV, raising=False)
+@pytest.fixture()
+def pixel_limit():
+    """Sets convunext's ``max_image_pixels`` (with :func:`runtime.configure`, which raises Pillow's own guard to it
+    where lower); both are restored after the test."""
+    setting, pillow_guard = runtime.settings().max_image_pixels, Image.MAX_IMAGE_PIXELS
+    yield lambda limit: runtime.configure(max_image_pixels=limit)
+    runtime.configure(max_image_pixels=setting)
+    Image.MAX_IMAGE_PIXELS = pillow_guard
+
+
+def test_a_decompression_bomb_is_one_line_in_info_and_train(tmp_path, capsys, pixel_limit):
+    pixel_limit(DEFAULT_MAX_IMAGE_PIXELS)
     root = _folder(tmp_path / "ds")
     bomb = root / "images" / "0-huge.png"  # sorts first: its header gives the dataset's channel count
     _write_blank_png(bomb, 20000, 20000)
@@ -224,21 +237,47 @@ def test_a_decompression_bomb_is_one_line_in_info_and_train(tmp_path, capsys, mo
         _assert_pixel_limit_message(_one_line_error(reader, bomb), bomb, DEFAULT_MAX_IMAGE_PIXELS)
 
 
-def test_the_pixel_limit_is_read_from_the_environment(tmp_path, monkeypatch):
+def test_the_pixel_limit_is_a_runtime_setting(tmp_path, pixel_limit):
+    """(Its environment variable: tests/test_runtime.py.)"""
     path = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(path)
-    monkeypatch.setenv(PIXEL_LIMIT_ENV, "100")
-    _assert_pixel_limit_message(_one_line_error(read_image, path), path, 100)
-    monkeypatch.setenv(PIXEL_LIMIT_ENV, "120")
+    pillow_guard = Image.MAX_IMAGE_PIXELS
+    pixel_limit(100)
+    message = _one_line_error(read_image, path)
+    _assert_pixel_limit_message(message, path, 100)
+    assert "12x10 = 120 pixels" in message  # from the header
+    pixel_limit(120)
     assert read_image(path).shape == (10, 12, 1)
-    monkeypatch.setenv(PIXEL_LIMIT_ENV, "0")
+    assert pillow_guard == Image.MAX_IMAGE_PIXELS  # reading never touches Pillow's guard, nor does a lower limit
+    pixel_limit(0)
     big = tmp_path / "big.png"
     _write_blank_png(big, 2 * 10**4, 2 * 10**4)
     assert image_size(big) == (20000, 20000)  # no limit (header only: decoding would need 400 MB)
-    monkeypatch.setenv(PIXEL_LIMIT_ENV, "lots")
-    message = _one_line_error(read_image, path)
-    assert PIXEL_LIMIT_ENV in message and "'lots'" in message
-    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own guard is left in place for everyone else
+
+
+def test_a_limit_above_pillows_guard_needs_configure(tmp_path):
+    """A limit above Pillow's own, from the environment but without :func:`runtime.configure`: Pillow still
+    refuses the file, and the error says how to lift that; after ``configure()`` its header is read."""
+    big = tmp_path / "big.png"
+    _write_blank_png(big, 20_000, 20_000)
+    driver = f"""
+from convunext import runtime
+from convunext.data.io import image_size
+from convunext.errors import ConvUNeXtError
+try:
+    image_size({str(big)!r})
+except ConvUNeXtError as error:
+    print(error)
+runtime.configure()
+print(image_size({str(big)!r}))
+"""
+    env = {**os.environ, MAX_IMAGE_PIXELS_ENV: "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines() == [
+        f"{big}: more than 178,956,970 pixels, over Pillow's limit (twice PIL.Image.MAX_IMAGE_PIXELS, a guard against "
+        "decompression bombs); call convunext.runtime.configure() to raise it to convunext's max_image_pixels",
+        "(20000, 20000)",
+    ], done.stderr
 
 
 # ------------------------------------------------------------------------------------------- data info --validate

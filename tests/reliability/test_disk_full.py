@@ -82,24 +82,24 @@ def test_file_size_limit_in_a_real_process_keeps_the_set_and_resumes(
         """
         import os, resource, signal, sys
         from convunext.cli.main import main
-        from convunext.training.trainer import Trainer
+        from convunext.training.validation import Validation
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        validate, calls = Trainer.validate, []
+        validate, calls = Validation.metrics, []
 
-        def limited_after_epoch_1(self, model=None):
-            saved = self.run_dir / "last.safetensors"
-            if saved.exists() and not calls:  # epoch 2's first validation: epoch 1's set is whole
+        def limited_after_epoch_1(self, model):
+            saved = os.path.join(os.environ["RUN_DIR"], "last.safetensors")
+            if os.path.exists(saved) and not calls:  # epoch 2's first validation: epoch 1's set is whole
                 calls.append(1)  # the weights (same size every epoch) still fit, the training state does not
                 limit = 2 * os.path.getsize(saved)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
             return validate(self, model)
 
-        Trainer.validate = limited_after_epoch_1
+        Validation.metrics = limited_after_epoch_1
         sys.exit(main(sys.argv[1:]))
         """
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RUN_DIR": str(tmp_path / "run")}
     result = subprocess.run(
         [sys.executable, "-c", driver, *tiny_train_argv(tmp_path, "train.run_name=run", epochs=2)],
         env=env,

@@ -20,14 +20,15 @@ import torch
 from PIL import Image
 
 import convunext.evaluation.evaluate as evaluate_module
-import convunext.pretrained as pretrained
+import convunext.pretrained.store as pretrained_store
 from convunext import create_model
 from convunext.checkpoint import load_checkpoint, save_checkpoint
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_to_report
 from convunext.evaluation.html_report import ReportGallery
-from convunext.pretrained import load_pretrained, publish_pretrained
+from convunext.inference import Inferer
+from convunext.pretrained import from_pretrained, publish_pretrained
 from convunext.utils.lock import RunLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -218,7 +219,7 @@ def test_a_negative_tile_size_is_refused_before_any_work(
         main(["evaluate", str(vessel_run), "synthetic", "--out", str(out), "--tile-size", "-5"])
     assert refused.value.code == 2 and "argument --tile-size: '-5'" in capsys.readouterr().err
     with pytest.raises(ConvUNeXtError, match=r"^tile_size=-5 is not valid"):  # and from the API
-        evaluate_to_report(load_checkpoint(vessel_run), "synthetic", out_dir=out, tile_size=-5)
+        evaluate_to_report(load_checkpoint(vessel_run), "synthetic", out_dir=out, inferer=Inferer(tile_size=-5))
     assert not out.exists()
 
 
@@ -287,7 +288,7 @@ def test_a_card_from_an_evaluation_on_other_data_is_refused(
     report = json.loads(test_report.read_text())
     test_report.write_text(json.dumps({**report, **edit}))
     package = tmp_path / "package"
-    argv = ["export", str(test_report.parent.parent), "--pretrained", "x", "--pretrained-dir", str(package)]
+    argv = ["export", str(test_report.parent.parent), "--pretrained", "x", "--out", str(package)]
     message = _refused(argv, capsys)
     assert str(test_report) in message and problem in message
     assert not package.exists() or not any(package.iterdir())
@@ -305,7 +306,7 @@ def test_a_failed_publish_leaves_the_earlier_model_whole(
     with pytest.raises(Exception, match="no space left on device"):
         publish_pretrained(other, "tiny", other / "eval-synthetic-test" / "metrics.json", "t", "s", folder=package)
     assert _files(package) == before
-    load_pretrained("tiny", folder=package)  # weights and card still belong together
+    from_pretrained(package)  # weights and card still belong together
 
 
 # ---------------------------------------------------------------------------- item 15: names and report folders
@@ -316,7 +317,7 @@ def shipped(vessel_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert main(["evaluate", str(vessel_run), "synthetic", "--out", str(report), "--no-html"]) == 0
     package = tmp_path / "package"
     publish_pretrained(vessel_run, "tiny-vessels", report / "metrics.json", "task", "selection", folder=package)
-    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", package)
+    monkeypatch.setattr(pretrained_store, "PRETRAINED_DIR", package)
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     return package

@@ -22,8 +22,9 @@ from convunext import create_model
 from convunext.checkpoint import save_checkpoint
 from convunext.cli.main import main
 from convunext.evaluation.metrics import FovMetrics, SegmentationMetrics
+from convunext.inference import Inferer
 from convunext.inference.predictor import Predictor
-from convunext.inference.sliding_window import MIN_INPUT_SIZE, predict_probabilities
+from convunext.inference.sliding_window import MIN_INPUT_SIZE
 
 SMALL_SIZES = [(8, 8), (1, 20), (15, 15)]
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.15]
@@ -84,7 +85,7 @@ def test_predict_segments_images_under_16_px(checkpoint: Path, tmp_path: Path, b
 @pytest.mark.parametrize("tile_size", [None, 16])
 def test_small_image_prediction_is_the_padded_forward_pass(checkpoint: Path, tile_size: int | None) -> None:
     """The documented contract: pad bottom/right with 0 (normalised) to 16 px, run the model, crop back."""
-    predictor = Predictor.from_checkpoint(checkpoint, tile_size=tile_size, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, Inferer(tile_size=tile_size, device="cpu"))
     rng = np.random.default_rng(1)
     for height, width in [*SMALL_SIZES, (5, 40)]:  # (5, 40) with tile 16: several tiles, each padded
         image = rng.random((height, width, 3), dtype=np.float32)
@@ -118,7 +119,7 @@ def test_every_forward_pass_gets_at_least_the_model_minimum() -> None:
     image = torch.randn(1, 3, 10, 100)
     for min_size, tile in [(MIN_INPUT_SIZE, 8), (64, 32), (64, None)]:
         model = _NeedsAtLeast(min_size)
-        result = predict_probabilities(model, image, tile_size=tile, tta_flips=True)
+        result = Inferer(tile_size=tile, tta=True)(model, image)
         assert result.shape == (1, 2, 10, 100) and model.shapes
         assert all(min(shape[-2:]) >= min_size for shape in model.shapes)
         with torch.no_grad():
@@ -265,7 +266,7 @@ def test_predict_reads_rgba_and_16_bit_grey(checkpoint: Path, tmp_path: Path) ->
     Image.fromarray(grey16).save(images / "grey16.png")
     out = tmp_path / "out"
     assert main(["predict", str(checkpoint), str(images), "--out", str(out), "--probabilities", "--quiet"]) == 0
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, Inferer(device="cpu"))
     expected = {
         "rgba": predictor.predict(rgb),  # alpha dropped
         "grey16": predictor.predict(np.repeat((grey16 / 65535.0).astype(np.float32)[..., None], 3, axis=2)),

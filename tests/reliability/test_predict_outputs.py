@@ -321,7 +321,7 @@ def test_export_options_are_checked_before_any_work(
 ) -> None:
     out = tmp_path / "model.file"
     try:
-        code = main(["export", str(checkpoint), "--out", str(out), "--pretrained-dir", str(tmp_path), *argv])
+        code = main(["export", str(checkpoint), "--out", str(out), *argv])
     except SystemExit as exit_info:
         code = exit_info.code  # type: ignore[assignment]
     assert code == 2 and problem in capsys.readouterr().err

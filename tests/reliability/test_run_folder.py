@@ -20,7 +20,7 @@ import pytest
 
 from convunext.cli.main import main
 from convunext.errors import ConvUNeXtError
-from convunext.reproduce import BUDGETS, plan_runs, reproduce
+from convunext.reproduce import BUDGETS, plan_runs, reproduce, resolve_experiment
 from convunext.training import run_folder as run_folder_module
 from convunext.training.config import ExperimentConfig
 from convunext.training.run_folder import claim_run_dir
@@ -305,7 +305,7 @@ def test_reproduce_restarts_a_run_killed_before_its_first_epoch(tmp_path: Path) 
     spec.config.to_yaml(spec.run_dir / "config.yaml")  # what a run killed in epoch 1 leaves
     (spec.run_dir / ".best.safetensors.x1.tmp").write_bytes(b"half")
     assert spec.status() == "new"
-    result = reproduce(tmp_path, "smoke", datasets=["synthetic"], models=["unet"], seeds=[0], log=lambda _: None)
+    result = reproduce(resolve_experiment(tmp_path, ["unet"], "smoke", ["synthetic"], [0]), log=lambda _: None)
     assert result.trained == 1 and spec.status() == "done"
     assert not _temp_files(tmp_path) and not (tmp_path / LOCK_NAME).exists()
 
@@ -320,7 +320,7 @@ def test_reproduce_refuses_a_run_another_process_works_on(
     try:
         expected = re.escape(f"{spec.run_dir}: in use by another process (pid {holder.pid} on ")
         with pytest.raises(ConvUNeXtError, match=expected):
-            reproduce(tmp_path, "smoke", datasets=["synthetic"], models=["unet"], seeds=[0], log=lambda _: None)
+            reproduce(resolve_experiment(tmp_path, ["unet"], "smoke", ["synthetic"], [0]), log=lambda _: None)
     finally:
         holder.kill()
         holder.wait()

@@ -75,3 +75,25 @@ def test_bad_files(tmp_path: Path) -> None:
     listing.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConvUNeXtError, match="list.yaml: expected a mapping"):
         ExperimentConfig.from_yaml(listing)
+
+
+def test_a_renamed_field_loads_under_its_old_name(tmp_path: Path) -> None:
+    """``train.activation_checkpointing`` (the name in the runs of reports/) is ``train.recompute_activations``."""
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  activation_checkpointing: true\n  epochs: 3\n")
+    config = ExperimentConfig.from_yaml(path)
+    assert config.train.recompute_activations is True and config.train.epochs == 3
+    assert "activation_checkpointing" not in config.to_dict()["train"]
+    overridden = ExperimentConfig.from_dict({}, overrides=["train.activation_checkpointing=true"])
+    assert overridden.train.recompute_activations is True
+    both = {"train": {"activation_checkpointing": True, "recompute_activations": False}}
+    message = "run.yaml: train.activation_checkpointing is the old name of train.recompute_activations; give only "
+    with pytest.raises(ConvUNeXtError, match=f"^{message}train.recompute_activations$"):
+        ExperimentConfig.from_dict(both, "run.yaml")
+
+
+def test_every_recorded_run_configuration_loads() -> None:
+    recorded = sorted((Path(__file__).resolve().parents[2] / "reports").glob("**/config.yaml"))
+    assert recorded
+    for path in recorded:
+        ExperimentConfig.from_yaml(path)

@@ -3,7 +3,6 @@ were (weights after N steps; validation metrics)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -66,8 +65,8 @@ def _train_steps(trainer: Trainer, steps: int) -> dict[str, torch.Tensor]:
     batches = itertools.islice(itertools.cycle(loop.loader), steps)
     trainer.train_model.train()
     for batch in batches:
-        loss = trainer._forward_loss(trainer.train_model, batch["image"].double(), batch["mask"])
-        trainer._optimizer_step(loop, loss)
+        loss = trainer.step.loss(trainer.train_model, batch["image"].double(), batch["mask"])
+        trainer.step.update(trainer.model, loop.optimizer, loss, loop.scaler, loop.scheduler, loop.ema)
     return trainer.model.state_dict()
 
 
@@ -104,7 +103,7 @@ def test_fast_validation_equals_eager_validation(
     trainer = Trainer(tiny_run(*SHORT, f"model.name={name}", "data.options.num_images=12"))
     assert trainer.fast_paths.fast_validation
     fast = trainer.validate()
-    trainer.fast_paths = dataclasses.replace(trainer.fast_paths, fast_validation=False)
+    trainer._validation.fast = False
     eager = trainer.validate()
     assert fast.keys() == eager.keys() and fast["num_images"] == eager["num_images"] == 2
     for key, value in eager.items():

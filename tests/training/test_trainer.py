@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from convunext.checkpoint import load_checkpoint
 from convunext.errors import ConvUNeXtError
-from convunext.training import trainer as trainer_module
+from convunext.training import run_log
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
 
@@ -75,7 +75,7 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
 
 def test_the_progress_plot_is_drawn_after_each_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn: list[int] = []
-    monkeypatch.setattr(trainer_module, "plot_progress", lambda history, path: drawn.append(len(history)))
+    monkeypatch.setattr(run_log, "plot_progress", lambda history, path: drawn.append(len(history)))
     Trainer(tiny_config(tmp_path, "train.epochs=5", "train.eval_every=2", "train.run_name=run")).fit()
     assert drawn == [2, 4, 5]  # the validated epochs (and the last); metrics.csv is written every epoch
     assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 5

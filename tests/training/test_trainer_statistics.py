@@ -53,7 +53,7 @@ def test_recomputed_statistics_are_the_population_statistics_of_the_crops(
     inputs: list[torch.Tensor] = []
     stem_norm = trainer.model.stem.norm
     handle = stem_norm.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().double()))
-    trainer._recompute_statistics(trainer.model, loop.augmented, 2)
+    trainer._validation.recompute_statistics(trainer.model, loop.augmented, 2)
     handle.remove()
     seen = torch.cat(inputs)  # 3 batches of 2 crops
     assert seen.shape[0] == 6
@@ -69,10 +69,10 @@ def test_running_statistics_are_validated_only_when_asked(
 ) -> None:
     trainer = Trainer(tiny_run(f"train.validate_running_bn={validate_running_bn}", "train.run_name=run"))
     loop = trainer._prepare(0.0)
-    calls: list[nn.Module | None] = []
-    validate = trainer.validate
-    trainer.validate = lambda model=None: calls.append(model) or validate(model)  # type: ignore[method-assign]
-    metrics, running_bn_dice, _ = trainer._evaluations(trainer.model, None, loop.augmented, 1)
+    calls: list[nn.Module] = []
+    validate = trainer._validation.metrics
+    trainer._validation.metrics = lambda model: calls.append(model) or validate(model)  # type: ignore[method-assign]
+    metrics, running_bn_dice, _ = trainer._validation.point(trainer.model, None, loop.augmented, 1)
     assert len(calls) == (2 if validate_running_bn else 1)
     assert math.isnan(running_bn_dice) != validate_running_bn and "dice_fg_mean" in metrics
 

@@ -6,15 +6,18 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime import FUSED_PARALLELISM_ENV
+
 __all__ = ["INFERENCE_PATHS", "REGISTRY_MODELS", "SECTIONS", "Config", "build_configs"]
 
 REGISTRY_MODELS = ("convunext", "unet", "attention_unet", "unet_plus_plus", "resunet")
 INFERENCE_PATHS = ("authors", "eager", "channels_last", "fast", "compile", "onnx")
 TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 """The GLIBC_TUNABLES value docs/speed.md recommends: no mmap for allocations under 1 GiB, never trim the heap."""
-OPENMP_ENV = {"CONVUNEXT_FUSED_PARALLELISM": "openmp"}
-"""The fast path with PyTorch's per-operator OpenMP parallelism instead of its worker threads."""
-SECTIONS = ("inference", "training", "checkpointing", "sliding window")
+OPENMP_ENV = {FUSED_PARALLELISM_ENV: "openmp"}
+"""The fast path with PyTorch's per-operator OpenMP parallelism instead of its worker threads (the worker process
+reads the ``fused_parallelism`` setting of :mod:`convunext.runtime` from its environment)."""
+SECTIONS = ("inference", "training", "recompute", "sliding window")
 """The report's sections, in table order."""
 
 
@@ -32,7 +35,7 @@ class Config:
     size: tuple[int, int] = (480, 480)
     channels: int = 3
     classes: int = 2
-    checkpointing: bool = False
+    recompute: bool = False
     repeats: int = 10
     warmup: int = 2
     tile: int = 512
@@ -43,7 +46,7 @@ class Config:
 
     @property
     def label(self) -> str:
-        """Row label, e.g. ``convunext fast`` or ``convunext channels_last + checkpointing``."""
+        """Row label, e.g. ``convunext fast`` or ``convunext channels_last + recompute``."""
         names = {
             "authors": "authors' style",
             "channels_last": "channels-last",
@@ -54,8 +57,8 @@ class Config:
         if self.mode == "infer" and self.path == "channels_last":
             path = "BN-folded channels-last"
         text = f"{self.model} {path}"
-        if self.checkpointing:
-            text += " + checkpointing"
+        if self.recompute:
+            text += " + recompute"
         if self.env_label:
             text += f" [{self.env_label}]"
         return text
@@ -75,21 +78,21 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
     for size in args.sizes:
         for path in paths:
             if path != "compile" or size == args.sizes[0]:  # one compile measurement is enough (slow)
-                add("inference", "convunext", path, "infer", args.batch, size)
+                add("inference", "convunext", path, "infer", args.batch_size, size)
         if "fast" in paths and not args.in_process:
             add(
                 "inference",
                 "convunext",
                 "fast",
                 "infer",
-                args.batch,
+                args.batch_size,
                 size,
                 env=OPENMP_ENV,
                 env_label="OpenMP operators",
             )
         for model in REGISTRY_MODELS[1:]:
-            add("inference", model, "eager", "infer", args.batch, size)
-        add("inference", "unet", "channels_last", "infer", args.batch, size)
+            add("inference", model, "eager", "infer", args.batch_size, size)
+        add("inference", "unet", "channels_last", "infer", args.batch_size, size)
     if args.allocators:
         variants = [("glibc tunables", {"GLIBC_TUNABLES": TUNABLES})]
         if args.tcmalloc:
@@ -101,11 +104,11 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
                 ("convunext", "fast"),
                 ("unet", "eager"),
             ):
-                add("inference", model, path, "infer", args.batch, args.sizes[0], env=env, env_label=label)
+                add("inference", model, path, "infer", args.batch_size, args.sizes[0], env=env, env_label=label)
             if not args.no_train:
                 for model, path in (("convunext", "authors"), ("convunext", "fused"), ("unet", "eager")):
-                    add("training", model, path, "train", args.train_batch, args.train_size, env=env, env_label=label,
-                        repeats=args.train_repeats)  # fmt: skip
+                    add("training", model, path, "train", args.train_batch_size, args.train_size, env=env,
+                        env_label=label, repeats=args.train_repeats)  # fmt: skip
     if not args.no_train:
         runs = [
             ("convunext", "authors"),
@@ -116,16 +119,16 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
         runs += [(model, "eager") for model in REGISTRY_MODELS[1:]]
         runs += [(model, "trainer") for model in REGISTRY_MODELS]
         for model, path in runs:
-            add("training", model, path, "train", args.train_batch, args.train_size, repeats=args.train_repeats)
-        if args.checkpointing_size:
+            add("training", model, path, "train", args.train_batch_size, args.train_size, repeats=args.train_repeats)
+        if args.recompute_size:
             for model, path in (("convunext", "channels_last"), ("convunext", "fused"), ("resunet", "eager")):
-                for checkpointing in (False, True):
-                    add("checkpointing", model, path, "train", args.checkpointing_batch, args.checkpointing_size,
-                        checkpointing=checkpointing, repeats=args.checkpointing_repeats, warmup=1)  # fmt: skip
+                for recompute in (False, True):
+                    add("recompute", model, path, "train", args.recompute_batch_size, args.recompute_size,
+                        recompute=recompute, repeats=args.recompute_repeats, warmup=1)  # fmt: skip
     if args.hrf:
         for path in [p for p in args.hrf_paths.split(",") if p]:
             if path != "compile":
                 add("sliding window", "convunext", path, "window", 1, (2336, 3504), repeats=args.hrf_repeats, warmup=1,
-                    tile=args.tile)  # fmt: skip
+                    tile=args.tile_size)  # fmt: skip
     configs.sort(key=lambda c: SECTIONS.index(c.section))
     return configs

@@ -18,12 +18,17 @@ Paths (``Config.path``):
 * ``onnx``: exported in memory, run by ONNX Runtime;
 * ``trainer`` (training): what ``convunext train`` runs by default — every ``auto`` speed switch resolved for the
   model and device (:func:`~convunext.training.fast_paths.resolve_fast_paths`; on CPU channels-last, the fused
-  kernels where the model has them, and the glibc malloc tuning);
+  kernels where the model has them, and the glibc malloc tuning, applied by :func:`convunext.runtime.configure` as
+  the trainer does);
 * ``fused`` (training): channels-last plus the fused training kernels
-  (:func:`~convunext.models.fused.enable_fused_training`).
+  (:meth:`~convunext.models.base.SegmentationModel.set_fused_training`).
 
 Training (``mode="train"``) times one optimisation step: forward, cross-entropy on random labels, backward,
-AdamW; ``checkpointing=True`` enables activation checkpointing of every block.
+AdamW; ``recompute=True`` makes every block recompute its activations in backward
+(:meth:`~convunext.models.base.SegmentationModel.set_grad_checkpointing`).
+
+A worker process runs with the ``convunext`` command's OpenMP wait policy (:data:`convunext.runtime.OMP_WAIT_POLICY`,
+unless the environment sets one) and ``Config.env`` on top of this process's environment.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import runtime
+from ..models.base import SegmentationModel
 from ..models.cost import model_cost
 from .configs import INFERENCE_PATHS, Config
 
@@ -114,7 +121,6 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
     trivial) and the module the path runs."""
     from ..inference.optimize import make_backend, optimize_for_inference
     from ..models import create_model
-    from ..models.checkpointing import enable_activation_checkpointing
     from .authors import authors_from_convunext
 
     torch.manual_seed(0)
@@ -140,16 +146,16 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
         else:
             runner = optimize_for_inference(source, fuse=False)
     elif config.path == "fused":
-        from ..models.fused import enable_fused_training
-
         runner = copy.deepcopy(source).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        enable_fused_training(runner)
+        runner.set_fused_training()  # type: ignore[operator]
     elif config.path == "trainer":  # what `convunext train` runs: every auto speed switch resolved for the device
         from ..training.config import TrainConfig
         from ..training.fast_paths import enable_fast_paths, resolve_fast_paths
 
         runner = copy.deepcopy(source)
-        runner = enable_fast_paths(runner, resolve_fast_paths(TrainConfig(), runner, device))
+        paths = resolve_fast_paths(TrainConfig(), runner, device)
+        runner = enable_fast_paths(runner, paths)
+        runtime.configure(tune_malloc=paths.tune_malloc)
     elif config.path == "fast":
         runner = optimize_for_inference(source)
     elif config.path == "compile":
@@ -158,8 +164,10 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
         runner = make_backend(source, "onnx")
     else:
         raise ValueError(f"unknown path {config.path!r}; choose one of {', '.join(INFERENCE_PATHS)}")
-    if config.checkpointing:
-        enable_activation_checkpointing(runner)
+    if config.recompute:
+        if not isinstance(runner, SegmentationModel):
+            raise ValueError(f"the {config.path} path has no activation recomputation; use a registry model's path")
+        runner.set_grad_checkpointing()
     if config.path != "onnx":
         runner = runner.to(device)
     return source, runner
@@ -189,7 +197,7 @@ def measure(config: Config) -> Result:
     result = Result(config=config, threads=torch.get_num_threads())
     shape = (config.batch, config.channels, *config.size)
     try:
-        side = (config.tile, config.tile) if config.mode == "window" else config.size
+        side = (config.tile, config.tile) if config.mode == "window" and config.tile else config.size
         result.params, result.gflops = model_cost(
             config.model, side, in_channels=config.channels, num_classes=config.classes
         )
@@ -239,11 +247,13 @@ def _make_step(config: Config, runner: nn.Module, x: torch.Tensor, generator: to
 
         return infer
     if config.mode == "window":
-        from ..inference.sliding_window import predict_probabilities
+        from ..inference import Inferer
+
+        inferer = Inferer(tile_size=config.tile, batch_size=4, device=config.device)
 
         def window() -> Any:
             with _autocast(config):
-                return predict_probabilities(runner, x, tile_size=config.tile, overlap=0.25, batch_size=4)
+                return inferer(runner, x)
 
         return window
     runner.train()
@@ -268,10 +278,12 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def measure_in_subprocess(config: Config, timeout: float | None = None) -> Result:
-    """Run ``config`` in a fresh ``python -m convunext.benchmarking.measure`` process (honest peak RSS)."""
-    env = dict(os.environ)
-    env.update(config.env)
+def measure_in_subprocess(config: Config, timeout: float | None = None, threads: int | None = None) -> Result:
+    """Run ``config`` in a fresh ``python -m convunext.benchmarking.measure`` process (honest peak RSS), with
+    ``threads`` OpenMP threads when given."""
+    env = {"OMP_WAIT_POLICY": runtime.OMP_WAIT_POLICY, **os.environ, **config.env}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH", "")]))
     payload = json.dumps(asdict(config))
     command = [sys.executable, "-m", "convunext.benchmarking.measure", payload]

@@ -24,7 +24,7 @@ def _section_rows(results: Sequence[Result], peak: float) -> list[list[str]]:
     def reference(model: str, path: str, result: Result) -> float:
         for other in results:
             c = other.config
-            if (c.model, c.path, c.size, c.batch, c.env_label, c.checkpointing) == (
+            if (c.model, c.path, c.size, c.batch, c.env_label, c.recompute) == (
                 model,
                 path,
                 result.config.size,
@@ -102,7 +102,7 @@ HEADERS = [
 SECTION_TITLES = {
     "inference": "Inference (CPU fp32, eval; one forward pass)",
     "training": "Training step (forward + backward + AdamW)",
-    "checkpointing": "Activation checkpointing (training step)",
+    "recompute": "Activation recomputation (training step)",
     "sliding window": "Sliding-window prediction of one full image (tiles {tile}, overlap 0.25, Gaussian blending)",
 }
 

@@ -7,29 +7,16 @@ from __future__ import annotations
 import argparse
 
 from ..models.variants import STUDIES
-from .options import apply_threads
-from .reproduce import add_experiment_arguments, budgets_help, command_line, experiment_overrides, plan_only
+from .reproduce import add_experiment_arguments, budgets_help, command_line, experiment_from_args, plan_only
 
 
 def run(args: argparse.Namespace) -> int:
     from ..reproduce import ablate, study_models
 
-    apply_threads(args)
-    args.out = args.out or f"ablate-{args.budget}"
+    experiment = experiment_from_args(args, "ablate", study_models(args.study, args.models)[1])
     if args.estimate or args.dry_run:
-        return plan_only(args, study_models(args.study, args.models)[1])
-    result = ablate(
-        args.out,
-        args.study,
-        budget=args.budget,
-        datasets=args.datasets,
-        models=args.models,
-        seeds=args.seeds,
-        data_root=args.data_root,
-        overrides=experiment_overrides(args),
-        device=args.device,
-        command=command_line("ablate"),
-    )
+        return plan_only(args, experiment)
+    result = ablate(experiment, args.study, command_line("ablate"))
     print(f"\n{(result.report_dir / f'{args.study}.md').read_text()}")
     print(
         f"ablate: {result.trained} run(s) trained, {result.skipped} reused, {result.seconds / 60:.1f} min; report in "

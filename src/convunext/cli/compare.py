@@ -6,7 +6,7 @@ import argparse
 
 from ..evaluation.compare import compare_runs
 from ..pretrained import resolve_checkpoint
-from .options import add_backend_argument, add_evaluation_data_arguments, add_threads_argument, apply_threads
+from .options import add_evaluation_data_arguments, add_inference_arguments, apply_threads, inferer_from_args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,8 +18,7 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         layout=args.dataset,
         out_dir=args.out,
-        device=args.device,
-        backend=args.backend,
+        inferer=inferer_from_args(args),
     )
     print(f"{result.metric} on {result.dataset} ({result.split}, {result.comparisons[0].n} images)")
     print(result.table)
@@ -53,7 +52,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder for the comparison (default: compare-DATASET-SPLIT); an earlier comparison there is replaced "
         "whole, other files are left alone",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (for runs to evaluate)")
-    add_backend_argument(parser)
-    add_threads_argument(parser)
+    add_inference_arguments(parser)
     parser.set_defaults(func=run)

@@ -12,9 +12,8 @@ import argparse
 import sys
 import time
 
-from ..data import SPLITS, dataset_info, open_dataset, prepare_dataset
-from ..data.datasets import DATASETS
-from ..data.prepare import PREPARABLE
+from ..data import SPLITS, dataset_info, dataset_spec, list_datasets, open_dataset, prepare_dataset
+from ..data.prepare import preparable_datasets
 from ..errors import ConvUNeXtError
 
 
@@ -30,15 +29,16 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"  images: train {counts['train']}, val {counts['val']}, test {counts['test']}")
     print(f"  classes: {', '.join(meta['class_names'])}; field of view: {'yes' if meta['has_fov'] else 'no'}")
     print(f"  mean {_format_stats(meta['mean'])}, std {_format_stats(meta['std'])}")
-    preset = f"{args.name} " if args.name != "folder" else ""
-    print(f"  train on it with: convunext train {preset}--data folder --data-root {args.out}")
+    preset = dataset_spec(args.name).preset
+    preset_argument = f"{preset} " if preset else ""
+    print(f"  train on it with: convunext train {preset_argument}--data folder --data-root {args.out}")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     name = args.name.lower()
-    if name == "synthetic" and args.root is not None:
-        raise ConvUNeXtError("the synthetic dataset takes no ROOT")
+    if not dataset_spec(name).has_files and args.root is not None:
+        raise ConvUNeXtError(f"the {name} dataset takes no ROOT")
     info = dataset_info(name, args.root)
     print(f"dataset: {info.name}")
     print(f"  classes: {', '.join(info.class_names)}; input channels: {info.in_channels}; FOV: {info.has_fov}")
@@ -71,25 +71,40 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets_epilog() -> str:
+    """Every registered dataset with its one-line description, for ``convunext data --help``."""
+    names = list_datasets()
+    width = max(map(len, names))
+    return "datasets:\n" + "\n".join(f"  {name:<{width}}  {dataset_spec(name).description}" for name in names)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="prepare a downloaded dataset, or describe one")
+    parser = subparsers.add_parser(
+        "data",
+        help="prepare a downloaded dataset, or describe one",
+        epilog=_datasets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
+    preparable = preparable_datasets()
+    downloads = "/".join(dataset_spec(name).title for name in preparable if dataset_spec(name).folder_name)
     prepare = commands.add_parser(
         "prepare",
-        help="convert a DRIVE/GlaS/HRF download (folder or .zip) into the folder layout",
+        help=f"convert a {downloads} download (folder or .zip) into the folder layout",
         description="Convert a dataset download into images/, masks/, fov/, splits.json and dataset.json "
         "(lossless PNG; masks 0/255 or class ids). The output is built in OUT.partial-<pid> next to OUT and renamed "
         "to OUT once complete; nothing else is written.",
     )
-    prepare.add_argument("name", choices=PREPARABLE, metavar="NAME", help=f"one of {', '.join(PREPARABLE)}")
+    prepare.add_argument("name", choices=preparable, metavar="NAME", help=f"one of {', '.join(preparable)}")
     prepare.add_argument("source", help="the downloaded folder or .zip")
     prepare.add_argument("out", help="output folder (must not exist or be empty)")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(func=run_prepare)
 
     info = commands.add_parser("info", help="counts per split, classes and mean/std of a dataset")
-    info.add_argument("name", choices=DATASETS, metavar="NAME", help=f"one of {', '.join(DATASETS)}")
+    datasets = list_datasets()
+    info.add_argument("name", choices=datasets, metavar="NAME", help=f"one of {', '.join(datasets)}")
     info.add_argument("root", nargs="?", default=None, help="the dataset folder (default: the data root)")
     info.add_argument(
         "--validate",

@@ -7,29 +7,24 @@ import argparse
 from ..checkpoint import load_checkpoint
 from ..evaluation.evaluate import evaluate_to_report, metrics_table
 from .options import (
-    add_backend_argument,
     add_checkpoint_argument,
     add_evaluation_data_arguments,
-    add_threads_argument,
+    add_inference_arguments,
     apply_threads,
-    integer_at_least,
+    inferer_from_args,
 )
 
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    checkpoint = load_checkpoint(args.checkpoint)
     report = evaluate_to_report(
-        checkpoint,
+        load_checkpoint(args.checkpoint),
         args.data,
         args.split,
         layout=args.dataset,
         out_dir=args.out,
-        device=args.device,
-        tile_size=args.tile_size,
-        tta=args.tta,
+        inferer=inferer_from_args(args),
         auc=args.auc,
-        backend=args.backend,
         topology=args.topology,
         html=args.html,
         full_maps=args.full_maps,
@@ -67,12 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one is complete, other files are left alone",
     )
     parser.add_argument(
-        "--tile-size",
-        type=integer_at_least(0, "a tile side in pixels"),
-        help="sliding-window tile (default: the checkpoint's; 0 = whole)",
-    )
-    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    parser.add_argument(
         "--auc",
         default="exact",
         choices=["exact", "binned"],
@@ -97,7 +86,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="clDice and 8-connected component counts per image (skeletons on the CPU, ~1 s per HRF image): "
         "auto (default) = for vessel datasets (those with a field of view: DRIVE, HRF, synthetic vessels)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_backend_argument(parser)
-    add_threads_argument(parser)
+    add_inference_arguments(parser)
     parser.set_defaults(func=run)

@@ -1,5 +1,6 @@
 """``convunext export CHECKPOINT --format onnx|torchscript --out FILE``: a deployable model file, verified;
-``convunext export RUN --pretrained NAME``: the run's checkpoint as a model shipped with the package."""
+``convunext export RUN --pretrained NAME [--out FOLDER]``: the run's checkpoint as a pretrained model folder (default
+``./pretrained/NAME/``), with a card stating its test metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from ..errors import ConvUNeXtError
 from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET, export_model
 from ..pretrained import publish_pretrained
 from .options import add_checkpoint_argument, integer_at_least
+
+PUBLISHED_DIR = "pretrained"
+"""Where ``--pretrained NAME`` writes without ``--out``: ``./pretrained/NAME/``, never the installed package."""
 
 
 def _test_report(checkpoint: str, given: str | None) -> Path:
@@ -33,20 +37,27 @@ def _check_out(out: Path, checkpoint: Checkpoint) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pretrained and (args.format or args.out or args.opset is not None):
-        raise ConvUNeXtError("give either --pretrained NAME or --format and --out, not both")
+    if args.pretrained and (args.format or args.opset is not None):
+        raise ConvUNeXtError(
+            "give either --pretrained NAME or --format (a pretrained model folder, or an ONNX or TorchScript file), "
+            "not both"
+        )
     if args.opset is not None and args.format != "onnx":
         raise ConvUNeXtError("--opset applies to --format onnx only")
     if args.pretrained:
+        folder = Path(args.out) if args.out else Path(PUBLISHED_DIR) / args.pretrained
         path = publish_pretrained(
             args.checkpoint,
             args.pretrained,
             _test_report(args.checkpoint, args.test_report),
             task=args.task,
             selection=args.selection,
-            folder=args.pretrained_dir,
+            folder=folder,
         )
-        print(f"wrote {path} and {path.with_suffix('.safetensors').name} (float16): convunext predict {path.stem} ...")
+        print(
+            f"wrote {folder}/: {path.stem}.safetensors (float16), {path.name} and README.md (the model card); "
+            f"use it with `convunext predict {folder} IMAGE` or `from_pretrained({str(folder)!r})`"
+        )
         return 0
     if not args.format or not args.out:
         raise ConvUNeXtError("convunext export: give --format and --out (or --pretrained NAME)")
@@ -77,19 +88,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a checkpoint to ONNX or TorchScript (dynamic batch and image size) and verify it, or as a "
-        "pretrained model of the package",
+        "pretrained model folder",
         description="Export a trained model with dynamic batch size, height and width (odd sizes included; each "
         "side at least 64 px for ConvUNeXt, 16 px for the baselines) and check the file against the eager model "
         "on random inputs of two sizes (onnxruntime for ONNX). ONNX needs the optional extra convunext[onnx]. "
-        "With --pretrained NAME, write the checkpoint (float16) and its card with its test metrics into the "
-        "package's pretrained models instead.",
+        "With --pretrained NAME, write the checkpoint (float16), its card with its test metrics and a model card "
+        "README.md into a pretrained model folder instead (--out, default ./pretrained/NAME/), which every "
+        "command taking a checkpoint, from_pretrained and push_to_hub take.",
     )
     add_checkpoint_argument(parser)
     parser.add_argument("--format", choices=EXPORT_FORMATS, help="onnx or torchscript")
     parser.add_argument(
         "--out",
         help="output file, e.g. model.onnx or model.pt (missing parent folders are created; written only once "
-        "verified)",
+        f"verified); with --pretrained, the model's folder (default {PUBLISHED_DIR}/NAME; new, empty or holding an "
+        "earlier version of the model)",
     )
     parser.add_argument(
         "--opset",
@@ -97,23 +110,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} or later)",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the check against the eager model")
-    shipped = parser.add_argument_group("pretrained model of the package")
-    shipped.add_argument(
-        "--pretrained", metavar="NAME", help="publish as the pretrained model NAME (e.g. drive-vessels)"
+    published = parser.add_argument_group("pretrained model")
+    published.add_argument(
+        "--pretrained", metavar="NAME", help="publish as the pretrained model NAME (letters, digits and '-')"
     )
-    shipped.add_argument(
+    published.add_argument(
         "--test-report",
         help="metrics.json of the checkpoint's test evaluation (default: RUN/test/ or RUN/eval-*-test/)",
     )
-    shipped.add_argument(
+    published.add_argument(
         "--task", default="retinal vessel segmentation of colour fundus photographs", help="one line for the card"
     )
-    shipped.add_argument(
+    published.add_argument(
         "--selection",
         default="the run with the best validation Dice",
         help="one line for the card: how the run was chosen (on validation)",
-    )
-    shipped.add_argument(
-        "--pretrained-dir", help="where to write it (default: the installed package's pretrained/ folder)"
     )
     parser.set_defaults(func=run)

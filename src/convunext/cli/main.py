@@ -5,6 +5,9 @@ parser and sets ``func`` (called with the parsed arguments, returns the exit cod
 (:class:`~convunext.errors.ConvUNeXtError`, ``ValueError`` from argument checks, missing files) and problems of
 the machine (disk full, quota, file size limit, read-only file system, no permission) are printed as one line on
 stderr with exit code 2, never as a traceback.
+
+The command tunes its process as an application may: OpenMP's wait policy (:data:`convunext.runtime.OMP_WAIT_POLICY`
+unless ``OMP_WAIT_POLICY`` is set) before the sub-commands import torch, then :func:`convunext.runtime.configure`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .. import runtime
 from ..errors import ConvUNeXtError
 from ..utils.io import ENVIRONMENT_ERRNOS
 
@@ -72,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``convunext`` command with ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
+    os.environ.setdefault("OMP_WAIT_POLICY", runtime.OMP_WAIT_POLICY)  # read when torch loads: before the parser
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
+        runtime.configure()  # also refuses an invalid CONVUNEXT_* variable before any work
         return int(args.func(args) or 0)
     except (ConvUNeXtError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         print(f"convunext {args.command}: error: {user_message(error)}", file=sys.stderr)

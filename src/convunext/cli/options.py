@@ -1,5 +1,7 @@
-"""Command-line options shared by several sub-commands (``CHECKPOINT``, ``--threads``, ``--backend``, the
-evaluated data)."""
+"""Command-line options shared by several sub-commands: ``CHECKPOINT``, the evaluated data, and the inference
+flags — ``--tile-size``, ``--overlap``, ``--tta``, ``--batch-size``, ``--device``, ``--backend``, ``--threads`` — with
+one name and one meaning in every command (``predict``, ``evaluate``, ``compare``, ``reproduce``, ``ablate``,
+``benchmark``), built into an :class:`~convunext.inference.sliding_window.Inferer` by :func:`inferer_from_args`."""
 
 from __future__ import annotations
 
@@ -7,13 +9,19 @@ import argparse
 import math
 from collections.abc import Callable
 
+from .. import runtime
+from ..data import detectable_datasets
 from ..inference.optimize import BACKENDS
+from ..inference.sliding_window import DEFAULT_OVERLAP, Inferer
 from ..pretrained import resolve_checkpoint
 
 THREADS_HELP = (
     "CPU threads for PyTorch's operators (default: the cores this process may use; OpenMP waits sleep, so a "
     "busy machine slows the run down gracefully; 1 is best beside another heavy job)"
 )
+DEVICE_HELP = "where the model runs: auto (default: CUDA when available, else the CPU), cpu, cuda or cuda:N"
+INFERENCE_FLAGS = ("tile_size", "overlap", "tta", "batch_size", "device", "backend")
+"""The :class:`~convunext.inference.sliding_window.Inferer` settings that are command-line flags."""
 
 
 def integer_at_least(low: int, what: str) -> Callable[[str], int]:
@@ -52,11 +60,9 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """``torch.set_num_threads(args.threads)`` when ``--threads`` was given."""
+    """``runtime.configure(threads=args.threads)`` when ``--threads`` was given."""
     if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        runtime.configure(threads=args.threads)
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +75,60 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         "output within float32 rounding); eager: the model as trained; compile: torch.compile (slow first image); "
         "onnx: ONNX Runtime (needs convunext[onnx])",
     )
+
+
+def add_tile_size_argument(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--tile-size PIXELS``: the sliding-window tile side (0: whole images); ``help`` says what it tiles."""
+    parser.add_argument(
+        "--tile-size", type=integer_at_least(0, "a tile side in pixels"), default=default, metavar="PIXELS", help=help
+    )
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, help: str) -> None:
+    """``--batch-size N``: images (or tiles) per forward pass."""
+    parser.add_argument(
+        "--batch-size", type=integer_at_least(1, "a number of images"), default=default, metavar="N", help=help
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", help: str = DEVICE_HELP) -> None:
+    """``--device``: where the model runs."""
+    parser.add_argument("--device", default=default, help=help)
+
+
+def add_inference_arguments(
+    parser: argparse.ArgumentParser, tile_size: int | None = None, windows: bool = True
+) -> None:
+    """The flags of a command that runs a model, read by :func:`inferer_from_args`: with ``windows``,
+    ``--tile-size`` (default ``tile_size``; None: the checkpoint's own), ``--overlap``, ``--tta`` and
+    ``--batch-size``; always ``--device``, ``--backend`` and ``--threads``. Without ``windows`` (``reproduce``,
+    ``ablate``) the protocol runs each checkpoint at its own tile size, without TTA."""
+    if windows:
+        default = "the checkpoint's own, the one it was validated with" if tile_size is None else tile_size
+        add_tile_size_argument(parser, tile_size, f"sliding-window tile side (default: {default}; 0 = whole images)")
+        parser.add_argument(
+            "--overlap",
+            type=fraction,
+            default=DEFAULT_OVERLAP,
+            help=f"fraction of a tile shared with its neighbour, in [0, 1) (default {DEFAULT_OVERLAP})",
+        )
+        parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (3 passes)")
+        batch = Inferer.batch_size
+        add_batch_size_argument(parser, batch, f"tiles (or whole images) per forward pass (default {batch})")
+    add_device_argument(parser)
+    add_backend_argument(parser)
+    add_threads_argument(parser)
+
+
+def inferer_from_args(args: argparse.Namespace) -> Inferer:
+    """The :class:`~convunext.inference.sliding_window.Inferer` of the flags :func:`add_inference_arguments` added
+    (the inferer's defaults for those the command lacks).
+
+    Raises:
+        ConvUNeXtError: an unknown ``--device`` or one this machine lacks, or ``--backend onnx`` without
+            onnxruntime.
+    """
+    return Inferer(**{name: getattr(args, name) for name in INFERENCE_FLAGS if name in vars(args)})
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +144,5 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 def add_evaluation_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``DATA``, ``--dataset`` and ``--split``: the data a checkpoint is evaluated on."""
     parser.add_argument("data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF layout or images/ + masks/)")
-    parser.add_argument(
-        "--dataset", choices=["drive", "glas", "hrf", "folder"], help="layout of DATA (default: detect)"
-    )
+    parser.add_argument("--dataset", choices=detectable_datasets(), help="layout of DATA (default: detect)")
     parser.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"], help="default: test")

@@ -9,8 +9,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ..reproduce import BUDGETS, DATASETS
-from .options import add_threads_argument, apply_threads
+from ..reproduce import BUDGETS, DATASETS, Experiment
+from .options import add_inference_arguments, apply_threads, inferer_from_args
 
 
 def experiment_overrides(args: argparse.Namespace) -> list[str]:
@@ -24,21 +24,29 @@ def command_line(name: str) -> str | None:
     return "convunext " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == [name] else None
 
 
-def plan_only(args: argparse.Namespace, models: Sequence[str]) -> int:
-    """``--dry-run`` (list the runs of ``models`` and their state) or ``--estimate`` (time each model's work and
-    project the runs' length); neither writes anything."""
-    from ..reproduce import estimate, resolve_experiment
+def experiment_from_args(args: argparse.Namespace, name: str, models: Sequence[str]) -> Experiment:
+    """The :class:`~convunext.reproduce.Experiment` of ``convunext NAME``'s options for ``models`` (``--out``
+    defaults to ``NAME-BUDGET``), with ``--threads`` applied."""
+    from ..reproduce import resolve_experiment
 
-    experiment = resolve_experiment(
-        args.out,
+    apply_threads(args)
+    return resolve_experiment(
+        args.out or f"{name}-{args.budget}",
         models,
         args.budget,
         args.datasets,
         args.seeds,
         args.data_root,
         experiment_overrides(args),
-        args.device,
+        inferer_from_args(args),
     )
+
+
+def plan_only(args: argparse.Namespace, experiment: Experiment) -> int:
+    """``--dry-run`` (list the runs of ``experiment`` and their state) or ``--estimate`` (time each model's work and
+    project the runs' length); neither writes anything."""
+    from ..reproduce import estimate
+
     specs = experiment.plan()
     if args.dry_run:
         width = max(len(spec.label) for spec in specs)
@@ -58,21 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from ..models import list_models
     from ..reproduce import reproduce
 
-    apply_threads(args)
-    args.out = args.out or f"reproduce-{args.budget}"
+    experiment = experiment_from_args(args, "reproduce", args.models or list_models())
     if args.estimate or args.dry_run:
-        return plan_only(args, args.models or list_models())
-    result = reproduce(
-        args.out,
-        budget=args.budget,
-        datasets=args.datasets,
-        models=args.models,
-        seeds=args.seeds,
-        data_root=args.data_root,
-        overrides=experiment_overrides(args),
-        device=args.device,
-        command=command_line("reproduce"),
-    )
+        return plan_only(args, experiment)
+    result = reproduce(experiment, command_line("reproduce"))
     print(f"\n{(result.report_dir / 'results.md').read_text()}")
     print(
         f"reproduce: {result.trained} run(s) trained, {result.skipped} reused, {result.seconds / 60:.1f} min; "
@@ -99,8 +96,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, out: str, models: 
     parser.add_argument("--data-root", help="folder holding DRIVE/, GlaS/, HRF/ (default: $CONVUNEXT_DATA or data/)")
     parser.add_argument("--models", nargs="+", help=models)
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the budget's; paper 0 1 2, cpu 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_threads_argument(parser)
+    add_inference_arguments(parser, windows=False)
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override for every run")
     parser.add_argument(
         "--estimate", action="store_true", help="time a few steps per model and print the projected duration"

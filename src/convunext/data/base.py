@@ -253,11 +253,17 @@ def locate_root(
         raise ConvUNeXtError(f"{root}: {label} folder not found")
     if not root.is_dir():
         raise ConvUNeXtError(f"{root}: not a folder ({label} expects a folder with {expected})")
+    found = find_root(root, folder_name, is_root)
+    if found is None:
+        raise ConvUNeXtError(f"{root}: no {label} copy found (expected {expected})")
+    return found
+
+
+def find_root(root: Path, folder_name: str, is_root: Callable[[Path], bool]) -> Path | None:
+    """The first folder that ``is_root`` accepts among the existing folder ``root``, ``root / folder_name``, then
+    one and two levels of sub-folders (hidden ones skipped), in name order; None if there is none."""
     candidates = [root, root / folder_name]
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         candidates.append(child)
         candidates.extend(sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    for candidate in candidates:
-        if candidate.is_dir() and is_root(candidate):
-            return candidate
-    raise ConvUNeXtError(f"{root}: no {label} copy found (expected {expected})")
+    return next((candidate for candidate in candidates if candidate.is_dir() and is_root(candidate)), None)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ConvUNeXtError
 from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split, load_split_file, locate_root, split_stems
+from .registry import DatasetSpec, register_dataset
 
 # Mean/std of the 20 official training images ("trainval") inside the FOV, pooled over pixels, values in [0, 1];
 # recomputed from the real copy by tests/data/test_data_drive.py: compute_mean_std(DriveDataset(split="trainval")).
@@ -31,6 +32,7 @@ DRIVE_STD = (0.1812, 0.1142, 0.0689)
 DRIVE_INFO = DatasetInfo(
     name="drive", class_names=["background", "vessel"], in_channels=3, mean=DRIVE_MEAN, std=DRIVE_STD, has_fov=True
 )
+FOLDER_NAME = "DRIVE"
 EXPECTED = "training/ and test/ folders with images/, 1st_manual/ and mask/"
 
 
@@ -41,7 +43,7 @@ def is_drive_root(path: Path) -> bool:
 
 def locate_drive(root: str | Path | None) -> Path:
     """The DRIVE folder under ``root`` (see :func:`~convunext.data.base.locate_root`)."""
-    return locate_root(root, "DRIVE", is_drive_root, "DRIVE", EXPECTED)
+    return locate_root(root, FOLDER_NAME, is_drive_root, FOLDER_NAME, EXPECTED)
 
 
 class DriveDataset(FileDataset):
@@ -84,3 +86,21 @@ class DriveDataset(FileDataset):
             records.append(Record(stem, image, mask, fov))
         self.observer = observer
         super().__init__(records, DRIVE_INFO, split, root, check_sizes=check_sizes)
+
+
+register_dataset(
+    DatasetSpec(
+        name="drive",
+        title="DRIVE",
+        description="DRIVE (Staal et al. 2004): 40 colour fundus images 565x584 with vessel and field-of-view masks",
+        reader=DriveDataset,
+        info=DRIVE_INFO,
+        is_root=is_drive_root,
+        folder_name=FOLDER_NAME,
+        layout=EXPECTED,
+        split_file="drive",
+        locate_download=locate_drive,
+        preset="drive",
+        vessel_metrics=True,
+    )
+)

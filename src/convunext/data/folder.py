@@ -29,9 +29,29 @@ from typing import Any
 from ..errors import ConvUNeXtError
 from .base import BINARY_CLASS_NAMES, DatasetInfo, FileDataset, FolderIndex, Record, check_split
 from .io import image_channels, list_images
+from .registry import DatasetSpec, register_dataset
 
 EVERY = 5
 INCOMPLETE_MARKER = ".convunext-prepare-incomplete"
+
+
+def is_folder_root(path: Path) -> bool:
+    """True for the folder layout: ``images/`` and ``masks/`` side by side."""
+    return (path / "images").is_dir() and (path / "masks").is_dir()
+
+
+def locate_in_download(source: Path) -> Path:
+    """The folder dataset in a download for ``convunext data prepare``: ``source`` itself, or the first of its
+    sub-folders (in name order, hidden ones skipped) that holds ``images/``.
+
+    Raises:
+        ConvUNeXtError: neither ``source`` nor a sub-folder holds ``images/``.
+    """
+    candidates = [source] + sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for candidate in candidates:
+        if (candidate / "images").is_dir():
+            return candidate
+    raise ConvUNeXtError(f"{source}: no folder dataset found (expected images/ and masks/)")
 
 
 def check_complete(root: Path) -> None:
@@ -231,3 +251,20 @@ def folder_has_stats(root: Path) -> bool:
     """Whether ``root/dataset.json`` provides mean and std."""
     meta = load_dataset_json(root)
     return "mean" in meta and "std" in meta
+
+
+register_dataset(
+    DatasetSpec(
+        name="folder",
+        title="Folder",
+        description="your own data: images/ + masks/ (+ fov/, splits.json, dataset.json), the layout data prepare "
+        "writes",
+        reader=FolderDataset,
+        info=folder_info_without_stats,
+        is_root=is_folder_root,
+        layout="images/ + masks/",
+        stats_reduce=1,
+        has_stored_stats=folder_has_stats,
+        locate_download=locate_in_download,
+    )
+)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from ..errors import ConvUNeXtError
 from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split, load_split_file, locate_root, split_stems
+from .registry import DatasetSpec, register_dataset
 
+FOLDER_NAME = "GlaS"
 EXPECTED = "train_K.bmp / train_K_anno.bmp, testA_K.bmp, testB_K.bmp files"
 _PATTERN = re.compile(r"^(train|testa|testb)_\d+_anno\.[a-z]+$")
 
@@ -31,7 +33,7 @@ def is_glas_root(path: Path) -> bool:
 
 def locate_glas(root: str | Path | None) -> Path:
     """The GlaS folder under ``root`` (see :func:`~convunext.data.base.locate_root`)."""
-    return locate_root(root, "GlaS", is_glas_root, "GlaS", EXPECTED)
+    return locate_root(root, FOLDER_NAME, is_glas_root, FOLDER_NAME, EXPECTED)
 
 
 def glas_info(mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25)) -> DatasetInfo:
@@ -73,3 +75,21 @@ class GlasDataset(FileDataset):
                 raise ConvUNeXtError(f"{image}: no mask ({root / (stem + '_anno.bmp')} not found)")
             records.append(Record(stem, image, mask))
         super().__init__(records, info or glas_info(), split, root, instances=True, check_sizes=check_sizes)
+
+
+register_dataset(
+    DatasetSpec(
+        name="glas",
+        title="GlaS",
+        description="GlaS (MICCAI 2015 challenge): 165 H&E colon histology images with gland annotations",
+        reader=GlasDataset,
+        info=glas_info,
+        is_root=is_glas_root,
+        folder_name=FOLDER_NAME,
+        layout=EXPECTED,
+        stats_reduce=1,
+        split_file="glas",
+        locate_download=locate_glas,
+        preset="glas",
+    )
+)

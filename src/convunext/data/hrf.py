@@ -24,7 +24,9 @@ from pathlib import Path
 
 from ..errors import ConvUNeXtError
 from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split, load_split_file, locate_root, split_stems
+from .registry import DatasetSpec, register_dataset
 
+FOLDER_NAME = "HRF"
 EXPECTED = "images/, manual1/ and mask/ folders"
 
 
@@ -35,7 +37,7 @@ def is_hrf_root(path: Path) -> bool:
 
 def locate_hrf(root: str | Path | None) -> Path:
     """The HRF folder under ``root`` (see :func:`~convunext.data.base.locate_root`)."""
-    return locate_root(root, "HRF", is_hrf_root, "HRF", EXPECTED)
+    return locate_root(root, FOLDER_NAME, is_hrf_root, FOLDER_NAME, EXPECTED)
 
 
 def hrf_info(mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25)) -> DatasetInfo:
@@ -128,3 +130,23 @@ def _report_skipped(root: Path, unannotated: dict[str, str]) -> None:
         f"HRF ({root}): going on without {len(unannotated)} unannotated image(s): {_describe(unannotated)}",
         file=sys.stderr,
     )
+
+
+register_dataset(
+    DatasetSpec(
+        name="hrf",
+        title="HRF",
+        description="HRF (Budai et al. 2013): 45 fundus images 3504x2336 with vessel and field-of-view masks",
+        reader=HrfDataset,
+        info=hrf_info,
+        is_root=is_hrf_root,
+        folder_name=FOLDER_NAME,
+        layout=EXPECTED,
+        stats_reduce=4,
+        stats_options=("skip_unannotated",),
+        split_file="hrf",
+        locate_download=locate_hrf,
+        preset="hrf",
+        vessel_metrics=True,
+    )
+)

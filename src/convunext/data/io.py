@@ -11,22 +11,21 @@ Every reader returns numpy arrays; the datasets turn them into tensors. Conventi
 Float images (32-bit TIFF, Pillow mode ``F``) must hold finite values in ``[0, 1]``; NaN, infinities and other
 ranges are refused naming the file, since they would train to a NaN loss or read as a saturated image.
 
-Decompression bombs: an image of more than :func:`max_image_pixels` pixels (default
-:data:`DEFAULT_MAX_IMAGE_PIXELS`, the size above which Pillow itself refuses to open a file) is refused from its
-header, before anything is decoded. The environment variable ``CONVUNEXT_MAX_IMAGE_PIXELS`` sets another limit
-(``0`` = no limit); it is read at every read, and Pillow's own limit is set aside while convunext opens a file.
+Decompression bombs: an image of more than the ``max_image_pixels`` setting of :mod:`convunext.runtime` (by default
+the size above which Pillow itself refuses to open a file; ``CONVUNEXT_MAX_IMAGE_PIXELS`` sets another, ``0`` = no
+limit) is refused from its header, before anything is decoded. Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``)
+is never touched here: :func:`convunext.runtime.configure` raises it to that setting where it is lower.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .. import runtime
 from ..errors import ConvUNeXtError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
@@ -44,29 +43,11 @@ def list_images(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
-PIXEL_LIMIT_ENV = "CONVUNEXT_MAX_IMAGE_PIXELS"
-DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow warns above 89,478,485 pixels and refuses above twice that
 _FLOAT_TOLERANCE = 1e-3  # float pixels this far outside [0, 1] are rounding noise, clipped; further is refused
-_PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-def max_image_pixels() -> int | None:
-    """The largest image (in pixels) convunext opens: ``CONVUNEXT_MAX_IMAGE_PIXELS`` when set (``0`` = no limit,
-    returned as None), else :data:`DEFAULT_MAX_IMAGE_PIXELS`."""
-    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_IMAGE_PIXELS
-    try:
-        limit = int(value.replace("_", ""))
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise ConvUNeXtError(f"{PIXEL_LIMIT_ENV}={value!r}: expected a whole number of pixels (0 = no limit)")
-    return limit or None
 
 
 def _open(path: Path, load: bool = True, reduce: int = 1) -> Image.Image:
-    """Open ``path`` under :func:`max_image_pixels` (checked on the header, before decoding).
+    """Open ``path`` under the ``max_image_pixels`` setting (checked on the header, before decoding).
 
     Args:
         load: decode the pixels now (so truncated files fail here, not later).
@@ -75,33 +56,43 @@ def _open(path: Path, load: bool = True, reduce: int = 1) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise ConvUNeXtError(f"{path}: file not found")
-    limit = max_image_pixels()
+    limit = runtime.settings().max_image_pixels
     try:
-        # Pillow's limit is one process-wide global: lift it only while opening, one file at a time, then restore
-        with _PILLOW_LIMIT_LOCK:
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                image = Image.open(path)
-                try:
-                    width, height = image.size
-                    if limit is not None and width * height > limit:
-                        raise ConvUNeXtError(
-                            f"{path}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
-                            f"(a guard against decompression bombs); set {PIXEL_LIMIT_ENV} to a larger number of "
-                            "pixels (0 = no limit) to read it"
-                        )
-                    if reduce > 1:
-                        image.draft("RGB", (width // reduce, height // reduce))
-                    if load:
-                        image.load()
-                except BaseException:
-                    image.close()
-                    raise
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        image = Image.open(path)
+        try:
+            width, height = image.size
+            if limit and width * height > limit:
+                raise _too_large(path, limit, f"{width}x{height} = {width * height:,} pixels")
+            if reduce > 1:
+                image.draft("RGB", (width // reduce, height // reduce))
+            if load:
+                image.load()
+        except BaseException:
+            image.close()
+            raise
+    except Image.DecompressionBombError:
+        raise _too_large(path, limit) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
     return image
+
+
+def _too_large(path: Path, limit: int, size: str | None = None) -> ConvUNeXtError:
+    """The refusal of an image over ``limit`` pixels (0 = none): ``size`` as its header gives it, or None where
+    Pillow's own guard refused it first (above twice ``PIL.Image.MAX_IMAGE_PIXELS``, also read from the header)."""
+    guard = "a guard against decompression bombs"
+    if size is None:
+        pillow_limit = 2 * Image.MAX_IMAGE_PIXELS  # type: ignore[operator]  # set: Pillow refused
+        if not limit or limit > pillow_limit:
+            return ConvUNeXtError(
+                f"{path}: more than {pillow_limit:,} pixels, over Pillow's limit (twice PIL.Image.MAX_IMAGE_PIXELS, "
+                f"{guard}); call convunext.runtime.configure() to raise it to convunext's max_image_pixels"
+            )
+        size = f"more than {pillow_limit:,} pixels"
+    return ConvUNeXtError(
+        f"{path}: {size} is over the limit of {limit:,} ({guard}); set {runtime.MAX_IMAGE_PIXELS_ENV} to a larger "
+        "number of pixels (0 = no limit) to read it"
+    )
 
 
 def open_image(path: Path) -> Image.Image:

@@ -29,14 +29,11 @@ from tqdm import tqdm
 from ..errors import ConvUNeXtError
 from ..utils.io import sha256_file
 from .base import DatasetInfo, FileDataset, Record
-from .drive import DriveDataset, locate_drive
-from .folder import INCOMPLETE_MARKER, FolderDataset, folder_info_without_stats, load_dataset_json
-from .glas import GlasDataset, locate_glas
-from .hrf import HrfDataset, locate_hrf
+from .folder import INCOMPLETE_MARKER, load_dataset_json
 from .io import image_channels, image_size, list_images, open_image, read_image
+from .registry import DatasetSpec, dataset_spec, list_datasets
 from .stats import compute_mean_std
 
-PREPARABLE = ("drive", "glas", "hrf", "folder")
 FORMAT_VERSION = 1
 _EXTRACT_DIR = ".source"
 
@@ -118,35 +115,17 @@ def _save_mask_png(mask: np.ndarray, num_classes: int, target: Path) -> None:
     Image.fromarray(values, mode="L").save(target, format="PNG")
 
 
-def _open_reader(name: str, root: Path, split: str) -> FileDataset:
-    if name == "drive":
-        return DriveDataset(root, split)
-    if name == "glas":
-        return GlasDataset(root, split)
-    if name == "hrf":
-        return HrfDataset(root, split)
-    return FolderDataset(root, split)
-
-
-def _locate(name: str, source: Path) -> Path:
-    if name == "drive":
-        return locate_drive(source)
-    if name == "glas":
-        return locate_glas(source)
-    if name == "hrf":
-        return locate_hrf(source)
-    candidates = [source] + sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for candidate in candidates:
-        if (candidate / "images").is_dir():
-            return candidate
-    raise ConvUNeXtError(f"{source}: no folder dataset found (expected images/ and masks/)")
+def preparable_datasets() -> list[str]:
+    """The registered datasets that :func:`prepare_dataset` converts (those with a
+    :attr:`~convunext.data.registry.DatasetSpec.locate_download`), in registration order."""
+    return [name for name in list_datasets() if dataset_spec(name).locate_download is not None]
 
 
 def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Convert a dataset download into the folder layout and return the ``dataset.json`` written.
 
     Args:
-        name: ``"drive"``, ``"glas"``, ``"hrf"`` or ``"folder"``.
+        name: one of :func:`preparable_datasets` (``"drive"``, ``"glas"``, ``"hrf"``, ``"folder"``).
         source: the downloaded folder or ``.zip`` (any folder level above the dataset's own files works).
         out: the output folder; must not exist or be empty.
         progress: show a progress bar on stderr.
@@ -154,9 +133,10 @@ def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bo
     Raises:
         ConvUNeXtError: a bad name, source or output folder, an unsafe zip, or any bad file in the download.
     """
-    key = str(name).lower()
-    if key not in PREPARABLE:
-        raise ConvUNeXtError(f"cannot prepare dataset {name!r}; expected one of {', '.join(PREPARABLE)}")
+    preparable = preparable_datasets()
+    if str(name).lower() not in preparable:
+        raise ConvUNeXtError(f"cannot prepare dataset {name!r}; expected one of {', '.join(preparable)}")
+    spec = dataset_spec(name)
     source, out = Path(source).expanduser(), Path(out).expanduser()
     if not source.exists():
         raise ConvUNeXtError(f"{source}: not found")
@@ -179,7 +159,7 @@ def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bo
             "convunext data prepare is writing this folder: it is incomplete while this file is here\n",
             encoding="utf-8",
         )
-        meta = _prepare(key, source, partial, progress)
+        meta = _prepare(spec, source, partial, progress)
         (partial / INCOMPLETE_MARKER).unlink()
         _move_into_place(partial, final, out)
     except BaseException:
@@ -201,32 +181,28 @@ def _move_into_place(partial: Path, final: Path, out: Path) -> None:
         raise ConvUNeXtError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
 
 
-def _prepare(name: str, source: Path, out: Path, progress: bool) -> dict[str, Any]:
+def _prepare(spec: DatasetSpec, source: Path, out: Path, progress: bool) -> dict[str, Any]:
+    assert spec.locate_download is not None  # prepare_dataset took only preparable datasets
+    name = spec.name
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise ConvUNeXtError(f"{source}: not a folder or a .zip file")
         extracted = safe_extract(source, out / _EXTRACT_DIR)
-        root = _locate(name, extracted)
+        root = spec.locate_download(extracted)
     else:
         extracted = None
-        root = _locate(name, source)
+        root = spec.locate_download(source)
 
     readers: dict[str, FileDataset] = {}
     for split in ("train", "val", "test"):
         try:
-            readers[split] = _open_reader(name, root, split)
+            readers[split] = spec.reader(root=root, split=split)
         except ConvUNeXtError as error:
-            # a user's folder may lack a test split; the public datasets must be complete
-            if name != "folder" or split == "train" or "missing split" not in str(error):
+            # a user's folder may lack a test split; a dataset with fixed split lists must be complete
+            if spec.split_file is not None or split == "train" or "missing split" not in str(error):
                 raise
-    if name == "folder":
-        info = folder_info_without_stats(root)
-        class_names = info.class_names
-        source_meta = load_dataset_json(root)
-        dataset_name = str(source_meta.get("name") or root.name)
-    else:
-        class_names = readers["train"].info.class_names
-        dataset_name = name
+    class_names = readers["train"].info.class_names
+    dataset_name = readers["train"].info.name  # a folder's: its dataset.json's name, else the folder's
     num_classes = len(class_names)
     has_fov = any(record.fov is not None for reader in readers.values() for record in reader.records)
     folders = ["images", "masks"] + (["fov"] if has_fov else [])

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConvUNeXtError
 from .base import DatasetInfo, Sample, check_split, to_sample
+from .registry import DatasetSpec, register_dataset
 
 TASKS = ("vessels", "glands")
 DEFAULT_NUM_IMAGES = 30
@@ -356,8 +357,7 @@ class SyntheticDataset(Dataset):
         num_test: int | None = None,
         cache: bool = True,
     ) -> None:
-        if task not in TASKS:
-            raise ConvUNeXtError(f"synthetic dataset: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        check_task(task)
         if size < 32:
             raise ConvUNeXtError(f"synthetic dataset: size must be at least 32, got {size}")
         self.split = check_split(split)
@@ -405,9 +405,16 @@ class SyntheticDataset(Dataset):
         )
 
 
+def check_task(task: str) -> str:
+    """Return ``task`` if it is one of :data:`TASKS`, else raise a one-line error."""
+    if task not in TASKS:
+        raise ConvUNeXtError(f"synthetic dataset: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
 def synthetic_info(task: str = "vessels") -> DatasetInfo:
     """:class:`DatasetInfo` of the synthetic dataset for ``task``."""
-    mean, std = SYNTHETIC_STATS[task]
+    mean, std = SYNTHETIC_STATS[check_task(task)]
     names = ["background", "vessel"] if task == "vessels" else ["background", "gland"]
     has_fov = task == "vessels"
     return DatasetInfo(name="synthetic", class_names=names, in_channels=3, mean=mean, std=std, has_fov=has_fov)
@@ -477,3 +484,15 @@ def threshold_baseline_items(items: list[Sample], thresholds: np.ndarray, channe
         "global_polarity": -1 if polarity == 0 else 1,
         "per_image_dice": float(per_image),
     }
+
+
+register_dataset(
+    DatasetSpec(
+        name="synthetic",
+        title="Synthetic",
+        description="generated in-process from a seed, no download: retina-like vessels (default) or H&E-like glands",
+        reader=SyntheticDataset,
+        info=synthetic_info,
+        preset="synthetic",
+    )
+)

@@ -72,10 +72,12 @@ class TrainTransform:
 
     Args:
         crop_size: side of the output crop (an int, or ``(height, width)``); None keeps the resized image whole.
-        mean, std: per-channel normalisation (``DatasetInfo.mean`` / ``.std``).
+        mean: per-channel normalisation mean (``DatasetInfo.mean``), one value per image channel.
+        std: per-channel normalisation standard deviation (``DatasetInfo.std``).
         scale_range: range of the random resize factor; ``(1.0, 1.0)`` disables resizing.
         base_size: short side that the factor multiplies (the reference code uses 512); None = the image's own.
-        hflip, vflip: enable horizontal / vertical flips.
+        hflip: enable random horizontal flips.
+        vflip: enable random vertical flips.
         ignore_index: mask value for padded and out-of-FOV pixels.
         seed: seed of the transform's own generator, used when ``__call__`` gets no generator; None uses
             torch's global RNG (which DataLoader seeds per worker).
@@ -188,7 +190,8 @@ class EvalTransform:
     """Evaluation transform: normalisation only; mask and FOV untouched unless ``mask_outside_fov``.
 
     Args:
-        mean, std: per-channel normalisation.
+        mean: per-channel normalisation mean, one value per image channel.
+        std: per-channel normalisation standard deviation.
         mask_outside_fov: set the mask to ``ignore_index`` outside the FOV (metrics usually take the FOV apart).
         ignore_index: the ignore value.
 

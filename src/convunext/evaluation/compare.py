@@ -20,6 +20,7 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
+from ..inference.sliding_window import Inferer
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .evaluate import (
@@ -125,7 +126,8 @@ def paired_comparison(
     """Compare model B with model A on the same images (paired by image name).
 
     Args:
-        scores_a, scores_b: per-image scores of A and B (e.g. Dice), by image name; both must name the same images.
+        scores_a: per-image scores of A (e.g. Dice), by image name.
+        scores_b: per-image scores of B, by image name: the same images as ``scores_a``.
         resamples: bootstrap resamples of the images for the confidence interval of the mean difference.
         confidence: the interval's coverage (0.95: the 2.5th and 97.5th percentiles of the resampled means).
         seed: the bootstrap's random seed (a NumPy ``Generator``): the same inputs give the same interval.
@@ -292,8 +294,7 @@ def compare_runs(
     metric: str = "dice_fg",
     layout: str | None = None,
     out_dir: str | Path | None = None,
-    device: str = "auto",
-    backend: str = "fast",
+    inferer: Inferer | None = None,
     resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -302,19 +303,27 @@ def compare_runs(
 ) -> ComparisonResult:
     """``convunext compare``: score each run on a split of DATA and compare every run with the first.
 
-    A run's scores come from its existing evaluation report when one still describes its checkpoint
-    (:func:`~convunext.evaluation.evaluate.reusable_report`: ``RUN/eval-DATASET-SPLIT/`` or a reproduction's
-    ``RUN/test/``); otherwise the run is evaluated and its report written to ``RUN/eval-DATASET-SPLIT/``, as
-    ``convunext evaluate`` does. Writes into ``out_dir`` (default ``compare-DATASET-SPLIT``): ``comparison.md``,
+    A run's scores come from its existing evaluation report when one still describes its checkpoint and the
+    inference settings (:func:`~convunext.evaluation.evaluate.reusable_report`: ``RUN/eval-DATASET-SPLIT/`` or a
+    reproduction's ``RUN/test/``); otherwise the run is evaluated and its report written to
+    ``RUN/eval-DATASET-SPLIT/``, as ``convunext evaluate`` does. Writes into ``out_dir``: ``comparison.md``,
     ``comparison.json``, ``paired_differences.csv`` and ``paired-K-MODEL.png`` for the K-th run, replacing an
     earlier comparison there whole (:class:`~convunext.evaluation.report_folder.ReportFolder`). Every run is checked
     against the data, and the folder, before any run is evaluated.
 
     Args:
         runs: run folders or checkpoint files (as ``convunext evaluate`` takes them); the first is the reference.
-        data: ``"synthetic"`` or a dataset folder; ``layout`` its layout (default: detected).
+        data: ``"synthetic"`` or a dataset folder.
+        split: the split the runs are scored on.
         metric: a per-image column of ``per_image.csv`` (``dice_fg``, ``iou_fg``, ``pixel_accuracy``, ...).
-        resamples, confidence, seed: the bootstrap's (:func:`paired_comparison`).
+        layout: the layout of ``data`` (default: detected).
+        out_dir: the comparison's folder (default ``compare-DATASET-SPLIT``).
+        inferer: how each run is evaluated, as by :func:`~convunext.evaluation.evaluate.evaluate_to_report`
+            (default: each checkpoint's own tile size, no TTA, the fast back-end on the best device).
+        resamples: the bootstrap's resamples (:func:`paired_comparison`).
+        confidence: the bootstrap interval's coverage.
+        seed: the bootstrap's random seed.
+        progress: show a progress bar while a run is evaluated.
         log: receives one line per run (reused or evaluated).
 
     Raises:
@@ -337,15 +346,16 @@ def compare_runs(
     for meta, path in checkpoints:  # every run fits the data before any is evaluated
         check_evaluable(path, meta, data, open_evaluated_dataset(meta, data, split, layout)[2])
     out = Path(out_dir) if out_dir else Path(f"compare-{dataset}-{split}")
+    inferer = inferer or Inferer()
     with ReportFolder(out, COMPARISON_REPORT) as folder:
         scored = []
         for run, (meta, path) in zip(runs, checkpoints):
-            report = reusable_report(path, meta, data, split, layout)
+            report = reusable_report(path, meta, data, split, layout, inferer)
             reused = report is not None
             if report is None:
                 log(f"{run}: evaluating {meta['model']['name']} on {dataset} ({split})")
                 report = evaluate_to_report(
-                    load_checkpoint(path), data, split, layout=layout, device=device, backend=backend, progress=progress
+                    load_checkpoint(path), data, split, layout=layout, inferer=inferer, progress=progress
                 )
             else:
                 log(f"{run}: reusing the report in {report.out_dir} (same weights)")

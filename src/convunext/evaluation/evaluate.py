@@ -27,9 +27,8 @@ from ..data.base import BINARY_CLASS_NAMES, Sample
 from ..data.detect import detect_dataset
 from ..data.io import IGNORE_INDEX
 from ..errors import ConvUNeXtError
-from ..inference.sliding_window import predict_probabilities
+from ..inference.sliding_window import DEFAULT_OVERLAP, Inferer
 from ..pretrained import shipped_name
-from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .html_report import ReportGallery, write_html_report
@@ -76,10 +75,8 @@ def evaluate_model(
     dataset: Dataset,
     transform: Callable[[dict[str, Any]], dict[str, Any]],
     num_classes: int,
-    device: torch.device | str = "cpu",
-    tile_size: int | None = None,
-    overlap: float = 0.25,
-    tta: bool = False,
+    inferer: Inferer | None = None,
+    *,
     progress: bool = True,
     auc: Literal["exact", "binned"] = "exact",
     on_image: Callable[[Sample, Tensor], None] | None = None,
@@ -88,11 +85,13 @@ def evaluate_model(
     """Run ``model`` over every sample of ``dataset`` (one image at a time, any size) and accumulate metrics.
 
     Args:
-        model: returns ``N x K x H x W`` logits in eval mode.
+        model: returns ``N x K x H x W`` logits in eval mode; run as it is, on its own device.
         dataset: yields samples ``{"image": C x H x W, "mask": H x W, "fov": H x W bool, "name": str}``.
         transform: the evaluation transform (normalisation), applied to each sample.
         num_classes: ``K``.
-        tile_size: sliding-window tile (``None``: whole images).
+        inferer: how the model runs over each image (default :class:`~convunext.inference.sliding_window.Inferer`
+            ``()``: whole images); a ``tile_size`` of ``None`` runs images whole.
+        progress: show a progress bar over the images.
         auc: how the FOV AUC is computed: ``"exact"`` (keeps every FOV pixel's score, 4 bytes each) or
             ``"binned"`` (fixed memory, error at most the reported ``fov_auc_error_bound``); see
             :class:`~convunext.evaluation.metrics.FovMetrics`.
@@ -102,9 +101,10 @@ def evaluate_model(
             datasets with a field of view); each image's masks are skeletonised once on the CPU (about a second
             per HRF image).
 
-    Images with a side under the model's minimum (16 px) are padded for the forward pass and cropped back
-    (:func:`~convunext.inference.sliding_window.predict_probabilities`); the metrics count their own pixels only.
+    Images with a side under the model's minimum (16 px) are padded for the forward pass and cropped back (see
+    :mod:`~convunext.inference.sliding_window`); the metrics count their own pixels only.
     """
+    inferer = inferer or Inferer()
     model.eval()
     metrics = SegmentationMetrics(
         num_classes=num_classes, ignore_index=IGNORE_INDEX, auc=auc, topology=wants_topology(topology, dataset)
@@ -113,9 +113,7 @@ def evaluate_model(
     for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):  # type: ignore[arg-type]
         raw = dataset[index]
         sample = transform(raw)
-        probabilities = predict_probabilities(
-            model, sample["image"][None], tile_size=tile_size, overlap=overlap, tta_flips=tta, device=device
-        )
+        probabilities = inferer(model, sample["image"][None])
         if on_image is not None:
             on_image(raw, probabilities)
         target = sample["mask"][None]
@@ -127,35 +125,24 @@ def evaluate_model(
 
 
 def evaluate_checkpoint(
-    checkpoint: Checkpoint,
-    dataset: Dataset,
-    device: torch.device | str = "cpu",
-    tile_size: int | None = None,
-    tta: bool = False,
-    progress: bool = True,
-    auc: Literal["exact", "binned"] = "exact",
-    backend: str = "fast",
-    on_image: Callable[[Sample, Tensor], None] | None = None,
-    topology: TopologyMode = "auto",
+    checkpoint: Checkpoint, dataset: Dataset, inferer: Inferer | None = None, **options: Any
 ) -> SegmentationMetrics:
-    """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes, run by ``backend``
-    (:func:`~convunext.inference.optimize.make_backend`; ``fast`` equals ``eager`` within float32 rounding)."""
-    from ..data import EvalTransform
-    from ..inference.optimize import make_backend
+    """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes, prepared and run by
+    ``inferer``.
 
-    return evaluate_model(
-        make_backend(checkpoint.model.to(device).eval(), backend),
-        dataset,
-        EvalTransform(checkpoint.mean, checkpoint.std),
-        len(checkpoint.class_names),
-        device=device,
-        tile_size=tile_size,
-        tta=tta,
-        progress=progress,
-        auc=auc,
-        on_image=on_image,
-        topology=topology,
-    )
+    Args:
+        checkpoint: the checkpoint to evaluate.
+        dataset: as for :func:`evaluate_model`.
+        inferer: default ``Inferer()``: the fast back-end on the best device; a ``tile_size`` of ``None`` means the
+            checkpoint's own (:meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`).
+        **options: :func:`evaluate_model`'s keywords (``progress``, ``auc``, ``on_image``, ``topology``).
+    """
+    from ..data import EvalTransform
+
+    inferer = (inferer or Inferer()).for_checkpoint(checkpoint.meta)
+    model = inferer.prepare(checkpoint.model)
+    transform = EvalTransform(checkpoint.mean, checkpoint.std)
+    return evaluate_model(model, dataset, transform, len(checkpoint.class_names), inferer, **options)
 
 
 def metrics_table(results: dict[str, Any]) -> str:
@@ -299,11 +286,8 @@ def evaluate_to_report(
     *,
     layout: str | None = None,
     out_dir: str | Path | None = None,
-    device: str = "auto",
-    tile_size: int | None = None,
-    tta: bool = False,
+    inferer: Inferer | None = None,
     auc: Literal["exact", "binned"] = "exact",
-    backend: str = "fast",
     progress: bool = True,
     topology: TopologyMode = "auto",
     html: bool = True,
@@ -313,53 +297,43 @@ def evaluate_to_report(
     """Evaluate ``checkpoint`` on a split of DATA and write the report (``convunext evaluate``).
 
     Args:
+        checkpoint: the checkpoint to evaluate.
         data: ``"synthetic"`` (with the options the checkpoint was trained on) or a dataset folder.
+        split: the split to score (``test``, ``val``, ``train``, ``trainval``).
         layout: the folder's layout (default: detected, :func:`evaluated_dataset_name`).
         out_dir: the report folder (default: :func:`default_report_dir`). An earlier evaluation there is replaced
             whole once the new one is complete (:class:`~convunext.evaluation.report_folder.ReportFolder`); other
             files in it are left alone.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        tile_size: sliding-window tile (default: the checkpoint's training setting; ``0``: whole images).
-        tta, auc, backend, progress, topology: as :func:`evaluate_checkpoint`.
+        inferer: how the model runs, as for :func:`evaluate_checkpoint` (default: the checkpoint's tile size, no
+            TTA, the fast back-end on the best device).
+        auc: as for :func:`evaluate_model`.
+        progress: as for :func:`evaluate_model`.
+        topology: as for :func:`evaluate_model`.
         html: also write ``report.html`` (:mod:`~convunext.evaluation.html_report`) with each image's thumbnails.
         full_maps: also write each image's full-size prediction and error map under ``OUT/maps/``.
         data_options: options of the dataset reader (:func:`~convunext.data.open_dataset`), recorded in the
             report, e.g. ``{"skip_unannotated": True}`` for an HRF copy that lacks annotations.
 
-    The context in ``metrics.json`` records the checkpoint, the SHA-256 of its weights, the data and the settings,
-    so that :func:`reusable_report` can tell later whether the report still describes the checkpoint.
+    The context in ``metrics.json`` records the checkpoint, the SHA-256 of its weights, the data and the inference
+    settings, so that :func:`reusable_report` can tell later whether the report still describes the checkpoint.
 
-    Everything is checked before any image is scored: the tile size, the device, the dataset, that the checkpoint
-    fits it (:func:`check_evaluable`) and that the report folder may be written.
+    Everything is checked before any image is scored: the inference settings (when ``inferer`` was made), the
+    dataset, that the checkpoint fits it (:func:`check_evaluable`) and that the report folder may be written.
 
     Raises:
-        ConvUNeXtError: a negative tile size, an unknown device, a missing or malformed dataset, data of other
-            channels or classes than the checkpoint's, or a report folder that is a file, in use, or holds files
-            of an evaluation's names that are not an evaluation.
+        ConvUNeXtError: a missing or malformed dataset, data of other channels or classes than the checkpoint's,
+            or a report folder that is a file, in use, or holds files of an evaluation's names that are not an
+            evaluation.
     """
-    if tile_size is not None and tile_size < 0:
-        raise ConvUNeXtError(
-            f"tile_size={tile_size} is not valid; expected a tile side in pixels, or 0 for whole images"
-        )
-    torch_device = resolve_device(device)
+    inferer = (inferer or Inferer()).for_checkpoint(checkpoint.meta)
     name, root, dataset = open_evaluated_dataset(checkpoint.meta, data, split, layout, data_options)
     check_evaluable(checkpoint.path, checkpoint.meta, data, dataset)
-    tile = tile_size if tile_size is not None else checkpoint.meta.get("data", {}).get("eval_tile_size")
     out = Path(out_dir) if out_dir else default_report_dir(checkpoint.path, name, split)
     with ReportFolder(out, EVALUATION_REPORT) as folder:
         gallery = ReportGallery(full_maps_dir=folder.staging / "maps" if full_maps else None) if html else None
         start = time.perf_counter()
         metrics = evaluate_checkpoint(
-            checkpoint,
-            dataset,
-            device=torch_device,
-            tile_size=tile or None,
-            tta=tta,
-            progress=progress,
-            auc=auc,
-            backend=backend,
-            on_image=gallery,
-            topology=topology,
+            checkpoint, dataset, inferer, progress=progress, auc=auc, on_image=gallery, topology=topology
         )
         context = {
             "checkpoint": str(checkpoint.path),
@@ -370,11 +344,10 @@ def evaluate_to_report(
             "split": split,
             "images": len(dataset),  # type: ignore[arg-type]
             **({"data_options": dict(data_options)} if data_options else {}),
-            "tta": tta,
-            "tile_size": tile,
+            **inferer.record(),
             "auc": auc,
             "topology": topology,
-            "backend": backend,
+            "backend": inferer.backend,
             "seconds": round(time.perf_counter() - start, 1),
         }
         _, results = _write_report_files(metrics, folder.staging, context, checkpoint.class_names, gallery, html)
@@ -382,33 +355,38 @@ def evaluate_to_report(
 
 
 def reusable_report(
-    checkpoint_path: Path, meta: Mapping[str, Any], data: str | Path, split: str, layout: str | None = None
+    checkpoint_path: Path,
+    meta: Mapping[str, Any],
+    data: str | Path,
+    split: str,
+    layout: str | None = None,
+    inferer: Inferer | None = None,
 ) -> EvaluationReport | None:
-    """An existing report that evaluating the checkpoint again (:func:`evaluate_to_report` with its default tile
-    size and no TTA) would reproduce, or None.
+    """An existing report that evaluating the checkpoint again (:func:`evaluate_to_report` with ``inferer``, by
+    default its default: the checkpoint's tile size, no TTA) would reproduce, or None.
 
     Looked for beside the checkpoint ``checkpoint_path`` (described by ``meta``): in ``eval-DATASET-SPLIT/``
     (``convunext evaluate``) and, for the test split, ``test/`` (``convunext reproduce``). A report is reused when it
-    has ``metrics.json`` and ``per_image.csv`` and was made from the same weights (SHA-256), dataset and split, at
-    the checkpoint's tile size and without TTA, and, when it names its data folder, from the same folder.
+    has ``metrics.json`` and ``per_image.csv`` and was made from the same weights (SHA-256), dataset and split, with
+    the same tile size, overlap and TTA (:meth:`~convunext.inference.sliding_window.Inferer.record`; the back-end
+    and batch size change the scores by float32 rounding at most), and, when it names its data folder, from the
+    same folder.
     """
     name = evaluated_dataset_name(data, layout)
     folders = [default_report_dir(checkpoint_path, name, split)]
     if split == "test" and shipped_name(checkpoint_path) is None:
         folders.append(checkpoint_path.parent / "test")
-    wanted = {
-        "weights_sha256": meta["weights"]["sha256"],
-        "dataset": name,
-        "split": split,
-        "tta": False,
-        "tile_size": meta.get("data", {}).get("eval_tile_size") or None,
-    }
+    settings = (inferer or Inferer()).for_checkpoint(meta).record()
+    wanted = {"weights_sha256": meta["weights"]["sha256"], "dataset": name, "split": split, **settings}
     for folder in folders:
         record = folder / EVALUATION_REPORT.record
         if not (EVALUATION_REPORT.is_record(record) and (folder / "per_image.csv").is_file()):
             continue
         report = json.loads(record.read_text(encoding="utf-8"))
-        found = {**report, "tta": bool(report.get("tta")), "tile_size": report.get("tile_size") or None}
+        tile_size = report.get("tile_size") or None
+        # reports made before the overlap was recorded used the default
+        overlap = report.get("overlap", DEFAULT_OVERLAP) if tile_size else None
+        found = {**report, "tta": bool(report.get("tta")), "tile_size": tile_size, "overlap": overlap}
         same_data = "data" not in report or Path(report["data"]).resolve() == Path(data).resolve()
         if same_data and all(found.get(key) == value for key, value in wanted.items()):
             return EvaluationReport(folder, report, report.pop("metrics"))

@@ -106,6 +106,7 @@ class SegmentationMetrics:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every image seen so far (confusion matrices, FOV counts, scores, per-image rows)."""
         k = self.num_classes
         self._confusions: list[Tensor] = [torch.zeros(0, k, k, dtype=torch.int64)]
         self._fov_counts: list[Tensor] = [torch.zeros(0, 4, dtype=torch.int64)]

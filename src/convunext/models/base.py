@@ -3,7 +3,7 @@
 A switch is a plain attribute that the layers supporting it set in ``__init__`` and read in ``forward``:
 
 * ``grad_checkpointing`` — every repeated unit (ConvUNeXt's block, DoubleConv, ResUNet's unit) recomputes its
-  activations in backward (:func:`~convunext.models.layers.checkpoint.maybe_checkpoint`);
+  activations in backward (:func:`~convunext.models.layers.recompute.maybe_recompute`);
 * ``fused_training`` (with ``band_elements``) — ConvUNeXt's block MLP and gated fusion run the banded training
   kernels (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`) on channels-last inputs;
 * ``exportable`` — the shape-dependent branches take their general form for graph export (reflect padding
@@ -30,34 +30,16 @@ def check_channels(name: str, value: int) -> None:
         raise ValueError(f"{name}={value!r} is not valid; use a positive integer")
 
 
-def _supporting(model: nn.Module, switch: str, types: tuple[type[nn.Module], ...] | None) -> list[nn.Module]:
-    """The modules of ``model`` (of ``types``, when given) that read ``switch``."""
-    found = []
-    for module in model.modules():
-        if types is not None and not isinstance(module, types):
-            continue
-        if switch in vars(module):
-            found.append(module)
-        elif types is not None:
-            raise ValueError(f"{type(module).__name__} does not support {switch}")
-    return found
+def _supporting(model: nn.Module, switch: str) -> list[nn.Module]:
+    """The modules of ``model`` that read ``switch``."""
+    return [module for module in model.modules() if switch in vars(module)]
 
 
-def set_switch(
-    model: nn.Module,
-    switch: str,
-    enable: bool,
-    types: tuple[type[nn.Module], ...] | None = None,
-    **settings: object,
-) -> int:
-    """Set ``switch`` to ``enable`` (and the attributes ``settings``) on every module of ``model`` that reads it,
-    restricted to ``types`` when given; returns how many modules changed state.
-
-    Raises:
-        ValueError: a module of ``types`` does not support ``switch``.
-    """
+def set_switch(model: nn.Module, switch: str, enable: bool, **settings: object) -> int:
+    """Set ``switch`` to ``enable`` (and the attributes ``settings``) on every module of ``model`` that reads it;
+    returns how many modules changed state."""
     changed = 0
-    for module in _supporting(model, switch, types):
+    for module in _supporting(model, switch):
         changed += getattr(module, switch) != enable
         setattr(module, switch, enable)
         for name, value in settings.items():
@@ -68,7 +50,7 @@ def set_switch(
 @contextlib.contextmanager
 def switched(model: nn.Module, switch: str, enable: bool = True) -> Iterator[nn.Module]:
     """``model`` with ``switch`` set to ``enable`` for the duration; every module's previous state is restored."""
-    modules = _supporting(model, switch, None)
+    modules = _supporting(model, switch)
     previous = [getattr(module, switch) for module in modules]
     for module in modules:
         setattr(module, switch, enable)
@@ -79,26 +61,35 @@ def switched(model: nn.Module, switch: str, enable: bool = True) -> Iterator[nn.
             setattr(module, switch, value)
 
 
-def set_fused_training_switch(module: nn.Module, enable: bool = True, band_elements: int | None = None) -> int:
-    """:meth:`SegmentationModel.set_fused_training` for any module tree; returns how many layers changed."""
-    settings = {} if band_elements is None else {"band_elements": band_elements}
-    return set_switch(module, "fused_training", enable, **settings)
-
-
 class SegmentationModel(nn.Module):
     """Base of every registry model: ``N x in_channels x H x W -> N x num_classes x H x W`` logits, plus the
     switches of the module docstring. Each ``set_*`` method returns how many layers changed state."""
 
     def set_grad_checkpointing(self, enable: bool = True) -> int:
-        """Recompute each repeated unit's activations in backward (training mode with gradients only); outputs,
-        gradients and BN running statistics are unchanged."""
+        """Recompute each repeated unit's activations in backward instead of storing them (timm's name for
+        activation checkpointing; training mode with gradients only). ConvUNeXt's 7x7 kernels and 4x MLP make its
+        activations large: recomputing every block trades about one extra forward pass for most of that memory.
+        Outputs, gradients and BN running statistics are unchanged (the statistics are updated once)."""
         return set_switch(self, "grad_checkpointing", enable)
 
     def set_fused_training(self, enable: bool = True, band_elements: int | None = None) -> int:
         """Run ConvUNeXt's block MLPs and gated fusions through the banded training kernels on channels-last
-        inputs (same loss, gradients and BN statistics; far fewer full-size temporaries). ``band_elements``:
-        values in one band's widest temporary (default :data:`~convunext.models.layers.DEFAULT_BAND_ELEMENTS`)."""
-        return set_fused_training_switch(self, enable, band_elements)
+        inputs (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`; other models have none).
+
+        These two per-pixel chains dominate ConvUNeXt's activation memory. The kernels are custom autograd
+        functions on bands of pixels whose forward saves only the inputs and whose backward recomputes each
+        band's intermediates in cache: per full-resolution block of a batch of 4 at 256x256, four 134 MB
+        temporaries fewer. Same loss, gradients and BN statistics; weights and ``state_dict`` are untouched. The
+        kernels take effect on channels-last tensors (``model.to(memory_format=torch.channels_last)``), NCHW
+        inputs take the plain path, and they compose with :meth:`set_grad_checkpointing`.
+
+        Args:
+            enable: switch the kernels on (or off).
+            band_elements: values in one band's widest temporary (default
+                :data:`~convunext.models.layers.DEFAULT_BAND_ELEMENTS`).
+        """
+        settings = {} if band_elements is None else {"band_elements": band_elements}
+        return set_switch(self, "fused_training", enable, **settings)
 
     def set_exportable(self, enable: bool = True) -> int:
         """Make the shape-dependent branches take their general form for graph export (the model then needs

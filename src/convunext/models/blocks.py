@@ -21,11 +21,11 @@ from ..errors import ConvUNeXtError
 from .fast import FastBlock, FastDownStage, FastStem, FastUpStage
 from .layers.activations import activation_kind
 from .layers.banding import DEFAULT_BAND_ELEMENTS, flat, from_rows, rows_eligible
-from .layers.checkpoint import maybe_checkpoint
 from .layers.folding import bn_affine, fold_after, fold_before, require_bn_affine
 from .layers.gate import GateWeights, banded_gate, fold_gate
 from .layers.mlp import banded_mlp
 from .layers.padding import ReflectConv2d
+from .layers.recompute import maybe_recompute
 from .layers.upsample import upsample_to
 
 ActivationName = Literal["gelu", "relu"]
@@ -163,7 +163,7 @@ class ConvNeXtBlock(nn.Module):
         self.band_elements = DEFAULT_BAND_ELEMENTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return maybe_checkpoint(self, self._forward, x)
+        return maybe_recompute(self, self._forward, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(self.dwconv(x))

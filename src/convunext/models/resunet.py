@@ -24,19 +24,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-import torch
 from torch import nn
 
-from .base import SegmentationModel, check_channels
+from .base import check_channels
 from .registry import register_model
-from .unet import unet_widths
+from .unet import EncoderDecoderNet, unet_widths
 from .unet_blocks import PreActResidualUnit, UNetEncoder, UpConcat
 
 __all__ = ["ResUNet"]
 
 
 @register_model("resunet")
-class ResUNet(SegmentationModel):
+class ResUNet(EncoderDecoderNet):
     """ResUNet (Zhang, Liu & Wang 2018): a UNet of pre-activation residual units; 7,502,338 parameters at the
     defaults (ConvUNeXt / ResUNet = 0.467).
 
@@ -70,10 +69,3 @@ class ResUNet(SegmentationModel):
             deep = skip
         self.ups = nn.ModuleList(ups)
         self.head = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``N x in_channels x H x W`` image batch -> ``N x num_classes x H x W`` logits."""
-        *skips, x = self.encoder(x)
-        for up, skip in zip(self.ups, reversed(skips)):
-            x = up(x, skip)
-        return self.head(x)

@@ -38,7 +38,28 @@ def unet_widths(width: int) -> tuple[int, int, int, int, int]:
     return (width, 2 * width, 4 * width, 8 * width, 8 * width)
 
 
-class UNetBase(SegmentationModel):
+class EncoderDecoderNet(SegmentationModel):
+    """The wiring the UNet family shares: ``encoder`` returns its skip maps (shallowest first) and the bottom map,
+    each of ``ups`` (deepest first) upsamples the map and fuses it with one skip, and a 1x1 ``head`` gives the
+    logits. Subclasses build the three modules.
+
+    Shape:
+        ``N x in_channels x H x W -> N x num_classes x H x W``.
+    """
+
+    encoder: nn.Module
+    ups: nn.ModuleList
+    head: nn.Conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``N x in_channels x H x W`` image batch -> ``N x num_classes x H x W`` logits."""
+        *skips, x = self.encoder(x)
+        for up, skip in zip(self.ups, reversed(skips)):
+            x = up(x, skip)
+        return self.head(x)
+
+
+class UNetBase(EncoderDecoderNet):
     """The bilinear UNet, optionally with a gate on each skip connection (``gate=None``: plain UNet).
 
     Args:
@@ -66,13 +87,6 @@ class UNetBase(SegmentationModel):
             deep = out
         self.ups = nn.ModuleList(ups)
         self.head = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``N x in_channels x H x W`` image batch -> ``N x num_classes x H x W`` logits."""
-        *skips, x = self.encoder(x)
-        for up, skip in zip(self.ups, reversed(skips)):
-            x = up(x, skip)
-        return self.head(x)
 
 
 @register_model("unet")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .layers.checkpoint import maybe_checkpoint
+from .layers.recompute import maybe_recompute
 from .layers.upsample import upsample_to
 
 
@@ -35,7 +35,7 @@ class DoubleConv(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``N x in x H x W -> N x out x H x W``."""
-        return maybe_checkpoint(self, super().forward, x)
+        return maybe_recompute(self, super().forward, x)
 
 
 UnitFactory = Callable[[int, int], nn.Module]
@@ -73,7 +73,7 @@ class PreActResidualUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``N x in x H x W -> N x out x H x W``."""
-        return maybe_checkpoint(self, self._forward, x)
+        return maybe_recompute(self, self._forward, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)

@@ -29,7 +29,7 @@ from .budgets import Budget
 from .plan import RunSpec
 from .plots import plot_study
 from .report import write_csv
-from .run import ReproduceResult, report_context, report_lock, resolve_experiment, run_experiment
+from .run import Experiment, ReproduceResult, report_context, report_lock, run_experiment
 
 
 def study_models(name: str, models: Sequence[str] | None = None) -> tuple[Study, list[str]]:
@@ -61,33 +61,29 @@ def write_study_report(
 
 
 def ablate(
-    report_dir: str | Path,
+    experiment: Experiment,
     study_name: str = "roadmap",
-    budget: str | Budget = "cpu",
-    datasets: Sequence[str] | None = None,
-    models: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    data_root: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    device: str = "auto",
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ReproduceResult:
-    """Train, test and tabulate every model of a study x dataset x seed; see the module docstring.
+    """Train, test and tabulate every model of ``experiment`` (:func:`~convunext.reproduce.run.resolve_experiment`
+    of some or all of the study's models, :func:`study_models`) x dataset x seed; see the module docstring.
 
     Args:
-        report_dir: the report folder (created; runs live under ``report_dir/runs``).
+        experiment: the runs and how they are made.
         study_name: ``roadmap`` or ``leave-one-out``.
-        models: a subset of the study's models (default: all; e.g. to share them between GPUs).
-        budget, datasets, seeds, data_root, overrides, device, command: as for
-            :func:`~convunext.reproduce.run.reproduce`.
+        command: the command line to quote in ``STUDY.md``.
+        log: receives a line per step of every run.
+
+    Raises:
+        ConvUNeXtError: an unknown study, or a model of ``experiment`` that is not one of the study's.
     """
     start = time.perf_counter()
-    chosen, models = study_models(study_name, models)
-    experiment = resolve_experiment(report_dir, models, budget, datasets, seeds, data_root, overrides, device, log)
+    chosen, _ = study_models(study_name, experiment.models)
     record = {"study": chosen.name, **experiment.record(command)}
     specs, rows, trained, skipped = run_experiment(experiment, chosen.models, f"{chosen.name}.json", record, log)
-    context = report_context(command or f"convunext ablate --study {chosen.name}", device, f"{chosen.name}.json")
+    command = command or f"convunext ablate --study {chosen.name}"
+    context = report_context(command, experiment.inferer.device, f"{chosen.name}.json")
     with report_lock(experiment.report_dir):
         write_study_report(experiment.report_dir, chosen, rows, experiment.budget, context, specs)
     return ReproduceResult(experiment.report_dir, rows, trained, skipped, time.perf_counter() - start)

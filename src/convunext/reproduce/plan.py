@@ -8,12 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data import dataset_spec, list_datasets
 from ..errors import ConvUNeXtError
 from ..utils.io import sha256_file
 from .budgets import Budget
 
-DATASETS = ("drive", "glas", "hrf", "synthetic")
-DATASET_DIRS = {"drive": "DRIVE", "glas": "GlaS", "hrf": "HRF"}
+_WITH_PRESET = [spec for spec in map(dataset_spec, list_datasets()) if spec.preset]
+DATASET_DIRS = {spec.name: spec.folder_name for spec in _WITH_PRESET if spec.folder_name}
+"""The datasets with a preset that a reproduction finds under the data root, with their folders (``DRIVE/``, ...)."""
+DATASETS = (*DATASET_DIRS, *(spec.name for spec in _WITH_PRESET if not spec.folder_name))
+"""Every dataset a reproduction trains on, those with a preset: the downloaded ones, then the generated ones."""
 _NOT_RECIPE = ("data.root", "train.time_budget_plan")
 """Besides the execution fields (:data:`~convunext.training.config.EXECUTION_FIELDS`), what a reproduction may
 change between invocations: where the data lives, and a budget's plan (measured on each machine)."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data import dataset_info
+from ..data import dataset_info, dataset_spec, list_datasets
 from ..evaluation.compare import average_scores, comparison_table, paired_comparison, read_scores, statistics_note
 from ..models.cost import model_cost
 from ..training.trainer import model_kwargs_from_config
@@ -24,8 +24,8 @@ from ..utils.table import markdown_table
 from .budgets import Budget
 from .plan import RunSpec
 
-DATASET_TITLES = {"drive": "DRIVE", "glas": "GlaS", "hrf": "HRF", "synthetic": "Synthetic"}
-VESSEL_DATASETS = ("drive", "hrf")
+DATASET_TITLES = {name: dataset_spec(name).title for name in list_datasets()}
+VESSEL_DATASETS = tuple(name for name in list_datasets() if dataset_spec(name).vessel_metrics)
 MODEL_TITLES = {
     "convunext": "ConvUNeXt",
     "unet": "UNet",

@@ -16,7 +16,8 @@ import torch
 
 from .. import __version__
 from ..errors import ConvUNeXtError
-from ..utils.device import device_description, resolve_device
+from ..inference.sliding_window import DEFAULT_OVERLAP, Inferer
+from ..utils.device import device_description
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.lock import RunLock
 from .budgets import BUDGETS, Budget
@@ -43,8 +44,10 @@ def train_run(spec: RunSpec) -> None:
     Trainer(spec.config, run_dir=spec.run_dir, resume=resume, overwrite=not resume).fit()
 
 
-def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
-    """Evaluate the run's best (validation-selected) checkpoint on the test split; return the test metrics.
+def evaluate_run(spec: RunSpec, inferer: Inferer | None = None) -> dict[str, Any]:
+    """Evaluate the run's best (validation-selected) checkpoint on the test split by ``inferer`` (default
+    ``Inferer()``: at the checkpoint's own tile size, :meth:`~convunext.inference.sliding_window.Inferer.
+    for_checkpoint`); return the test metrics.
 
     Writes ``test/metrics.json``, ``per_image.csv`` and ``metrics.md`` (as ``convunext evaluate``), with the
     SHA-256 of the evaluated weights so that a later invocation knows the report is current. The run folder is
@@ -53,10 +56,10 @@ def evaluate_run(spec: RunSpec, device: str = "auto") -> dict[str, Any]:
     if spec.status() == "done":
         return json.loads((spec.test_dir / "metrics.json").read_text())["metrics"]
     with RunLock(spec.run_dir, hint=RUN_IN_USE):
-        return _evaluate_best(spec, device)
+        return _evaluate_best(spec, inferer or Inferer())
 
 
-def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
+def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
     """:func:`evaluate_run`'s work, in the locked run folder."""
     from ..checkpoint import load_checkpoint
     from ..data import open_dataset
@@ -68,12 +71,10 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
     checkpoint = load_checkpoint(spec.run_dir / "best.json")
     data = spec.config.data
     dataset = open_dataset(data.name, data.root, "test", **data.options)
-    torch_device = resolve_device(device)
+    inferer = inferer.for_checkpoint(checkpoint.meta)
     start = time.perf_counter()
     gallery = ReportGallery()
-    metrics = evaluate_checkpoint(
-        checkpoint, dataset, torch_device, tile_size=data.eval_tile_size, progress=False, on_image=gallery
-    )
+    metrics = evaluate_checkpoint(checkpoint, dataset, inferer, progress=False, on_image=gallery)
     context = {
         "checkpoint": str(checkpoint.path),
         "weights_sha256": checkpoint.meta["weights"]["sha256"],
@@ -83,7 +84,8 @@ def _evaluate_best(spec: RunSpec, device: str) -> dict[str, Any]:
         "seed": spec.seed,
         "best_val_epoch": checkpoint.meta.get("epoch"),
         "images": len(dataset),  # type: ignore[arg-type]
-        "tile_size": data.eval_tile_size,
+        **inferer.record(),
+        "backend": inferer.backend,
         "seconds": round(time.perf_counter() - start, 1),
     }
     _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names, gallery)
@@ -119,8 +121,9 @@ class ReproduceResult:
 
 @dataclass
 class Experiment:
-    """A comparison with its defaults resolved: every model x dataset x seed trained with one budget (and the same
-    ``overrides``) into one report folder — what ``convunext reproduce`` and ``convunext ablate`` run."""
+    """A comparison with its defaults resolved (:func:`resolve_experiment`): every model x dataset x seed trained
+    with one budget (and the same ``overrides``) into one report folder, and each run's best checkpoint tested by
+    ``inferer`` — what :func:`reproduce` and :func:`~convunext.reproduce.ablate.ablate` run."""
 
     report_dir: Path
     budget: Budget
@@ -129,7 +132,7 @@ class Experiment:
     seeds: list[int]
     data_root: Path
     overrides: list[str]  # ``train.device`` included
-    device: str
+    inferer: Inferer
 
     def plan(self) -> list[RunSpec]:
         """Every run, dataset-major (:func:`~convunext.reproduce.plan.plan_runs`)."""
@@ -161,14 +164,38 @@ def resolve_experiment(
     seeds: Sequence[int] | None = None,
     data_root: str | Path | None = None,
     overrides: Sequence[str] = (),
-    device: str = "auto",
+    inferer: Inferer | None = None,
     log: Callable[[str], None] = print,
 ) -> Experiment:
     """The :class:`Experiment` of ``models``, filling in the defaults: the paper's datasets found under
-    ``data_root`` (default :func:`convunext.data.default_data_root`) and the budget's seeds (see :func:`reproduce`
-    for the arguments)."""
+    ``data_root`` and the budget's seeds.
+
+    Args:
+        report_dir: the report folder (created; runs live under ``report_dir/runs``).
+        models: registry names (:func:`~convunext.models.list_models`), or a study's models
+            (:func:`~convunext.reproduce.ablate.study_models`).
+        budget: ``paper``, ``cpu``, ``smoke`` or a :class:`Budget`.
+        datasets: among ``drive, glas, hrf, synthetic`` (default: the paper's datasets found under ``data_root``).
+        seeds: default: the budget's (paper: 0 1 2, cpu: 0, smoke: 0 1).
+        data_root: folder holding ``DRIVE/``, ``GlaS/``, ``HRF/`` (default :func:`convunext.data.default_data_root`).
+        overrides: extra ``section.field=value`` settings for every run (after the budget's).
+        inferer: the device every run trains and tests on, and how the test split is run (back-end, batch size;
+            default ``Inferer()``). The protocol fixes the rest: each run is tested at its dataset's tile size
+            (``data.eval_tile_size``) with the default overlap and without TTA.
+        log: receives the line naming the datasets found.
+
+    Raises:
+        ConvUNeXtError: none of the paper's datasets under ``data_root`` (when ``datasets`` is not given), or an
+            ``inferer`` with a tile size, overlap or TTA of its own.
+    """
     from ..data import default_data_root
 
+    inferer = inferer or Inferer()
+    if inferer.tile_size is not None or inferer.overlap != DEFAULT_OVERLAP or inferer.tta:
+        raise ConvUNeXtError(
+            "reproduce and ablate test every run at its dataset's tile size, with the default overlap and without "
+            "TTA (the protocol); give an inferer without tile_size, overlap or tta"
+        )
     chosen = BUDGETS[budget] if isinstance(budget, str) else budget
     root = Path(data_root) if data_root is not None else default_data_root()
     if not datasets:
@@ -185,8 +212,8 @@ def resolve_experiment(
         list(models),
         list(seeds if seeds is not None else chosen.default_seeds),
         root,
-        [*overrides, f"train.device={device}"],
-        device,
+        [*overrides, f"train.device={inferer.device}"],
+        inferer,
     )
 
 
@@ -240,7 +267,7 @@ def run_experiment(
             else:
                 skipped += 1
             log(f"{prefix}: testing the best validation checkpoint")
-        test_metrics = evaluate_run(spec, experiment.device)
+        test_metrics = evaluate_run(spec, experiment.inferer)
         rows.append(collect_row(spec, test_metrics, report_dir))
         log(
             f"{prefix}: test Dice {rows[-1]['test_dice_fg_mean']:.4f}, mIoU {rows[-1]['test_miou_cm']:.4f} "
@@ -249,7 +276,7 @@ def run_experiment(
     finished = finished_runs(report_dir, report_models)
     for spec in _earlier_runs(experiment, finished, specs):
         specs.append(spec)
-        rows.append(collect_row(spec, evaluate_run(spec, experiment.device), report_dir))
+        rows.append(collect_row(spec, evaluate_run(spec, experiment.inferer), report_dir))
         log(
             f"{spec.label}: finished by an earlier invocation, in the report (test Dice "
             f"{rows[-1]['test_dice_fg_mean']:.4f})"
@@ -280,50 +307,33 @@ def record_with_invocations(path: Path, record: Mapping[str, Any]) -> dict[str, 
     return {**record, "invocations": [*earlier, now]}
 
 
-def report_context(command: str, device: str, record_file: str) -> dict[str, str]:
+def report_context(command: str, device: torch.device, record_file: str) -> dict[str, str]:
     """The report's header facts: the command, the record of every invocation, when it finished, the hardware."""
     return {
         "command": command,
         "record_file": record_file,
         "finished": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "device": device_description(resolve_device(device)),
+        "device": device_description(device),
     }
 
 
 def reproduce(
-    report_dir: str | Path,
-    budget: str | Budget = "cpu",
-    datasets: Sequence[str] | None = None,
-    models: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    data_root: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    device: str = "auto",
-    command: str | None = None,
-    log: Callable[[str], None] = print,
+    experiment: Experiment, command: str | None = None, log: Callable[[str], None] = print
 ) -> ReproduceResult:
-    """Train, test and tabulate every model x dataset x seed; see the module docstring.
+    """Train, test and tabulate every model x dataset x seed of ``experiment`` (:func:`resolve_experiment`); see the
+    module docstring.
 
     Args:
-        report_dir: the report folder (created; runs live under ``report_dir/runs``).
-        budget: ``paper``, ``cpu``, ``smoke`` or a :class:`Budget`.
-        datasets: among ``drive, glas, hrf, synthetic`` (default: the paper's datasets found under ``data_root``).
-        models: registry names (default: every registered model).
-        seeds: default: the budget's (paper: 0 1 2, cpu: 0, smoke: 0 1).
-        data_root: folder holding ``DRIVE/``, ``GlaS/``, ``HRF/`` (default :func:`convunext.data.default_data_root`).
-        overrides: extra ``section.field=value`` settings for every run (after the budget's).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for training and testing.
+        experiment: the runs and how they are made.
         command: the command line to quote in ``results.md``.
+        log: receives a line per step of every run.
     """
     from ..models import list_models
 
     start = time.perf_counter()
-    experiment = resolve_experiment(
-        report_dir, models or list_models(), budget, datasets, seeds, data_root, overrides, device, log
-    )
     record = experiment.record(command)
     specs, rows, trained, skipped = run_experiment(experiment, list_models(), "reproduce.json", record, log)
-    context = report_context(command or "convunext reproduce", device, "reproduce.json")
+    context = report_context(command or "convunext reproduce", experiment.inferer.device, "reproduce.json")
     with report_lock(experiment.report_dir):
         write_results(experiment.report_dir, rows, experiment.budget, context, specs)
     return ReproduceResult(experiment.report_dir, rows, trained, skipped, time.perf_counter() - start)

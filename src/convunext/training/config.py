@@ -121,6 +121,9 @@ class TrainConfig:
     (:mod:`convunext.training.batchnorm_stats`); ``validate_running_bn`` also validates with the running
     statistics before they are recomputed (the ``val_dice_running_bn`` column; one more validation each time);
     ``ema_decay`` keeps an exponential moving average of the weights, validated and saved as ``ema_best.*``.
+    ``recompute_activations`` has every block recompute its activations in backward instead of storing them
+    (:meth:`~convunext.models.base.SegmentationModel.set_grad_checkpointing`): less memory for about one more
+    forward pass, the same result.
     """
 
     epochs: int = 300
@@ -140,7 +143,7 @@ class TrainConfig:
     precise_bn_batches: int = 4
     validate_running_bn: bool = False
     ema_decay: float | None = None
-    activation_checkpointing: bool = False
+    recompute_activations: bool = False
     grad_clip_norm: float | None = 1.0
     loss_ce_weight: float = 1.0
     loss_dice_weight: float = 1.0
@@ -204,6 +207,7 @@ class ExperimentConfig:
             _apply_override(raw, override)
         if not isinstance(raw, dict):
             raise ConvUNeXtError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        _rename_fields(raw, source)
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
             raise ConvUNeXtError(
@@ -301,6 +305,23 @@ def resolve_preset(name_or_path: str | Path) -> Path:
     if preset.is_file():
         return preset
     raise ConvUNeXtError(f"{name_or_path}: no such config file or preset; presets: {', '.join(list_presets())}")
+
+
+RENAMED_FIELDS = {"train.activation_checkpointing": "train.recompute_activations"}
+"""Fields renamed since the runs in ``reports/`` were recorded: a configuration that uses the old name (a run's
+``config.yaml``, the configuration in its training state) loads as if it used the new one."""
+
+
+def _rename_fields(raw: dict[str, Any], source: str) -> None:
+    """Move the values of :data:`RENAMED_FIELDS`'s old names in ``raw`` (its sections are copies) to the new."""
+    for old, new in RENAMED_FIELDS.items():
+        section, old_name = old.split(".")
+        new_name = new.split(".")[1]
+        values = raw.get(section)
+        if isinstance(values, dict) and old_name in values:
+            if new_name in values:
+                raise ConvUNeXtError(f"{source}: {old} is the old name of {new}; give only {new}")
+            values[new_name] = values.pop(old_name)
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

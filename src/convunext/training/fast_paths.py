@@ -16,19 +16,19 @@ channels-last                 3.86 s -> 2.51 s                       1.58 s -> 1
 ============================  =====================================  =============================
 
 On CUDA ``auto`` leaves all three off (the fused kernels are sized for CPU caches; channels-last was not measured
-there); the fast validation path is on everywhere.
+there); the fast validation path is on everywhere. The malloc tuning is the process's, not the model's: it is
+resolved here and applied by the trainer's :func:`convunext.runtime.configure` call.
 """
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConvUNeXtError
-from ..utils.allocator import tune_glibc_malloc
+from ..runtime import runs_on_glibc
 from .config import TrainConfig
 
 __all__ = ["FastPaths", "enable_fast_paths", "resolve_fast_paths", "supports_fused_training"]
@@ -54,10 +54,6 @@ def supports_fused_training(model: nn.Module) -> bool:
     return any("fused_training" in vars(module) for module in model.modules())
 
 
-def _glibc() -> bool:
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
 def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.device) -> FastPaths:
     """What each switch of ``train`` means for ``model`` on ``device`` (``auto`` resolved, see the module docstring).
 
@@ -78,16 +74,15 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
             raise ConvUNeXtError("train.fused_kernels=on needs train.channels_last on or auto (NHWC tensors)")
         channels_last = True
     fused = train.fused_kernels == "on" or (train.fused_kernels == "auto" and cpu and fused_capable and channels_last)
-    tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and _glibc())
+    tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and runs_on_glibc())
     return FastPaths(channels_last, fused, tune, train.fast_validation != "off")
 
 
 def enable_fast_paths(model: nn.Module, paths: FastPaths) -> nn.Module:
-    """Put ``model`` in the memory format and kernel mode of ``paths`` and tune malloc if asked; returns it."""
+    """Put ``model`` in the memory format and kernel mode of ``paths``; returns it (``tune_malloc`` is the
+    process's: :func:`convunext.runtime.configure`)."""
     if paths.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if paths.fused_kernels:
         model.set_fused_training(True)  # type: ignore[operator]
-    if paths.tune_malloc and not tune_glibc_malloc():
-        print("train.tune_malloc=on: this system's C library is not glibc; malloc left as it is")
     return model

@@ -142,11 +142,11 @@ def check_step_memory(config: ExperimentConfig, device: torch.device, estimate: 
         return
     crop = config.data.crop_size
     each = f", x {processes} processes" if processes > 1 else ""
-    checkpointing = "" if config.train.activation_checkpointing else ", or set train.activation_checkpointing=true"
+    recompute = "" if config.train.recompute_activations else ", or set train.recompute_activations=true"
     raise ConvUNeXtError(
         f"one training step needs about {_bytes_text(need)} (estimated: {config.model.name}, batch "
         f"{config.optim.batch_size} of {crop}x{crop} crops{each}) but only {_bytes_text(free)} is available "
-        f"({source}); lower optim.batch_size or data.crop_size{checkpointing}"
+        f"({source}); lower optim.batch_size or data.crop_size{recompute}"
     )
 
 

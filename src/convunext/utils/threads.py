@@ -5,13 +5,17 @@ Each worker runs its chunk with **one** intra-op thread. Parallelising every sma
 puts a thread barrier after each one: on a quiet machine both are as fast, but on a machine shared with other busy
 processes a descheduled thread stalls every barrier (measured on a loaded 2-core machine: 18 s instead of 1.9 s
 for one 512x512 image). The operators release the GIL, so the workers run in parallel.
+
+The strategy is the ``fused_parallelism`` setting of :mod:`convunext.runtime` (``pool`` by default, ``openmp``
+for PyTorch's per-operator parallelism). Nothing happens at import: the pool starts at the first call with several
+tasks and intra-op threads, and only then looks up the per-thread setters of PyTorch's OpenMP and MKL.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
+import functools
 import queue
 import sys
 import threading
@@ -21,7 +25,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["PARALLELISM_ENV", "parallelism", "ranges", "run_tasks", "workers"]
+from .. import runtime
+
+__all__ = ["ranges", "run_tasks", "workers"]
 
 
 class _BandPool:
@@ -81,10 +87,14 @@ class _Batch:
         self.grad_enabled = torch.is_grad_enabled()
 
 
+@functools.cache
 def _thread_local_setters() -> list[Callable[[int], Any]] | None:
     """``omp_set_num_threads`` of PyTorch's OpenMP runtime and MKL's ``mkl_set_num_threads_local``: both change the
     *calling thread's* thread count only (``torch.set_num_threads`` would also change process-wide defaults,
-    e.g. disable MKL's dynamic threading). ``None`` when they cannot be found (then the pool is not used)."""
+    e.g. disable MKL's dynamic threading). ``None`` when they cannot be found (not Linux, or an unusual PyTorch
+    build: then the pool is not used)."""
+    if not sys.platform.startswith("linux"):
+        return None
     library_dir = Path(torch.__file__).resolve().parent / "lib"
     setters: list[Callable[[int], Any]] = []
     try:
@@ -102,38 +112,25 @@ def _thread_local_setters() -> list[Callable[[int], Any]] | None:
     return setters
 
 
-_SETTERS = _thread_local_setters() if sys.platform.startswith("linux") else None
-
-
 def _single_threaded_here() -> None:
     """Make PyTorch's operators run on one thread when called from the current thread (and only there)."""
     torch.get_num_threads()  # PyTorch's lazy per-thread initialisation first, so it does not undo what follows
-    for setter in _SETTERS or ():
+    for setter in _thread_local_setters() or ():
         setter(1)
 
 
 _POOL: _BandPool | None = None
 _POOL_LOCK = threading.Lock()
-PARALLELISM_ENV = "CONVUNEXT_FUSED_PARALLELISM"
-"""Environment variable choosing how the fused kernels use several threads: ``pool`` (default: one chunk of rows
-per worker thread, one intra-op thread each) or ``openmp`` (chunks run one after the other in the calling thread,
-every operator parallelised by PyTorch's OpenMP threads)."""
-
-
-def parallelism() -> str:
-    """The current strategy (``"pool"`` or ``"openmp"``), from :data:`PARALLELISM_ENV`; ``"openmp"`` where the
-    per-thread settings the pool needs are unavailable (not Linux, or an unusual PyTorch build)."""
-    mode = os.environ.get(PARALLELISM_ENV, "pool").strip().lower()
-    return mode if mode in ("pool", "openmp") and _SETTERS is not None else "openmp"
 
 
 def run_tasks(tasks: list[Callable[[], None]]) -> None:
-    """Run independent tasks: inline with one thread or in ``openmp`` mode, else on the worker pool (each task
-    under the caller's grad / inference mode). Re-raises the first error."""
+    """Run independent tasks: inline with one thread or with ``fused_parallelism`` ``openmp`` (or where the
+    per-thread settings the pool needs are unavailable), else on the worker pool (each task under the caller's
+    grad / inference mode). Re-raises the first error."""
     global _POOL
     workers = torch.get_num_threads()
-    inline = workers <= 1 or len(tasks) <= 1 or parallelism() == "openmp" or _SETTERS is None
-    if inline or threading.current_thread().name.startswith("convunext-band-"):
+    inline = workers <= 1 or len(tasks) <= 1 or threading.current_thread().name.startswith("convunext-band-")
+    if inline or runtime.settings().fused_parallelism == "openmp" or _thread_local_setters() is None:
         for task in tasks:
             task()
         return

@@ -11,8 +11,8 @@ Ops import only torch and ``convunext.utils`` (never the blocks that use them):
 * :mod:`.gate` — the decoder's skip gate and fusion conv on folded weights: :func:`~.gate.gate_reference`,
   :func:`~.gate.banded_gate`, :func:`~.gate.gate_rows_`;
 * :mod:`.folding` — BatchNorm folding arithmetic; :mod:`.activations` — the fusable activations;
-  :mod:`.banding` — band sizes, pixel-row views, the per-thread workspace; :mod:`.checkpoint` — activation
-  checkpointing of one call.
+  :mod:`.banding` — band sizes, pixel-row views, the per-thread workspace; :mod:`.recompute` — recomputing
+  one call's activations in backward (activation checkpointing).
 """
 
 from .banding import DEFAULT_BAND_ELEMENTS

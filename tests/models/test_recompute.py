@@ -1,4 +1,5 @@
-"""Activation checkpointing changes memory, not results: same loss, gradients and BN running statistics."""
+"""Recomputing activations in backward (``set_grad_checkpointing``) changes memory, not results: same loss,
+gradients and BN running statistics."""
 
 from __future__ import annotations
 
@@ -9,42 +10,44 @@ import torch
 
 from convunext import create_model
 from convunext.models.blocks import ConvNeXtBlock
-from convunext.models.checkpointing import CHECKPOINTED_BLOCKS, enable_activation_checkpointing
 from convunext.models.unet_blocks import DoubleConv, PreActResidualUnit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
 
-def test_every_baseline_unit_is_covered() -> None:
-    assert {ConvNeXtBlock, DoubleConv, PreActResidualUnit} <= set(CHECKPOINTED_BLOCKS)
+def test_every_repeated_unit_recomputes() -> None:
     expected = {"convunext": 11, "unet": 9, "attention_unet": 9, "unet_plus_plus": 15, "resunet": 11}
+    switched: set[type] = set()
     for name, count in expected.items():
-        assert enable_activation_checkpointing(create_model(name, width=4)) == count, name
+        model = create_model(name, width=4)
+        assert model.set_grad_checkpointing() == count, name
+        switched |= {type(m) for m in model.modules() if getattr(m, "grad_checkpointing", False)}
+    assert switched == {ConvNeXtBlock, DoubleConv, PreActResidualUnit}
 
 
 @pytest.mark.parametrize("name", ["convunext", "resunet", "unet"])
-def test_checkpointing_gives_the_same_gradients_and_statistics(name: str) -> None:
+def test_recomputing_gives_the_same_gradients_and_statistics(name: str) -> None:
     torch.manual_seed(0)
     plain = create_model(name, width=8).train()
-    checkpointed = copy.deepcopy(plain)
-    assert enable_activation_checkpointing(checkpointed) > 0
+    recomputing = copy.deepcopy(plain)
+    assert recomputing.set_grad_checkpointing() > 0
     x = torch.randn(2, 3, 64, 48)
     target = torch.randint(0, 2, (2, 64, 48))
     losses = []
-    for model in (plain, checkpointed):
+    for model in (plain, recomputing):
         loss = torch.nn.functional.cross_entropy(model(x), target)
         loss.backward()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
-    for (key, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+    for (key, a), (_, b) in zip(plain.named_parameters(), recomputing.named_parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), key
-    for (key, a), (_, b) in zip(plain.named_buffers(), checkpointed.named_buffers()):
+    for (key, a), (_, b) in zip(plain.named_buffers(), recomputing.named_buffers()):
         assert torch.equal(a, b), key  # running statistics updated once, not twice
 
 
-def test_checkpointing_is_inactive_in_eval_and_no_grad() -> None:
+def test_recomputing_is_inactive_in_eval_and_no_grad() -> None:
     model = create_model("convunext", width=8).eval()
-    enable_activation_checkpointing(model)
-    assert enable_activation_checkpointing(model) == 0  # idempotent
+    model.set_grad_checkpointing()
+    assert model.set_grad_checkpointing() == 0  # idempotent
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)

@@ -1,0 +1,138 @@
+"""Validating a run: the metrics of a model on the validation split (sharded across ranks, reduced exactly), after
+its BatchNorm statistics are recomputed on training crops (``train.precise_bn_batches``), and those of the EMA
+weights the same way (``train.ema_decay``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..data import DatasetInfo, EvalTransform, TransformedDataset, pad_collate
+from ..evaluation.evaluate import evaluate_model
+from ..inference import Inferer
+from ..inference.optimize import optimize_for_inference
+from .batchnorm_stats import recompute_batchnorm_statistics
+from .config import ExperimentConfig
+from .distributed import DistributedContext
+from .ema import ModelEma
+
+__all__ = ["Validation", "ValidationPoint"]
+
+
+class ValidationPoint(NamedTuple):
+    """The results of one validation of a run."""
+
+    metrics: dict[str, float]
+    """The model's metrics (its BatchNorm statistics recomputed first, with ``train.precise_bn_batches``)."""
+    running_bn_dice: float
+    """The model's Dice before its statistics were recomputed (``train.validate_running_bn``; else NaN)."""
+    ema_metrics: dict[str, float]
+    """The EMA weights' metrics (empty without ``train.ema_decay``)."""
+
+
+class Validation:
+    """The validation of one run.
+
+    Args:
+        config: the run's configuration (``train.precise_bn_batches``, ``train.validate_running_bn``,
+            ``data.eval_tile_size``, the batch size and seed that draw the crops of the statistics).
+        dataset: the validation split.
+        info: its description (normalisation, classes).
+        device: where the models run.
+        dist: the distributed context: each rank validates its shard of the images.
+        fast: validate through :func:`~convunext.inference.optimize_for_inference` of the weights
+            (``train.fast_validation``).
+        forward: the run's training-mode forward pass, ``forward(model, images) -> logits`` (its memory format
+            and autocast), with which the BatchNorm statistics are recomputed.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        dataset: Dataset,
+        info: DatasetInfo,
+        device: torch.device,
+        dist: DistributedContext,
+        fast: bool,
+        forward: Callable[[nn.Module, Tensor], object],
+    ) -> None:
+        self.config, self.info, self.device, self.dist, self.fast, self.forward = (
+            config,
+            info,
+            device,
+            dist,
+            fast,
+            forward,
+        )
+        self.shard = _Shard(dataset, dist.rank, dist.world_size)
+        self.inferer = Inferer(tile_size=config.data.eval_tile_size, device=device)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Metrics of ``model`` on the validation split, as it is (its BatchNorm statistics untouched)."""
+        self.dist.broadcast_buffers(model)  # every shard is evaluated with the model rank 0 checkpoints
+        metrics = evaluate_model(
+            optimize_for_inference(model) if self.fast else model,
+            self.shard,
+            EvalTransform(self.info.mean, self.info.std),
+            self.info.num_classes,
+            self.inferer,
+            progress=False,
+            topology="off",  # skeletons cost CPU seconds every validation; the test report has them
+        )
+        if self.dist.enabled:
+            metrics.gather_across_processes()
+        return metrics.compute()
+
+    def point(
+        self, model: nn.Module, ema: ModelEma | None, augmented: TransformedDataset, epoch: int
+    ) -> ValidationPoint:
+        """Validate ``model`` (and ``ema``) at ``epoch``, their statistics recomputed on that epoch's crops of
+        ``augmented`` first (the checkpoint saved after keeps those statistics)."""
+        train = self.config.train
+        running_bn_dice = math.nan
+        if train.precise_bn_batches:
+            if train.validate_running_bn:
+                running_bn_dice = self.metrics(model)["dice_fg_mean"]
+            self.recompute_statistics(model, augmented, epoch)
+        metrics = self.metrics(model)
+        ema_metrics: dict[str, float] = {}
+        if ema is not None:
+            if train.precise_bn_batches:
+                self.recompute_statistics(ema.module, augmented, epoch)
+            ema_metrics = self.metrics(ema.module)
+        return ValidationPoint(metrics, running_bn_dice, ema_metrics)
+
+    def recompute_statistics(self, model: nn.Module, augmented: TransformedDataset, epoch: int) -> None:
+        """Set ``model``'s BatchNorm statistics to those of ``train.precise_bn_batches`` batches of epoch
+        ``epoch``'s training crops (:func:`~convunext.training.batchnorm_stats.recompute_batchnorm_statistics`),
+        drawn in an order fixed by the seed and the epoch (so a resumed run repeats it)."""
+        cfg = self.config
+        batch, count = cfg.optim.batch_size, cfg.train.precise_bn_batches * cfg.optim.batch_size
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        rounds = -(-count // len(augmented))
+        order = torch.cat([torch.randperm(len(augmented), generator=generator) for _ in range(rounds)])[:count]
+        batches = (
+            pad_collate([augmented[int(i)] for i in order[start : start + batch]])["image"].to(self.device)
+            for start in range(0, count, batch)
+        )
+        recompute_batchnorm_statistics(model, batches, self.forward)
+
+
+class _Shard(Dataset):
+    """Every ``world_size``-th item starting at ``rank`` (no padding, so each image is evaluated once)."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int) -> None:
+        self.dataset, self.indices = dataset, list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
+        self.info = getattr(dataset, "info", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
