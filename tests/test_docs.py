@@ -109,3 +109,39 @@ def test_the_readme_is_short_and_its_links_resolve() -> None:
     local = [target for target in targets if not target.startswith("http")]
     assert local and all((ROOT / target).exists() for target in local), [t for t in local if not (ROOT / t).exists()]
     assert len(_commands(readme)) >= 8  # the examples are commands, checked above
+
+
+def test_the_onnx_runtime_snippet_runs_and_matches_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployment page's ONNX Runtime example, run as written on a tiny exported model, gives the mask that
+    ``Predictor`` gives for the same image."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from convunext.checkpoint import save_checkpoint
+    from convunext.inference import Inferer
+    from convunext.inference.export import export_model
+    from convunext.inference.predictor import Predictor
+    from convunext.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", width=4)
+    meta = {
+        "model": {"name": "unet", "kwargs": {"width": 4}},
+        "classes": ["background", "vessel"],
+        "normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.15]},
+    }
+    save_checkpoint(tmp_path / "runs" / "my-run", "best", model, meta)
+    export_model(model, "onnx", tmp_path / "convunext.onnx")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    snippet = re.search(r"```python\n(import json\n.*?)```", (DOCS / "prediction.md").read_text(), flags=re.S)
+    assert snippet is not None
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(snippet.group(1), namespace)  # noqa: S102 - the documentation's own example
+    predictor = Predictor.from_checkpoint(tmp_path / "runs" / "my-run", Inferer(tile_size=0, backend="eager"))
+    expected = predictor.predict(np.asarray(Image.open(tmp_path / "photo.png").convert("RGB"))).mask
+    assert namespace["mask"].shape == (48, 64)  # type: ignore[union-attr]
+    assert (namespace["mask"] == expected).mean() > 0.999  # type: ignore[operator]
