@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import ConvUNeXtError
-from ..utils.io import _fsync_folder, writing
+from ..utils.io import fsync_folder, temporary_files, writing
 from ..utils.lock import RunLock
 
 STAGING = ".convunext-staging"
@@ -127,7 +127,7 @@ class ReportFolder:
         temporary files an interrupted write of one of them left)."""
         patterns = [self.kind.record, *self.kind.files]
         if with_temporary:
-            patterns += [str(Path(pattern).parent / f".{Path(pattern).name}.*.tmp") for pattern in patterns]
+            patterns += [str(Path(pattern).parent / temporary_files(Path(pattern).name)) for pattern in patterns]
         found = dict.fromkeys(path for pattern in patterns for path in sorted(self.folder.glob(pattern)))
         return [path for path in found if path.is_file()]
 
@@ -168,7 +168,7 @@ class ReportFolder:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
         for folder in dict.fromkeys(self.folder / path.relative_to(self.staging).parent for path in staged):
-            _fsync_folder(folder)
+            fsync_folder(folder)
         shutil.rmtree(self.staging)
 
     def _release(self) -> None:

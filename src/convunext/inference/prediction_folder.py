@@ -27,7 +27,7 @@ from PIL import Image
 from ..checkpoint import Checkpoint
 from ..data.io import is_image_file
 from ..errors import ConvUNeXtError
-from ..utils.io import atomic_write_files, atomic_write_json, check_output_folder
+from ..utils.io import atomic_write_files, atomic_write_json, check_output_folder, temporary_files
 from ..utils.lock import RunLock
 from .predictor import Prediction, overlay
 
@@ -229,9 +229,9 @@ class PredictionFolder:
             atomic_write_json(
                 marker, {"format": MARKER_FORMAT, "checkpoint": checkpoint_path, "weights_sha256": weights_sha256}
             )
-        for leftover in self.out_dir.glob(".*.tmp"):  # temporary files of a predict killed while writing
-            written = leftover.name[1:].rsplit(".", 2)[0]  # ".NAME.RANDOM.tmp" (atomic writes) -> "NAME"
-            if written.endswith(OUTPUT_SUFFIXES) or written == PREDICTIONS_MARKER:
+        written = [f"*{suffix}" for suffix in OUTPUT_SUFFIXES] + [PREDICTIONS_MARKER]
+        for pattern in written:  # the temporary files of a predict killed while writing
+            for leftover in self.out_dir.glob(temporary_files(pattern)):
                 leftover.unlink(missing_ok=True)
 
     def save(self, path: Path, image: np.ndarray, prediction: Prediction) -> list[Path]:

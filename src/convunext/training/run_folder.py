@@ -22,11 +22,11 @@ import yaml
 
 from ..checkpoint import STATE_FILE
 from ..errors import ConvUNeXtError
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, temporary_files
 from ..utils.lock import LOCK_NAME, RunLock
 from .config import ExperimentConfig
 
-TEMP_FILES = ".*.tmp"  # the temporary files of convunext.utils.io.atomic_path
+TEMP_FILES = temporary_files()  # the temporary files of convunext.utils.io.atomic_path
 SCRATCH_FOLDERS = ".time-budget-*"  # the time budget's measurements (Trainer.measure_costs), left by a killed run
 RUN_MARKER = "convunext-run.json"
 """Written first into every run folder: the folder holds a run (and ``overwrite`` may replace it)."""

@@ -66,9 +66,16 @@ _FILE_MODE = 0o666 & ~_read_umask()
 thread creating a file in that moment would get the wrong mode."""
 
 
+def temporary_files(name: str = "*") -> str:
+    """The glob pattern of the temporary files that writes of file ``name`` (a name or a glob pattern of names) use
+    before their rename, and that a killed process leaves behind: ``.NAME.*.tmp``."""
+    return f".{name}.*.tmp"
+
+
 def _temp_beside(path: Path) -> Path:
-    """A new empty temporary file in ``path``'s folder (created with its parents), named ``.NAME.*.tmp``, with the
-    permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes it private to the owner)."""
+    """A new empty temporary file in ``path``'s folder (created with its parents), named as
+    :func:`temporary_files` says, with the permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes it
+    private to the owner)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -80,7 +87,7 @@ def _temp_beside(path: Path) -> Path:
     return Path(name)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make the renames in ``folder`` durable (a no-op where the file system cannot sync folders)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -108,7 +115,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-            _fsync_folder(path.parent)
+            fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -143,7 +150,7 @@ def atomic_write_files(files: Sequence[tuple[str | Path, bytes]]) -> None:
                 os.replace(tmp, destination)
         for folder in dict.fromkeys(destination.parent for _, destination in pending):
             with writing(folder):
-                _fsync_folder(folder)
+                fsync_folder(folder)
     finally:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
