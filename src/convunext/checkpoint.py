@@ -180,13 +180,31 @@ def _not_a_checkpoint(path: Path) -> ConvUNeXtError:
     return ConvUNeXtError(f"{path}: not a checkpoint; {CHECKPOINT_FORMS}")
 
 
+RUN_TAGS = ("best", "last")
+"""The checkpoints of a run folder, in the order a folder is read (:func:`folder_checkpoint`)."""
+
+
+def folder_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint description a folder holds: a run folder's ``best.json`` (else ``last.json``), or the one
+    top-level ``NAME.json`` of a pretrained folder (:func:`convunext.pretrained.save_pretrained`); None when it
+    holds neither (no JSON file, or several and no run checkpoint)."""
+    for tag in RUN_TAGS:
+        if (folder / f"{tag}.json").is_file():
+            return folder / f"{tag}.json"
+    found = list(folder.glob("*.json"))
+    return found[0] if len(found) == 1 else None
+
+
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
-        for tag in ("best", "last"):
-            if (path / f"{tag}.json").is_file():
-                return path / f"{tag}.json"
-        raise ConvUNeXtError(f"{path}: no checkpoint in this folder (expected best.json or last.json)")
+        found = folder_checkpoint(path)
+        if found is None:
+            raise ConvUNeXtError(
+                f"{path}: no checkpoint in this folder (expected best.json or last.json, or the one NAME.json of a "
+                "pretrained folder)"
+            )
+        return found
     if path.suffix == ".safetensors":
         if path.is_file() and not path.with_suffix(".json").is_file():
             raise ConvUNeXtError(

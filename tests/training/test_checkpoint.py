@@ -113,3 +113,13 @@ def test_unsafe_pickle_is_refused(tmp_path: Path) -> None:
     torch.save({"epoch": Payload()}, tmp_path / "last_state.pt")
     with pytest.raises(ConvUNeXtError, match="cannot read training state"):
         load_training_state(tmp_path)
+
+
+def test_a_pretrained_folder_loads_like_a_run_folder(tmp_path):
+    """A folder holding one ``NAME.json`` (a pretrained folder) is read as that checkpoint; a folder of several
+    JSON files and no run checkpoint is refused, naming what it expects."""
+    save_checkpoint(tmp_path / "mine", "vessels", create_model("convunext", **META["model"]["kwargs"]), META)
+    assert load_checkpoint(tmp_path / "mine").path == tmp_path / "mine" / "vessels.json"
+    (tmp_path / "mine" / "other.json").write_text("{}")
+    with pytest.raises(ConvUNeXtError, match=r"no checkpoint in this folder .*one NAME\.json of a pretrained folder"):
+        load_checkpoint(tmp_path / "mine")

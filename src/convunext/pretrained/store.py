@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from ..checkpoint import Checkpoint, load_checkpoint, read_checkpoint_meta
+from ..checkpoint import RUN_TAGS, Checkpoint, folder_checkpoint, load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
 from ..utils.io import atomic_write_files, check_output_folder, sha256_bytes
 from .card import MODEL_CARD, PretrainedCard, model_card_markdown
@@ -49,9 +49,6 @@ __all__ = [
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 """Where the shipped models live (package data)."""
-
-RUN_TAGS = ("best", "last")
-"""The checkpoints of a run folder, whose names a pretrained model cannot take."""
 
 
 def list_pretrained() -> list[PretrainedCard]:
@@ -103,8 +100,7 @@ def pretrained_json(folder: str | Path) -> Path | None:
     folder = Path(folder)
     if not folder.is_dir() or _is_run_folder(folder):
         return None
-    found = list(folder.glob("*.json"))
-    return found[0] if len(found) == 1 else None
+    return folder_checkpoint(folder)
 
 
 def resolve_checkpoint(argument: str) -> str:
