@@ -91,6 +91,27 @@ def test_the_benchmark_speaks_the_flag_vocabulary_of_the_other_commands() -> Non
         parser.parse_args(["benchmark", "--threads", "0"])  # as for every command: a positive count, or nothing
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repeats", "0"], "argument --repeats: '0': expected a number of timed calls, an integer of at least 1"),
+        (["--sizes", "480,abc"], "argument --sizes: 'abc': expected an image side in pixels, an integer of at least"),
+        (["--sizes", "8"], "argument --sizes: '8': expected an image side in pixels"),
+        (["--train-batch-size", "-1"], "argument --train-batch-size: '-1': expected a number of images"),
+        (["--recompute-size", "-5"], "argument --recompute-size: '-5': expected an image side in pixels (0 = skip)"),
+    ],
+)
+def test_bad_numbers_are_refused_by_the_parser(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_sizes_are_parsed_into_sides() -> None:
+    args = finalize_args(build_parser().parse_args(["benchmark", "--sizes", "96,128"]))
+    assert args.sizes == [96, 128]
+
+
 def test_benchmarks_script_runs_the_command(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)

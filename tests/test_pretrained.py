@@ -210,3 +210,11 @@ def test_the_shipped_drive_model_scores_its_stated_dice_on_a_drive_test_image(dr
     index = [record.name for record in dataset.records].index(card.reference_image["name"])
     metrics = evaluate_checkpoint(checkpoint, _OneImage(dataset, index), progress=False, topology="off")  # its tiles
     assert metrics.per_image()[0]["dice_fg"] == pytest.approx(card.reference_image["dice_fg"], abs=1e-3)
+
+
+def test_export_refuses_a_bad_name_before_looking_for_a_test_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "drive-vessels", "--pretrained", "bad/name", "--out", str(tmp_path / "p")]) == 2
+    assert "pretrained name 'bad/name': use letters, digits and '-' only" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -22,15 +22,14 @@ __all__ = ["finalize_args", "run"]
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Apply ``--quick`` and parse ``--sizes``."""
+    """Apply ``--quick``."""
     if args.quick:
-        args.sizes, args.repeats, args.warmup = "64", 2, 1
+        args.sizes, args.repeats, args.warmup = [64], 2, 1
         args.train_size, args.train_batch_size, args.train_repeats = 64, 2, 2
         args.recompute_size, args.recompute_repeats, args.recompute_batch_size = 64, 1, 2
         args.in_process = True
         if args.paths == ",".join(INFERENCE_PATHS):
             args.paths = "authors,eager,channels_last,fast"
-    args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
     return args
 
 

@@ -7,13 +7,33 @@ from __future__ import annotations
 import argparse
 
 from ..benchmarking.configs import INFERENCE_PATHS
-from .options import add_batch_size_argument, add_device_argument, add_threads_argument, add_tile_size_argument
+from .options import (
+    add_batch_size_argument,
+    add_device_argument,
+    add_threads_argument,
+    add_tile_size_argument,
+    integer_at_least,
+)
 
 DESCRIPTION = (
     "Latency, throughput, GFLOP/s and peak RSS of the registry models and of ConvUNeXt's inference paths (authors' "
     "style, eager, BN-folded channels-last, fast, compile, onnx); training steps; activation recomputation memory. "
     "Each configuration runs in a fresh process; the Markdown report goes to stdout and benchmarks/results/."
 )
+
+
+MIN_SIDE = 16  # every registry model halves its input four times
+_side = integer_at_least(MIN_SIDE, "an image side in pixels")
+_count = integer_at_least(1, "a number of timed calls")
+_batch = integer_at_least(1, "a number of images")
+
+
+def _sides(text: str) -> list[int]:
+    """``--sizes``' type: comma-separated image sides of at least :data:`MIN_SIDE` pixels."""
+    sides = [_side(part) for part in text.split(",") if part.strip()]
+    if not sides:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected image sides in pixels, comma-separated")
+    return sides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,22 +46,34 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats, in-process (CI smoke test)")
-    parser.add_argument("--sizes", default="480,512", help="inference image sides, comma-separated (default 480,512)")
+    parser.add_argument(
+        "--sizes", type=_sides, default="480,512", help="inference image sides, comma-separated (default 480,512)"
+    )
     add_batch_size_argument(parser, 1, "images per forward pass of the inference rows (default 1)")
     parser.add_argument(
         "--paths", default=",".join(INFERENCE_PATHS), help="ConvUNeXt inference paths to run (comma-separated)"
     )
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per configuration (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up calls, the first included (default 2)")
+    parser.add_argument("--repeats", type=_count, default=10, help="timed calls per configuration (default 10)")
+    parser.add_argument(
+        "--warmup",
+        type=integer_at_least(0, "a number of calls"),
+        default=2,
+        help="warm-up calls, the first included (default 2)",
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the training-step and recomputation sections")
-    parser.add_argument("--train-size", type=int, default=256, help="training crop side (default 256)")
-    parser.add_argument("--train-batch-size", type=int, default=4, help="training batch size (default 4)")
-    parser.add_argument("--train-repeats", type=int, default=10, help="timed training steps (default 10)")
-    parser.add_argument("--recompute-size", type=int, default=480, help="side for the recomputation section; 0 = skip")
-    parser.add_argument("--recompute-batch-size", type=int, default=2, help="batch size there (default 2)")
-    parser.add_argument("--recompute-repeats", type=int, default=2, help="timed steps there (default 2)")
+    parser.add_argument("--train-size", type=_side, default=256, help="training crop side (default 256)")
+    parser.add_argument("--train-batch-size", type=_batch, default=4, help="training batch size (default 4)")
+    parser.add_argument("--train-repeats", type=_count, default=10, help="timed training steps (default 10)")
+    parser.add_argument(
+        "--recompute-size",
+        type=integer_at_least(0, "an image side in pixels (0 = skip)"),
+        default=480,
+        help="side for the recomputation section; 0 = skip",
+    )
+    parser.add_argument("--recompute-batch-size", type=_batch, default=2, help="batch size there (default 2)")
+    parser.add_argument("--recompute-repeats", type=_count, default=2, help="timed steps there (default 2)")
     parser.add_argument("--hrf", action="store_true", help="also predict a full 3504x2336 HRF-sized image")
-    parser.add_argument("--hrf-repeats", type=int, default=2, help="timed full-image predictions (default 2)")
+    parser.add_argument("--hrf-repeats", type=_count, default=2, help="timed full-image predictions (default 2)")
     parser.add_argument("--hrf-paths", default="authors,eager,fast,onnx", help="paths for --hrf (comma-separated)")
     add_tile_size_argument(parser, 512, "sliding-window tile side of the --hrf rows (default 512)")
     parser.add_argument(

@@ -11,6 +11,7 @@ from ..checkpoint import Checkpoint, load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
 from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET, export_model
 from ..pretrained import publish_pretrained
+from ..pretrained.store import check_name
 from .options import add_checkpoint_argument, integer_at_least
 
 PUBLISHED_DIR = "pretrained"
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.opset is not None and args.format != "onnx":
         raise ConvUNeXtError("--opset applies to --format onnx only")
     if args.pretrained:
+        check_name(args.pretrained)  # before the test report is looked for
         folder = Path(args.out) if args.out else Path(PUBLISHED_DIR) / args.pretrained
         path = publish_pretrained(
             args.checkpoint,
