@@ -20,7 +20,7 @@ SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 
 def data_root_path() -> Path:
-    """The folder holding the real copies of DRIVE (and GlaS/HRF when available)."""
+    """The folder holding the real copies of DRIVE and STARE (and GlaS/HRF when available)."""
     value = os.environ.get("CONVUNEXT_DATA")
     return Path(value).expanduser() if value else REPO.parent / "shared" / "data"
 
@@ -46,30 +46,39 @@ def data_root() -> Path:
     return data_root_path()
 
 
+def shared_copy(data_root: Path, folder: str) -> Path:
+    """The real copy ``data_root / folder`` of a dataset that ``../shared/data`` holds. In CI (``CI=true``) a
+    missing copy is a failure, elsewhere a skip."""
+    root = data_root / folder
+    if not root.is_dir():
+        missing_shared(f"real {folder} copy not found at {root} (set CONVUNEXT_DATA)")
+    return root
+
+
 @pytest.fixture(scope="session")
 def drive_root(data_root: Path) -> Path:
-    """The real DRIVE copy. In CI (``CI=true``) a missing copy is a failure, elsewhere a skip."""
-    root = data_root / "DRIVE"
-    if not root.is_dir():
-        missing_shared(f"real DRIVE copy not found at {root} (set CONVUNEXT_DATA)")
-    return root
+    """The real DRIVE copy (:func:`shared_copy`)."""
+    return shared_copy(data_root, "DRIVE")
 
 
 @pytest.fixture(scope="session")
-def glas_root(data_root: Path) -> Path:
-    """The real GlaS copy; tests using it are skipped when it is absent."""
-    root = data_root / "GlaS"
-    if not root.is_dir():
-        pytest.skip(f"real GlaS copy not found at {root}")
-    return root
+def stare_root(data_root: Path) -> Path:
+    """The real STARE copy (:func:`shared_copy`)."""
+    return shared_copy(data_root, "STARE")
 
 
 @pytest.fixture(scope="session")
 def hrf_root(data_root: Path) -> Path:
-    """The real HRF copy; tests using it are skipped when it is absent."""
-    root = data_root / "HRF"
+    """The real HRF copy (:func:`shared_copy`)."""
+    return shared_copy(data_root, "HRF")
+
+
+@pytest.fixture(scope="session")
+def glas_root(data_root: Path) -> Path:
+    """The real GlaS copy; ``../shared/data`` holds none, so tests using it are skipped when it is absent."""
+    root = data_root / "GlaS"
     if not root.is_dir():
-        pytest.skip(f"real HRF copy not found at {root}")
+        pytest.skip(f"real GlaS copy not found at {root}")
     return root
 
 

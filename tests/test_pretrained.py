@@ -129,7 +129,10 @@ def test_the_folder_works_wherever_a_checkpoint_does_and_holds_its_model_card(pu
     assert "- Output: `N x 2 x H x W` logits over the classes background, vessel;" in readme
     for key, value in card.test_metrics.items():
         assert re.search(rf"\| {key} +\| +{value:.4f} \|", readme), key
-    assert card.data in readme and card.terms in readme and "Training scale" not in readme
+    assert card.data in readme and card.terms in readme
+    # the run records the scale of its training images and the threshold chosen on its validation split
+    assert f"- Training scale: fields of view {checkpoint.meta['scale']['fov_diameter']:g} px across." in readme
+    assert f"vessel where its probability is above **{checkpoint.meta['threshold']['value']:g}**" in readme
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save("eye.png")
     assert main(["predict", "pretrained/tiny-vessels", "eye.png", "--out", "predicted"]) == 0
     assert Image.open("predicted/eye_mask.png").size == (90, 70)

@@ -14,6 +14,7 @@ import pytest
 from convunext.cli.main import build_parser, main
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.compare import read_scores
+from convunext.evaluation.observers import SECOND_OBSERVER_NOTE, second_observer_metrics
 from convunext.inference import Inferer
 from convunext.models import list_models
 from convunext.reproduce import (
@@ -26,7 +27,7 @@ from convunext.reproduce import (
     resolve_experiment,
     step_budget,
 )
-from convunext.reproduce.report import config_model_kwargs, paired_with_reference
+from convunext.reproduce.report import config_model_kwargs, observer_scores, paired_with_reference, results_markdown
 from convunext.reproduce.run import record_with_invocations
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
@@ -219,7 +220,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
         reproduce(resolve_experiment(tmp_path / "out", MODELS, "cpu", datasets=["drive"], data_root=tmp_path))
 
 
-@pytest.mark.parametrize("dataset, images", [("drive", 16), ("glas", 75), ("hrf", 20)])
+@pytest.mark.parametrize("dataset, images", [("drive", 16), ("glas", 75), ("hrf", 20), ("stare", 8), ("chase_db1", 16)])
 def test_cpu_budget_gives_every_dataset_the_same_steps_of_the_chosen_recipe(dataset: str, images: int) -> None:
     training_images = budgets.training_images(dataset)  # from the shipped split lists
     assert training_images == images
@@ -245,3 +246,76 @@ def test_cli_dry_run_and_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "step" in out and "projected:" in out
     assert not list(tmp_path.iterdir())  # neither writes anything
     assert main(["reproduce", "--models", "nonet", "--datasets", "synthetic", "--out", str(tmp_path)]) == 2
+
+
+def _tested_stare_runs(report: Path, data_root: Path, names: list[str]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """``results.csv`` rows and run specs of ConvUNeXt and UNet on STARE (seed 0) whose test reports cover
+    ``names``: what the report is built from, without training."""
+    specs = plan_runs(report, MODELS, ["stare"], [0], BUDGETS["cpu"], data_root)
+    rows = []
+    for index, spec in enumerate(specs):
+        spec.test_dir.mkdir(parents=True)
+        lines = ["name,dice_fg,pixels", *(f"{name},{0.7 + 0.01 * index},423500" for name in names)]
+        (spec.test_dir / "per_image.csv").write_text("\n".join(lines) + "\n")
+        metrics = {"dice_fg_mean": 0.7, "miou_cm": 0.8, "pixel_accuracy": 0.95, "iou_fg_cm": 0.6}
+        metrics |= {"fov_sensitivity": 0.8, "fov_specificity": 0.97, "fov_accuracy": 0.95, "fov_auc": 0.97}
+        rows.append(
+            {
+                "dataset": "stare",
+                "model": spec.model,
+                "seed": 0,
+                "params": 1000,
+                "gflops_480": 1.0,
+                **{f"test_{key}": value for key, value in metrics.items()},
+                "best_val_epoch": 1,
+                "best_val_dice": 0.7,
+                "epochs_run": 1,
+                "train_seconds": 60.0,
+                "device": "CPU",
+                "run_dir": str(spec.run_dir),
+            }
+        )
+    return rows, specs
+
+
+def _row(markdown: str, section: str, label: str) -> list[str]:
+    """The cells of row ``label`` in the first table after the line ``section``."""
+    table = markdown.split(f"{section}\n", 1)[1].lstrip("\n").split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()]
+    return next(row for row in rows if row[0] == label)
+
+
+def test_results_md_shows_the_second_observer_under_the_models(tmp_path: Path, stare_root: Path) -> None:
+    names = ["im0162", "im0240", "im0319"]  # the test images the runs cover
+    rows, specs = _tested_stare_runs(tmp_path / "report", stare_root.parent, names)
+    scores = second_observer_metrics("stare", stare_root, "test", names)
+    assert observer_scores("stare", specs) == scores and scores != second_observer_metrics("stare", stare_root)
+    context = {"command": "convunext reproduce", "record_file": "reproduce.json", "finished": "now", "device": "CPU"}
+    markdown = results_markdown(rows, BUDGETS["cpu"], context, specs)
+    dice, miou = f"{scores['dice_fg_mean']:.4f}", f"{scores['miou_cm']:.4f}"
+    assert _row(markdown, "## Test results", "Second observer") == ["Second observer", "—", "—", dice, miou]
+    assert _row(markdown, "## Test results", "UNet")[3:] == ["0.7000", "0.8000"]  # the models' rows as they were
+    vessel = _row(markdown, "### STARE: vessel metrics inside the field of view", "Second observer")
+    rates = [f"{scores[key]:.4f}" for key in ("fov_sensitivity", "fov_specificity", "fov_accuracy")]
+    assert vessel == ["Second observer", *rates, "—"]  # a binary mask has no AUC
+    assert f"\n{SECOND_OBSERVER_NOTE}\n" in markdown
+
+
+def test_results_md_says_why_a_second_observer_is_not_scored(tmp_path: Path, stare_root: Path) -> None:
+    copy = tmp_path / "data" / "STARE"  # a copy without the second observer's labels-vk/
+    copy.mkdir(parents=True)
+    for folder in ("images", "labels-ah"):
+        (copy / folder).symlink_to(stare_root / folder)
+    rows, specs = _tested_stare_runs(tmp_path / "report", tmp_path / "data", ["im0162", "im0163"])
+    context = {"command": "convunext reproduce", "record_file": "reproduce.json", "finished": "now", "device": "CPU"}
+    markdown = results_markdown(rows, BUDGETS["cpu"], context, specs)
+    assert _row(markdown, "## Test results", "Second observer")[3:] == ["—", "—"]
+    missing = copy / "labels-vk" / "im0162.vk.ppm"
+    reason = f"{copy / 'images' / 'im0162.ppm'}: no vessel mask ({missing} not found)"
+    assert f"{SECOND_OBSERVER_NOTE} Not scored on STARE: {reason}.\n" in markdown
+    # no tested run, or no second observer: no row
+    assert (
+        observer_scores("stare", plan_runs(tmp_path / "other", MODELS, ["stare"], [0], BUDGETS["cpu"], stare_root))
+        is None
+    )
+    assert observer_scores("synthetic", specs) is None

@@ -1,5 +1,5 @@
-"""Miniatures of the distributed DRIVE, GlaS and HRF layouts: every file name of the official split, in the
-formats, modes and value conventions of the real downloads, but a few pixels in size."""
+"""Miniatures of the distributed DRIVE, GlaS, HRF, STARE and CHASE_DB1 layouts: every file name of the official (or
+shipped) split, in the formats, modes and value conventions of the real downloads, but a few pixels in size."""
 
 from __future__ import annotations
 
@@ -83,6 +83,48 @@ def make_hrf(root: Path, height: int = 8, width: int = 12, seed: int = 0) -> Pat
     return hrf
 
 
+def fundus(rng: np.random.Generator, height: int, width: int) -> tuple[Image.Image, np.ndarray]:
+    """A fundus-like RGB photograph and its disc (bool ``H x W``): red 150-255 inside the disc, a frame whose red
+    stays under 10 (below the derived FOV's threshold of 20/255)."""
+    disc = _fov(height, width) > 0
+    pixels = rng.integers(0, 10, (height, width, 3), dtype=np.uint8)
+    pixels[disc] = rng.integers(150, 256, (int(disc.sum()), 3), dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGB"), disc
+
+
+def make_stare(root: Path, height: int = 16, width: int = 18, seed: int = 0) -> Path:
+    """``root/STARE`` with the 20 image names of the shipped split: RGB PPM fundus images (:func:`fundus`) and
+    greymap PPM labels {0, 255} of both observers (``labels-ah/imNNNN.ah.ppm``, ``labels-vk/imNNNN.vk.ppm``); no
+    FOV masks, as distributed."""
+    rng = np.random.default_rng(seed)
+    stare = root / "STARE"
+    for folder in ("images", "labels-ah", "labels-vk"):
+        (stare / folder).mkdir(parents=True)
+    lists = load_split_file("stare")
+    for stem in lists["trainval"] + lists["test"]:
+        image, _ = fundus(rng, height, width)
+        image.save(stare / "images" / f"{stem}.ppm")
+        for observer in ("ah", "vk"):
+            label = Image.fromarray(_binary(rng, height, width), mode="L")
+            label.save(stare / f"labels-{observer}" / f"{stem}.{observer}.ppm")
+    return stare
+
+
+def make_chase_db1(root: Path, folder: str = "CHASE_DB1", height: int = 18, width: int = 16, seed: int = 0) -> Path:
+    """``root/folder`` in CHASE_DB1's official flat layout: ``Image_01L.jpg ... Image_14R.jpg`` (JPEG fundus images,
+    :func:`fundus`) with ``Image_NNX_1stHO.png`` and ``Image_NNX_2ndHO.png`` masks {0, 255}; no FOV masks."""
+    rng = np.random.default_rng(seed)
+    chase = root / folder
+    chase.mkdir(parents=True)
+    lists = load_split_file("chase_db1")
+    for stem in lists["trainval"] + lists["test"]:
+        image, _ = fundus(rng, height, width)
+        image.save(chase / f"{stem}.jpg", quality=95)
+        for observer in ("1st", "2nd"):
+            Image.fromarray(_binary(rng, height, width), mode="L").save(chase / f"{stem}_{observer}HO.png")
+    return chase
+
+
 def make_folder(
     root: Path, stems: list[str], height: int = 9, width: int = 11, splits: dict | None = None, seed: int = 0
 ) -> Path:
@@ -116,6 +158,16 @@ def mini_glas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mini_hrf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hrf(tmp_path_factory.mktemp("mini_hrf"))
+
+
+@pytest.fixture(scope="session")
+def mini_stare(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_stare(tmp_path_factory.mktemp("mini_stare"))
+
+
+@pytest.fixture(scope="session")
+def mini_chase_db1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_chase_db1(tmp_path_factory.mktemp("mini_chase_db1"))
 
 
 @pytest.fixture

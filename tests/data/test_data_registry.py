@@ -124,7 +124,7 @@ def test_a_registered_dataset_is_listed_and_gone_after_the_test(tmp_path):
         assert list_datasets()[-1] == "toy" and detectable_datasets()[-1] == "toy"
         assert preparable_datasets()[-1] == "toy" and dataset_spec("TOY") is TOY
     assert "toy" not in list_datasets()
-    unknown = "^unknown dataset 'toy'; expected one of synthetic, drive, glas, hrf, folder$"
+    unknown = "^unknown dataset 'toy'; expected one of synthetic, drive, glas, hrf, stare, chase_db1, folder$"
     with pytest.raises(ConvUNeXtError, match=unknown):
         open_dataset("toy", tmp_path)
 
@@ -166,8 +166,8 @@ def test_a_toy_dataset_is_detected_below_a_root_but_an_own_layout_at_the_root_wi
     with pytest.raises(ConvUNeXtError) as error:
         detect_dataset(tmp_path / "empty")
     assert str(error.value) == (
-        f"{tmp_path / 'empty'}: not a recognised dataset (expected DRIVE, GlaS, HRF or Toy as distributed, or "
-        "images/ + masks/); name it with --dataset"
+        f"{tmp_path / 'empty'}: not a recognised dataset (expected DRIVE, GlaS, HRF, STARE, CHASE_DB1 or Toy as "
+        "distributed, or images/ + masks/); name it with --dataset"
     )
 
 
@@ -210,14 +210,22 @@ def test_registering_a_taken_or_malformed_name_is_refused(toy):
         register_dataset(replace(TOY, name="Toy2"))
     with pytest.raises(ValueError, match="stats option 'colour' is not an argument of its reader"):
         register_dataset(replace(TOY, name="toy2", stats_options=("colour",)))
+    with pytest.raises(ValueError, match="second-observer option 'observer' is not an argument of its reader"):
+        register_dataset(replace(TOY, name="toy2", second_observer={"observer": 2}))
     assert list_datasets()[-1] == "toy" and dataset_spec("toy").description == "a toy layout registered by a test"
 
 
 # ------------------------------------------------------------------------------------------------ every dataset
 def test_the_built_in_datasets_in_order():
-    assert list_datasets() == ["synthetic", "drive", "glas", "hrf", "folder"]
-    assert detectable_datasets() == ["drive", "glas", "hrf", "folder"]
-    assert preparable_datasets() == ["drive", "glas", "hrf", "folder"]
+    assert list_datasets() == ["synthetic", "drive", "glas", "hrf", "stare", "chase_db1", "folder"]
+    assert detectable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder"]
+    assert preparable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder"]
+    observers = {name: dataset_spec(name).second_observer for name in list_datasets()}
+    assert {name: options for name, options in observers.items() if options} == {
+        "drive": {"observer": 2},
+        "stare": {"observer": "vk"},
+        "chase_db1": {"observer": 2},
+    }
     assert dataset_info("drive", observer=2, colour=True) is DRIVE_INFO  # options it does not need are ignored
 
 
@@ -227,6 +235,8 @@ def test_every_registered_dataset_is_described_consistently(name):
     assert spec.name == name == name.lower() and spec.title and "\n" not in spec.description
     assert spec.preset is None or spec.preset in list_presets()
     assert set(spec.stats_options) <= set(spec.options())
+    assert set(spec.second_observer or ()) <= set(spec.options())
+    assert spec.second_observer is None or spec.vessel_metrics  # scored inside the field of view
     assert spec.has_files or (spec.stats_reduce is None and spec.locate_download is None)
     assert spec.stats_reduce is None or spec.takes_info  # computed statistics reach the reader
     if spec.split_file is not None:

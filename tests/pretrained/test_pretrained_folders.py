@@ -81,7 +81,7 @@ def test_a_training_scale_the_checkpoint_records_is_kept_and_stated(
     run = make_run("scaled", scale={"fov_diameter": 540})
     json_path = save_pretrained(load_checkpoint(run), tmp_path / "scaled", tiny_card("scaled"))
     assert json.loads(json_path.read_text())["scale"] == {"fov_diameter": 540}
-    assert '- Training scale: `{"fov_diameter": 540}`' in (tmp_path / "scaled" / "README.md").read_text()
+    assert "- Training scale: fields of view 540 px across." in (tmp_path / "scaled" / "README.md").read_text()
     assert from_pretrained(tmp_path / "scaled").meta["scale"] == {"fov_diameter": 540}
 
 

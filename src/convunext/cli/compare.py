@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
         layout=args.dataset,
         out_dir=args.out,
         inferer=inferer_from_args(args),
+        threshold=args.threshold,
+        scale=args.scale,
     )
     print(f"{result.metric} on {result.dataset} ({result.split}, {result.comparisons[0].n} images)")
     print(result.table)

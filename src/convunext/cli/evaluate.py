@@ -29,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
         html=args.html,
         full_maps=args.full_maps,
         data_options={"skip_unannotated": True} if args.skip_unannotated else None,
+        threshold=args.threshold,
+        scale=args.scale,
     )
     what = report.context
     print(f"{what['model']} on {what['dataset']} ({args.split}, {what['images']} images, {what['seconds']:.1f} s)")
-    print(metrics_table(report.results))
+    observer = report.context.get("second_observer")
+    print(metrics_table(report.results, observer if isinstance(observer, dict) else None))
     if report.replaced:
         print(f"replaced the earlier evaluation in {report.out_dir} (its files only; other files were left alone)")
     print(f"written: {report.out_dir}/metrics.json, per_image.csv, metrics.md" + (", report.html" if args.html else ""))

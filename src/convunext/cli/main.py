@@ -26,6 +26,7 @@ from ..utils.io import ENVIRONMENT_ERRNOS
 SUBCOMMAND_MODULES = (
     "train",
     "evaluate",
+    "calibrate",
     "compare",
     "predict",
     "models",

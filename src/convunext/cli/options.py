@@ -12,7 +12,9 @@ from collections.abc import Callable
 from .. import runtime
 from ..data import detectable_datasets
 from ..inference.optimize import BACKENDS
+from ..inference.scale import parse_scale
 from ..inference.sliding_window import DEFAULT_OVERLAP, Inferer
+from ..inference.threshold import parse_threshold
 from ..pretrained import resolve_checkpoint
 
 THREADS_HELP = (
@@ -115,9 +117,31 @@ def add_inference_arguments(
         parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (3 passes)")
         batch = Inferer.batch_size
         add_batch_size_argument(parser, batch, f"tiles (or whole images) per forward pass (default {batch})")
+        add_operating_arguments(parser)
     add_device_argument(parser)
     add_backend_argument(parser)
     add_threads_argument(parser)
+
+
+def add_operating_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--threshold`` and ``--scale``: how a binary model's probabilities become a mask, and at which scale each
+    image is run (:mod:`convunext.inference.threshold`, :mod:`convunext.inference.scale`)."""
+    parser.add_argument(
+        "--threshold",
+        type=parse_threshold,
+        default="auto",
+        help="foreground probability above which a pixel is foreground (binary models): auto (default) = the "
+        "threshold chosen on the validation split and stored with the checkpoint (the argmax if it has none); "
+        "argmax or 0.5 = the argmax; or a probability",
+    )
+    parser.add_argument(
+        "--scale",
+        type=parse_scale,
+        default="auto",
+        help="auto (default): resize each image so its field of view matches the scale the model was trained at "
+        "(fundus models; results are resized back); off: run images as they are; or a resize factor "
+        "(0.5 halves the sides) for data without a field of view",
+    )
 
 
 def inferer_from_args(args: argparse.Namespace) -> Inferer:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     files = expand_inputs(args.inputs)
     folder = PredictionFolder(args.out, checkpoint, files, probabilities=args.probabilities, overlay=args.overlay)
-    predictor = Predictor.from_checkpoint(checkpoint, inferer_from_args(args))
+    predictor = Predictor.from_checkpoint(checkpoint, inferer_from_args(args), args.threshold, args.scale)
     with folder:
         start = time.perf_counter()
         for path in tqdm(files, desc="predict", unit="image", disable=args.quiet):

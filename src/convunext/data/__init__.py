@@ -1,7 +1,7 @@
 """Datasets, augmentation and batching.
 
-* :func:`open_dataset` / :func:`dataset_info`: the built-in synthetic data, DRIVE, GlaS and HRF in their
-  distributed layouts, and any folder of images + masks; every item is a :data:`Sample` dict
+* :func:`open_dataset` / :func:`dataset_info`: the built-in synthetic data, DRIVE, GlaS, HRF, STARE and CHASE_DB1
+  in their distributed layouts, and any folder of images + masks; every item is a :data:`Sample` dict
   (``image`` ``C x H x W`` float in [0, 1], ``mask`` ``H x W`` int64 class ids with 255 = ignore, ``fov``
   ``H x W`` bool, ``name`` str).
 * :func:`register_dataset` / :func:`list_datasets` / :func:`dataset_spec`: the dataset registry; each dataset
@@ -19,6 +19,8 @@ from .synthetic import SyntheticDataset, generate_glands, generate_vessels, thre
 from .drive import DriveDataset
 from .glas import GlasDataset
 from .hrf import HrfDataset
+from .stare import StareDataset
+from .chase_db1 import ChaseDb1Dataset
 from .folder import FolderDataset
 
 # isort: on
@@ -35,6 +37,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SPLITS",
     "DatasetInfo",
+    "ChaseDb1Dataset",
     "DatasetSpec",
     "DriveDataset",
     "EvalTransform",
@@ -44,6 +47,7 @@ __all__ = [
     "HrfDataset",
     "Record",
     "Sample",
+    "StareDataset",
     "SyntheticDataset",
     "TrainTransform",
     "TransformedDataset",

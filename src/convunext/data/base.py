@@ -1,5 +1,5 @@
 """What every dataset returns (:data:`Sample`), what it describes about itself (:class:`DatasetInfo`), and the
-file-backed base class the DRIVE, GlaS, HRF and folder readers share."""
+file-backed base class the DRIVE, GlaS, HRF, STARE, CHASE_DB1 and folder readers share."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConvUNeXtError
+from .fov import derive_fov
 from .io import IGNORE_INDEX, image_size, is_image_file, read_fov, read_image, read_mask
 
 SPLITS = ("train", "val", "test", "trainval")
@@ -43,7 +44,8 @@ class DatasetInfo:
         in_channels: channels of ``Sample["image"]``.
         mean: per-channel mean of the training images (values in ``[0, 1]``; inside the FOV where there is one).
         std: per-channel standard deviation, same pixels.
-        has_fov: whether the dataset ships field-of-view masks (retinal datasets).
+        has_fov: whether the dataset's items have a field of view (retinal datasets): shipped as masks, or derived
+            from each image (:class:`FileDataset` with ``derived_fov``).
         ignore_index: the mask value that losses and metrics skip.
     """
 
@@ -68,9 +70,17 @@ class DatasetInfo:
         return data
 
 
+def vessel_info(
+    name: str, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25)
+) -> DatasetInfo:
+    """:class:`DatasetInfo` of a retinal vessel dataset ``name`` (RGB fundus photographs, background / vessel, a
+    field of view) with the given statistics."""
+    return DatasetInfo(name=name, class_names=["background", "vessel"], in_channels=3, mean=mean, std=std, has_fov=True)
+
+
 @dataclass(frozen=True)
 class Record:
-    """Files of one item of a file-backed dataset (``fov`` is None where the dataset has none)."""
+    """Files of one item of a file-backed dataset (``fov`` is None where the dataset ships no FOV mask)."""
 
     name: str
     image: Path
@@ -86,7 +96,8 @@ def check_split(split: str) -> str:
 
 
 def load_split_file(dataset: str) -> dict[str, Any]:
-    """The fixed split lists shipped with the package for ``dataset`` (``drive``, ``glas``, ``hrf``)."""
+    """The fixed split lists shipped with the package for ``dataset`` (``drive``, ``glas``, ``hrf``, ``stare``,
+    ``chase_db1``)."""
     text = resources.files("convunext.data").joinpath("splits", f"{dataset}.json").read_text(encoding="utf-8")
     return json.loads(text)
 
@@ -109,6 +120,10 @@ class FileDataset(Dataset):
     same size; decoding happens in ``__getitem__``, which raises a one-line :class:`ConvUNeXtError` naming the
     file for an unreadable/truncated image or bad mask values. :meth:`validate` decodes everything up front.
 
+    A fundus dataset that ships no FOV masks (STARE, CHASE_DB1) is built with ``derived_fov=True``: each item's
+    field of view is then derived from its image (:func:`~convunext.data.fov.derive_fov`) wherever it is read
+    (:meth:`__getitem__` and :meth:`read_arrays`), so training, statistics and evaluation all see the same one.
+
     Subclasses set ``info`` and call ``super().__init__(records, ...)``.
     """
 
@@ -122,12 +137,16 @@ class FileDataset(Dataset):
         root: Path,
         instances: bool = False,
         check_sizes: bool = True,
+        derived_fov: bool = False,
     ) -> None:
         self.records = list(records)
         self.info = info
         self.split = split
         self.root = Path(root)
         self.instances = instances
+        self.derived_fov = derived_fov
+        if derived_fov and (not info.has_fov or any(record.fov is not None for record in self.records)):
+            raise ValueError("derived_fov is for datasets with a field of view (info.has_fov) that ship no FOV masks")
         if not self.records:
             raise ConvUNeXtError(f"{self.root}: no images for split {split!r}")
         if check_sizes:
@@ -155,20 +174,35 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _fov(self, record: Record, image: np.ndarray) -> np.ndarray | None:
+        """The FOV (``H x W`` bool) of ``record``: its mask file's, else derived from its full-size ``image``
+        (``H x W x C``) when the dataset derives them, else None.
+
+        Raises:
+            ConvUNeXtError: an unreadable FOV mask, or no field of view found in the image (naming the file).
+        """
+        if record.fov is not None:
+            return read_fov(record.fov)
+        if not self.derived_fov:
+            return None
+        try:
+            return derive_fov(image)
+        except ConvUNeXtError as error:
+            raise ConvUNeXtError(f"{record.image}: {error} (is it a fundus photograph?)") from None
+
     def read_arrays(self, index: int, reduce: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
         """Image (``H x W x C`` float) and FOV (``H x W`` bool or None) of item ``index`` without the mask,
-        optionally subsampled by ``reduce`` (for statistics)."""
+        optionally subsampled by ``reduce`` (for statistics; a derived FOV is derived at full size first)."""
         record = self.records[index]
         image = read_image(record.image, channels=self.info.in_channels, reduce=reduce)
-        fov = None
-        if record.fov is not None:
-            fov = read_fov(record.fov)
-            if reduce > 1:
-                fov = fov[::reduce, ::reduce]
-                if fov.shape != image.shape[:2]:  # JPEG draft sizes can differ by a pixel
-                    rows = np.minimum(np.arange(image.shape[0]) * fov.shape[0] // image.shape[0], fov.shape[0] - 1)
-                    cols = np.minimum(np.arange(image.shape[1]) * fov.shape[1] // image.shape[1], fov.shape[1] - 1)
-                    fov = fov[rows][:, cols]
+        full = image if reduce == 1 or not self.derived_fov else read_image(record.image, self.info.in_channels)
+        fov = self._fov(record, full)
+        if fov is not None and reduce > 1:
+            fov = fov[::reduce, ::reduce]
+            if fov.shape != image.shape[:2]:  # JPEG draft sizes can differ by a pixel
+                rows = np.minimum(np.arange(image.shape[0]) * fov.shape[0] // image.shape[0], fov.shape[0] - 1)
+                cols = np.minimum(np.arange(image.shape[1]) * fov.shape[1] // image.shape[1], fov.shape[1] - 1)
+                fov = fov[rows][:, cols]
         return image, fov
 
     def __getitem__(self, index: int) -> Sample:
@@ -179,7 +213,7 @@ class FileDataset(Dataset):
         record = self.records[index]
         image = read_image(record.image, channels=self.info.in_channels)
         mask = read_mask(record.mask, num_classes=self.info.num_classes, instances=self.instances)
-        fov = read_fov(record.fov) if record.fov is not None else None
+        fov = self._fov(record, image)
         for path, array in ((record.mask, mask), (record.fov, fov)):
             if array is not None and array.shape != image.shape[:2]:
                 raise ConvUNeXtError(

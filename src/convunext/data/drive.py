@@ -102,5 +102,6 @@ register_dataset(
         locate_download=locate_drive,
         preset="drive",
         vessel_metrics=True,
+        second_observer={"observer": 2},
     )
 )

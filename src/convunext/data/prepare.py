@@ -1,6 +1,8 @@
-"""``convunext data prepare``: convert a DRIVE / GlaS / HRF download (folder or ``.zip``), or any folder dataset,
-into the generic folder layout (:mod:`convunext.data.folder`) with lossless PNGs, ``splits.json`` and a
-``dataset.json`` (name, class names, counts per split, mean/std of the training images, sha256 of every file).
+"""``convunext data prepare``: convert a DRIVE / GlaS / HRF / STARE / CHASE_DB1 download (folder or ``.zip``), or
+any folder dataset, into the generic folder layout (:mod:`convunext.data.folder`) with lossless PNGs, ``splits.json``
+and a ``dataset.json`` (name, class names, counts per split, mean/std of the training images, sha256 of every file).
+A dataset that ships no field-of-view masks but derives them (STARE, CHASE_DB1) gets its derived FOVs written into
+``fov/``, so the prepared folder is read with the same fields of view.
 
 The output appears all at once, complete: everything is written into a temporary sibling ``OUT.partial-<pid>``
 that holds the marker file :data:`~convunext.data.folder.INCOMPLETE_MARKER` until ``dataset.json`` is written; the
@@ -125,7 +127,8 @@ def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bo
     """Convert a dataset download into the folder layout and return the ``dataset.json`` written.
 
     Args:
-        name: one of :func:`preparable_datasets` (``"drive"``, ``"glas"``, ``"hrf"``, ``"folder"``).
+        name: one of :func:`preparable_datasets` (``"drive"``, ``"glas"``, ``"hrf"``, ``"stare"``, ``"chase_db1"``,
+            ``"folder"``).
         source: the downloaded folder or ``.zip`` (any folder level above the dataset's own files works).
         out: the output folder; must not exist or be empty.
         progress: show a progress bar on stderr.
@@ -204,7 +207,9 @@ def _prepare(spec: DatasetSpec, source: Path, out: Path, progress: bool) -> dict
     class_names = readers["train"].info.class_names
     dataset_name = readers["train"].info.name  # a folder's: its dataset.json's name, else the folder's
     num_classes = len(class_names)
-    has_fov = any(record.fov is not None for reader in readers.values() for record in reader.records)
+    has_fov = any(
+        reader.derived_fov or any(record.fov is not None for record in reader.records) for reader in readers.values()
+    )
     folders = ["images", "masks"] + (["fov"] if has_fov else [])
     for folder in folders:
         (out / folder).mkdir()

@@ -10,8 +10,8 @@ registration.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class DatasetSpec:
             trains on the datasets that have one).
         vessel_metrics: a retinal vessel dataset: reproduction reports add sensitivity, specificity, accuracy and
             AUC inside the field of view.
+        second_observer: the reader options that give a second observer's annotations of the same images
+            (``{"observer": 2}``), scored against the first's as a human reference
+            (:func:`~convunext.evaluation.observers.second_observer_metrics`); None: the dataset has none.
     """
 
     name: str
@@ -80,6 +83,7 @@ class DatasetSpec:
     locate_download: Callable[[Path], Path] | None = None
     preset: str | None = None
     vessel_metrics: bool = False
+    second_observer: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def has_files(self) -> bool:
@@ -133,23 +137,24 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Add ``spec`` to the registry (:func:`list_datasets` keeps the registration order) and return it.
 
     Raises:
-        ValueError: the name is not lower case or is already registered, or ``stats_options`` names an argument
-            the reader does not take.
+        ValueError: the name is not lower case or is already registered, or ``stats_options`` or
+            ``second_observer`` names an argument the reader does not take.
     """
     if spec.name != spec.name.lower():
         raise ValueError(f"dataset name {spec.name!r} must be lower case")
     if spec.name in _REGISTRY:
         raise ValueError(f"dataset name {spec.name!r} is already registered")
-    unknown = sorted(set(spec.stats_options) - set(spec.options()))
-    if unknown:
-        raise ValueError(f"dataset {spec.name!r}: stats option {unknown[0]!r} is not an argument of its reader")
+    for what, names in (("stats option", spec.stats_options), ("second-observer option", spec.second_observer or ())):
+        unknown = sorted(set(names) - set(spec.options()))
+        if unknown:
+            raise ValueError(f"dataset {spec.name!r}: {what} {unknown[0]!r} is not an argument of its reader")
     _REGISTRY[spec.name] = spec
     return spec
 
 
 def list_datasets() -> list[str]:
-    """Names of every registered dataset, in registration order (synthetic, drive, glas, hrf, folder, then any
-    registered later)."""
+    """Names of every registered dataset, in registration order (synthetic, drive, glas, hrf, stare, chase_db1,
+    folder, then any registered later)."""
     return list(_REGISTRY)
 
 

@@ -20,7 +20,9 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
+from ..inference.scale import ScaleSetting
 from ..inference.sliding_window import Inferer
+from ..inference.threshold import ThresholdSetting
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .evaluate import (
@@ -295,6 +297,8 @@ def compare_runs(
     layout: str | None = None,
     out_dir: str | Path | None = None,
     inferer: Inferer | None = None,
+    threshold: ThresholdSetting = "auto",
+    scale: ScaleSetting = "auto",
     resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -320,6 +324,9 @@ def compare_runs(
         out_dir: the comparison's folder (default ``compare-DATASET-SPLIT``).
         inferer: how each run is evaluated, as by :func:`~convunext.evaluation.evaluate.evaluate_to_report`
             (default: each checkpoint's own tile size, no TTA, the fast back-end on the best device).
+        threshold: each run's threshold, as for :func:`~convunext.evaluation.evaluate.evaluate_to_report`
+            (default: each checkpoint's validation threshold).
+        scale: each run's scale setting, as for :func:`~convunext.evaluation.evaluate.evaluate_to_report`.
         resamples: the bootstrap's resamples (:func:`paired_comparison`).
         confidence: the bootstrap interval's coverage.
         seed: the bootstrap's random seed.
@@ -350,12 +357,19 @@ def compare_runs(
     with ReportFolder(out, COMPARISON_REPORT) as folder:
         scored = []
         for run, (meta, path) in zip(runs, checkpoints):
-            report = reusable_report(path, meta, data, split, layout, inferer)
+            report = reusable_report(path, meta, data, split, layout, inferer, threshold, scale)
             reused = report is not None
             if report is None:
                 log(f"{run}: evaluating {meta['model']['name']} on {dataset} ({split})")
                 report = evaluate_to_report(
-                    load_checkpoint(path), data, split, layout=layout, inferer=inferer, progress=progress
+                    load_checkpoint(path),
+                    data,
+                    split,
+                    layout=layout,
+                    inferer=inferer,
+                    progress=progress,
+                    threshold=threshold,
+                    scale=scale,
                 )
             else:
                 log(f"{run}: reusing the report in {report.out_dir} (same weights)")

@@ -27,7 +27,9 @@ from ..data.base import BINARY_CLASS_NAMES, Sample
 from ..data.detect import detect_dataset
 from ..data.io import IGNORE_INDEX
 from ..errors import ConvUNeXtError
+from ..inference.scale import ScalePolicy, ScaleSetting
 from ..inference.sliding_window import DEFAULT_OVERLAP, Inferer
+from ..inference.threshold import ThresholdSetting, resolve_threshold
 from ..pretrained import shipped_name
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
@@ -81,6 +83,8 @@ def evaluate_model(
     auc: Literal["exact", "binned"] = "exact",
     on_image: Callable[[Sample, Tensor], None] | None = None,
     topology: TopologyMode = "auto",
+    threshold: float | None = None,
+    scale: ScalePolicy | None = None,
 ) -> SegmentationMetrics:
     """Run ``model`` over every sample of ``dataset`` (one image at a time, any size) and accumulate metrics.
 
@@ -100,6 +104,12 @@ def evaluate_model(
         topology: clDice and connected-component counts per image (:func:`wants_topology`: ``auto`` = for
             datasets with a field of view); each image's masks are skeletonised once on the CPU (about a second
             per HRF image).
+        threshold: a binary model's foreground threshold (None: the argmax, i.e. 0.5;
+            :mod:`~convunext.evaluation.threshold`).
+        scale: how each image is resized for the model (:mod:`~convunext.inference.scale`; its field of view is
+            measured on the dataset's FOV mask where there is one); None: as it is. Each image's factor is a column
+            of :meth:`~convunext.evaluation.metrics.SegmentationMetrics.per_image`; metrics are computed at the
+            image's own resolution.
 
     Images with a side under the model's minimum (16 px) are padded for the forward pass and cropped back (see
     :mod:`~convunext.inference.sliding_window`); the metrics count their own pixels only.
@@ -107,13 +117,26 @@ def evaluate_model(
     inferer = inferer or Inferer()
     model.eval()
     metrics = SegmentationMetrics(
-        num_classes=num_classes, ignore_index=IGNORE_INDEX, auc=auc, topology=wants_topology(topology, dataset)
+        num_classes=num_classes,
+        ignore_index=IGNORE_INDEX,
+        auc=auc,
+        topology=wants_topology(topology, dataset),
+        threshold=threshold,
     )
     has_fov = _has_fov(dataset)
     for index in tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress):  # type: ignore[arg-type]
         raw = dataset[index]
         sample = transform(raw)
-        probabilities = inferer(model, sample["image"][None])
+        factor = 1.0
+        if scale is not None:
+            match = (
+                scale.match(fov=raw["fov"].numpy())
+                if has_fov
+                else scale.match(image=raw["image"].permute(1, 2, 0).numpy())
+            )
+            factor = match.factor
+            metrics.note(raw["name"], **match.record())
+        probabilities = inferer(model, sample["image"][None], scale=factor)
         if on_image is not None:
             on_image(raw, probabilities)
         target = sample["mask"][None]
@@ -125,35 +148,57 @@ def evaluate_model(
 
 
 def evaluate_checkpoint(
-    checkpoint: Checkpoint, dataset: Dataset, inferer: Inferer | None = None, **options: Any
+    checkpoint: Checkpoint,
+    dataset: Dataset,
+    inferer: Inferer | None = None,
+    *,
+    threshold: ThresholdSetting = "auto",
+    scale: ScaleSetting = "auto",
+    **options: Any,
 ) -> SegmentationMetrics:
-    """:func:`evaluate_model` with a checkpoint's own model, normalisation and classes, prepared and run by
-    ``inferer``.
+    """:func:`evaluate_model` with a checkpoint's own model, normalisation, classes, operating threshold and
+    training scale, prepared and run by ``inferer``.
 
     Args:
         checkpoint: the checkpoint to evaluate.
         dataset: as for :func:`evaluate_model`.
         inferer: default ``Inferer()``: the fast back-end on the best device; a ``tile_size`` of ``None`` means the
             checkpoint's own (:meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`).
-        **options: :func:`evaluate_model`'s keywords (``progress``, ``auc``, ``on_image``, ``topology``).
+        threshold: ``"auto"`` (the checkpoint's validation threshold, 0.5 without one) or a probability
+            (:func:`~convunext.evaluation.threshold.resolve_threshold`).
+        scale: ``"auto"`` (match the checkpoint's training scale), ``"off"`` or a factor
+            (:mod:`~convunext.inference.scale`).
+        **options: :func:`evaluate_model`'s other keywords (``progress``, ``auc``, ``on_image``, ``topology``).
     """
     from ..data import EvalTransform
 
     inferer = (inferer or Inferer()).for_checkpoint(checkpoint.meta)
     model = inferer.prepare(checkpoint.model)
     transform = EvalTransform(checkpoint.mean, checkpoint.std)
-    return evaluate_model(model, dataset, transform, len(checkpoint.class_names), inferer, **options)
+    return evaluate_model(
+        model,
+        dataset,
+        transform,
+        len(checkpoint.class_names),
+        inferer,
+        threshold=resolve_threshold(threshold, checkpoint.meta),
+        scale=ScalePolicy.for_checkpoint(scale, checkpoint.meta),
+        **options,
+    )
 
 
-def metrics_table(results: dict[str, Any]) -> str:
-    """The dataset-level metrics as a two-column Markdown table (only those present)."""
-    rows = [
-        [label, f"{results[key]:.4f}"]
-        for key, label in REPORTED_METRICS
-        if key in results and not (isinstance(results[key], float) and math.isnan(results[key]))
-    ]
-    rows.append(["images", str(results["num_images"])])
-    return markdown_table(["metric", "value"], rows)
+def metrics_table(results: dict[str, Any], second_observer: Mapping[str, float] | None = None) -> str:
+    """The dataset-level metrics as a Markdown table (only those present), with a column of the second observer's
+    scores of the same images when given (:func:`~convunext.evaluation.observers.second_observer_metrics`)."""
+    rows = []
+    for key, label in REPORTED_METRICS:
+        if key in results and not (isinstance(results[key], float) and math.isnan(results[key])):
+            row = [label, f"{results[key]:.4f}"]
+            if second_observer is not None:
+                row.append(f"{second_observer[key]:.4f}" if key in second_observer else "—")
+            rows.append(row)
+    rows.append(["images", str(results["num_images"])] + ([""] if second_observer is not None else []))
+    return markdown_table(["metric", "value"] + (["second observer"] if second_observer is not None else []), rows)
 
 
 def write_report(
@@ -194,7 +239,8 @@ def _write_report_files(
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["name"])
         writer.writeheader()
         writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
-    table = metrics_table(results)
+    observer = context.get("second_observer")
+    table = metrics_table(results, observer if isinstance(observer, Mapping) else None)
     header = "\n".join(f"- {key}: {value}" for key, value in context.items())
     atomic_write_text(out_dir / "metrics.md", f"# Evaluation\n\n{header}\n\n{table}\n")
     if html:
@@ -293,6 +339,8 @@ def evaluate_to_report(
     html: bool = True,
     full_maps: bool = False,
     data_options: Mapping[str, Any] | None = None,
+    threshold: ThresholdSetting = "auto",
+    scale: ScaleSetting = "auto",
 ) -> EvaluationReport:
     """Evaluate ``checkpoint`` on a split of DATA and write the report (``convunext evaluate``).
 
@@ -313,9 +361,13 @@ def evaluate_to_report(
         full_maps: also write each image's full-size prediction and error map under ``OUT/maps/``.
         data_options: options of the dataset reader (:func:`~convunext.data.open_dataset`), recorded in the
             report, e.g. ``{"skip_unannotated": True}`` for an HRF copy that lacks annotations.
+        threshold: as for :func:`evaluate_checkpoint` (default: the checkpoint's validation threshold).
+        scale: as for :func:`evaluate_checkpoint` (default: matched to the checkpoint's training scale; each
+            image's factor is in ``per_image.csv``).
 
-    The context in ``metrics.json`` records the checkpoint, the SHA-256 of its weights, the data and the inference
-    settings, so that :func:`reusable_report` can tell later whether the report still describes the checkpoint.
+    The context in ``metrics.json`` records the checkpoint, the SHA-256 of its weights, the data, the inference
+    settings, the threshold and the scale setting, so that :func:`reusable_report` can tell later whether the report
+    still describes the checkpoint.
 
     Everything is checked before any image is scored: the inference settings (when ``inferer`` was made), the
     dataset, that the checkpoint fits it (:func:`check_evaluable`) and that the report folder may be written.
@@ -326,14 +378,24 @@ def evaluate_to_report(
             evaluation.
     """
     inferer = (inferer or Inferer()).for_checkpoint(checkpoint.meta)
+    operating = operating_point(checkpoint.meta, threshold, scale)
     name, root, dataset = open_evaluated_dataset(checkpoint.meta, data, split, layout, data_options)
     check_evaluable(checkpoint.path, checkpoint.meta, data, dataset)
     out = Path(out_dir) if out_dir else default_report_dir(checkpoint.path, name, split)
     with ReportFolder(out, EVALUATION_REPORT) as folder:
-        gallery = ReportGallery(full_maps_dir=folder.staging / "maps" if full_maps else None) if html else None
+        maps = folder.staging / "maps" if full_maps else None
+        gallery = ReportGallery(full_maps_dir=maps, threshold=operating["threshold"]) if html else None
         start = time.perf_counter()
         metrics = evaluate_checkpoint(
-            checkpoint, dataset, inferer, progress=progress, auc=auc, on_image=gallery, topology=topology
+            checkpoint,
+            dataset,
+            inferer,
+            threshold=threshold,
+            scale=scale,
+            progress=progress,
+            auc=auc,
+            on_image=gallery,
+            topology=topology,
         )
         context = {
             "checkpoint": str(checkpoint.path),
@@ -345,13 +407,42 @@ def evaluate_to_report(
             "images": len(dataset),  # type: ignore[arg-type]
             **({"data_options": dict(data_options)} if data_options else {}),
             **inferer.record(),
+            **operating,
             "auc": auc,
             "topology": topology,
             "backend": inferer.backend,
             "seconds": round(time.perf_counter() - start, 1),
+            **observer_context(name, root, split, metrics.names, data_options),
         }
         _, results = _write_report_files(metrics, folder.staging, context, checkpoint.class_names, gallery, html)
     return EvaluationReport(out, context, results, replaced=folder.replaces)
+
+
+def observer_context(
+    dataset: str, root: Path | None, split: str, names: Sequence[str], data_options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``{"second_observer": scores}`` of the evaluated images for a report's record, where the dataset has a second
+    observer for them (:func:`~convunext.evaluation.observers.second_observer_metrics`); ``{}`` where it has none,
+    and ``{"second_observer": "unavailable: REASON"}`` where its files cannot be read (DRIVE's have the test split
+    only)."""
+    from .observers import second_observer_metrics
+
+    try:
+        scores = second_observer_metrics(dataset, root, split, names, **(data_options or {}))
+    except ConvUNeXtError as error:
+        return {"second_observer": f"unavailable: {error}"}
+    return {} if scores is None else {"second_observer": scores}
+
+
+def operating_point(meta: Mapping[str, Any], threshold: ThresholdSetting, scale: ScaleSetting) -> dict[str, Any]:
+    """How a checkpoint (described by ``meta``) is run, for a report's record: the foreground ``threshold`` it runs
+    at (None: the argmax, which is 0.5 for a binary model), the ``scale_setting`` and the model's
+    ``model_fov_diameter``.
+
+    Raises:
+        ConvUNeXtError: a threshold or scale setting that is not valid, or a threshold for a multi-class model.
+    """
+    return {"threshold": resolve_threshold(threshold, meta), **ScalePolicy.for_checkpoint(scale, meta).record()}
 
 
 def reusable_report(
@@ -361,6 +452,8 @@ def reusable_report(
     split: str,
     layout: str | None = None,
     inferer: Inferer | None = None,
+    threshold: ThresholdSetting = "auto",
+    scale: ScaleSetting = "auto",
 ) -> EvaluationReport | None:
     """An existing report that evaluating the checkpoint again (:func:`evaluate_to_report` with ``inferer``, by
     default its default: the checkpoint's tile size, no TTA) would reproduce, or None.
@@ -369,15 +462,17 @@ def reusable_report(
     (``convunext evaluate``) and, for the test split, ``test/`` (``convunext reproduce``). A report is reused when it
     has ``metrics.json`` and ``per_image.csv`` and was made from the same weights (SHA-256), dataset and split, with
     the same tile size, overlap and TTA (:meth:`~convunext.inference.sliding_window.Inferer.record`; the back-end
-    and batch size change the scores by float32 rounding at most), and, when it names its data folder, from the
-    same folder.
+    and batch size change the scores by float32 rounding at most), the same threshold and scale setting
+    (:func:`operating_point`; a report made before they were recorded ran at the argmax, unscaled), and, when it
+    names its data folder, from the same folder.
     """
     name = evaluated_dataset_name(data, layout)
     folders = [default_report_dir(checkpoint_path, name, split)]
     if split == "test" and shipped_name(checkpoint_path) is None:
         folders.append(checkpoint_path.parent / "test")
     settings = (inferer or Inferer()).for_checkpoint(meta).record()
-    wanted = {"weights_sha256": meta["weights"]["sha256"], "dataset": name, "split": split, **settings}
+    operating = operating_point(meta, threshold, scale)
+    wanted = {"weights_sha256": meta["weights"]["sha256"], "dataset": name, "split": split, **settings, **operating}
     for folder in folders:
         record = folder / EVALUATION_REPORT.record
         if not (EVALUATION_REPORT.is_record(record) and (folder / "per_image.csv").is_file()):
@@ -387,6 +482,9 @@ def reusable_report(
         # reports made before the overlap was recorded used the default
         overlap = report.get("overlap", DEFAULT_OVERLAP) if tile_size else None
         found = {**report, "tta": bool(report.get("tta")), "tile_size": tile_size, "overlap": overlap}
+        if "scale_setting" not in report:  # made before thresholds and scales were recorded: argmax, unscaled
+            unscaled = "off" if operating["model_fov_diameter"] is not None else operating["scale_setting"]
+            found.update(threshold=None, scale_setting=unscaled, model_fov_diameter=None)
         same_data = "data" not in report or Path(report["data"]).resolve() == Path(data).resolve()
         if same_data and all(found.get(key) == value for key, value in wanted.items()):
             return EvaluationReport(folder, report, report.pop("metrics"))

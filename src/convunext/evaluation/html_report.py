@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..data.io import IGNORE_INDEX
 from ..errors import ConvUNeXtError
+from ..inference.threshold import predicted_labels
 from ..utils.io import atomic_path, atomic_write_text
 
 __all__ = ["ERROR_COLOURS", "IMAGE_COLUMNS", "ImagePanels", "ReportGallery", "error_codes", "write_html_report"]
@@ -70,6 +71,7 @@ IMAGE_COLUMNS = {
     "components_true": "components (truth)",
     "fov_sensitivity": "sensitivity",
     "fov_specificity": "specificity",
+    "scale": "scale",
 }
 """Per-image metrics shown in the image table (those present in ``per_image.csv``), with their column titles."""
 
@@ -145,10 +147,15 @@ class ReportGallery:
     Args:
         thumbnail_side: long side of the thumbnails in pixels.
         full_maps_dir: where to write full-size ``NAME_prediction.png`` and ``NAME_errors.png`` (None: not written).
+        threshold: the binary foreground threshold the evaluation runs at (None: the argmax), so that the pictures
+            show the masks the metrics score.
     """
 
-    def __init__(self, thumbnail_side: int = 256, full_maps_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, thumbnail_side: int = 256, full_maps_dir: str | Path | None = None, threshold: float | None = None
+    ) -> None:
         self.thumbnail_side = int(thumbnail_side)
+        self.threshold = threshold
         self.full_maps_dir = Path(full_maps_dir) if full_maps_dir is not None else None
         self.panels: dict[str, ImagePanels] = {}
         self._map_stems: dict[str, str] = {}  # file stem of the full-size maps -> the image name it stands for
@@ -156,7 +163,7 @@ class ReportGallery:
     def __call__(self, sample: Mapping[str, Any], probabilities: Tensor) -> None:
         """Add one image: ``sample`` as the dataset gives it (``image`` C x H x W in [0, 1], ``mask`` H x W,
         ``fov`` H x W bool, ``name``) and the model's ``1 x K x H x W`` probabilities."""
-        prediction = probabilities[0].argmax(dim=0).cpu()
+        prediction = predicted_labels(probabilities[0], self.threshold).cpu()
         codes = error_codes(prediction, sample["mask"], sample.get("fov"))
         side = self.thumbnail_side
         classes = prediction.clamp(max=len(CLASS_COLOURS) - 1).to(torch.uint8)
@@ -191,6 +198,11 @@ def _file_stem(name: str) -> str:
 
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _threshold_text(threshold: Any) -> str:
+    """``0.46``, or ``the argmax: 0.5`` for None (a report made before thresholds were recorded, too)."""
+    return f"{threshold:g}" if isinstance(threshold, (int, float)) else "the argmax: 0.5"
 
 
 def _number(value: Any, key: str) -> str:
@@ -269,13 +281,23 @@ def write_html_report(
         f"<h1>Evaluation: {html.escape(str(context.get('model', '')))} on "
         f"{html.escape(str(context.get('dataset', '')))}, {html.escape(str(context.get('split', '')))} split</h1>",
         "<ul>",
-        *(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in context.items()),
+        *(
+            f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
+            for k, v in context.items()
+            if not isinstance(v, Mapping)  # the second observer's scores are a column of the metrics table
+        ),
         "</ul>",
-        '<h2>Metrics</h2><table id="metrics"><tr><th>metric</th><th>value</th></tr>',
     ]
+    observer = context.get("second_observer") if isinstance(context.get("second_observer"), Mapping) else None
+    parts.append(
+        '<h2>Metrics</h2><table id="metrics"><tr><th>metric</th><th>value</th>'
+        + ("<th>second observer</th>" if observer else "")
+        + "</tr>"
+    )
     for key, label in reported_metrics:
         if key in results:
-            parts.append(f"<tr><td>{html.escape(label)}</td>{_number(results[key], key)}</tr>")
+            second = _number(observer.get(key), f"second_observer.{key}") if observer else ""
+            parts.append(f"<tr><td>{html.escape(label)}</td>{_number(results[key], key)}{second}</tr>")
     images = int(results["num_images"])
     parts.append(f'<tr><td>images</td><td class="n" data-key="num_images" data-value="{images}">{images}</td></tr>')
     parts.append("</table>")
@@ -283,7 +305,8 @@ def write_html_report(
         operating_point = (1.0 - float(results["fov_specificity"]), float(results["fov_sensitivity"]))
         parts += [
             "<h2>ROC curve inside the field of view</h2>",
-            "<p>Every FOV pixel of every image; the operating point is the 0.5 threshold the other metrics use.</p>",
+            f"<p>Every FOV pixel of every image; the operating point is the threshold the other metrics use "
+            f"({_threshold_text(context.get('threshold'))}).</p>",
             _roc_svg(roc[0], roc[1], operating_point, float(results.get("fov_auc", math.nan))),
         ]
     present = per_image[0] if per_image else {}

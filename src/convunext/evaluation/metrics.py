@@ -51,6 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..inference.threshold import predicted_labels
 from .auc import auc_roc
 from .confusion import ConfusionMatrix, confusion_matrix, per_image_confusion
 from .dice import foreground_dice, foreground_scores
@@ -88,6 +89,10 @@ class SegmentationMetrics:
     counts; each image's masks are skeletonised on the CPU in ``update``). ``state()`` / ``merge()`` /
     ``from_state()`` combine accumulators from several workers exactly; ``gather_across_processes()`` does it over
     ``torch.distributed``.
+
+    With ``threshold`` (two classes only) a pixel is predicted foreground where its foreground probability is above
+    it (the operating threshold of :mod:`~convunext.evaluation.threshold`) instead of by the argmax, which is the
+    threshold 0.5; label-map outputs are taken as they are.
     """
 
     def __init__(
@@ -96,9 +101,13 @@ class SegmentationMetrics:
         ignore_index: int = 255,
         auc: Literal["binned", "exact"] = "exact",
         topology: bool = False,
+        threshold: float | None = None,
     ) -> None:
         if num_classes < 2:
             raise ValueError("num_classes must be >= 2 (class 0 is background)")
+        if threshold is not None and (num_classes != 2 or not 0.0 < threshold < 1.0):
+            raise ValueError("threshold applies to two classes and must lie strictly between 0 and 1")
+        self.threshold = threshold
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.auc_mode: Literal["binned", "exact"] = auc
@@ -112,6 +121,7 @@ class SegmentationMetrics:
         self._fov_counts: list[Tensor] = [torch.zeros(0, 4, dtype=torch.int64)]
         self._has_fov: list[Tensor] = [torch.zeros(0, dtype=torch.bool)]
         self.names: list[str] = []
+        self.notes: dict[str, dict[str, Any]] = {}
         self.fov = FovMetrics(auc=self.auc_mode, ignore_index=self.ignore_index)
         self.topology = TopologyMetrics(self.ignore_index) if self.with_topology else None
 
@@ -156,7 +166,7 @@ class SegmentationMetrics:
             if output.shape[1] != self.num_classes:
                 raise ValueError(f"output has {output.shape[1]} classes, expected num_classes={self.num_classes}")
             probabilities: Tensor | None = self._probabilities(output, logits)
-            labels = probabilities.argmax(dim=1)
+            labels = predicted_labels(probabilities, self.threshold)
         else:
             probabilities = None
             labels = as_labels(output)
@@ -204,13 +214,15 @@ class SegmentationMetrics:
         return matrix
 
     def state(self) -> dict[str, Any]:
-        """CPU tensors + names: ``{"num_classes", "ignore_index", "confusions" (N x K x K), "fov_counts"
+        """CPU tensors + names: ``{"num_classes", "ignore_index", "threshold", "confusions" (N x K x K), "fov_counts"
         (N x 4: TP, FP, FN, TN), "has_fov" (N), "names", "fov" (FovMetrics.state()), "topology"
         (TopologyMetrics.state(), or None when off)}``."""
         self._compact()
         return {
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
+            "threshold": self.threshold,
+            "notes": {name: dict(values) for name, values in self.notes.items()},
             "confusions": self._confusions[0].clone(),
             "fov_counts": self._fov_counts[0].clone(),
             "has_fov": self._has_fov[0].clone(),
@@ -227,12 +239,16 @@ class SegmentationMetrics:
                 f"cannot merge metrics for {state['num_classes']} classes / ignore {state['ignore_index']} into "
                 f"{self.num_classes} classes / ignore {self.ignore_index}"
             )
+        if state.get("threshold") != self.threshold:
+            raise ValueError(f"cannot merge metrics at threshold {state.get('threshold')} into {self.threshold}")
         if (state["topology"] is None) != (self.topology is None):
             raise ValueError("cannot merge metrics with topology metrics on into ones with them off, or back")
         self._confusions.append(state["confusions"].to(torch.int64))
         self._fov_counts.append(state["fov_counts"].to(torch.int64))
         self._has_fov.append(state["has_fov"].to(torch.bool))
         self.names.extend(state["names"])
+        for name, values in state.get("notes", {}).items():
+            self.note(name, **values)
         self.fov.merge(state["fov"])
         if self.topology is not None:
             self.topology.merge(state["topology"])
@@ -245,6 +261,7 @@ class SegmentationMetrics:
             state["ignore_index"],
             auc=state["fov"]["settings"][0],
             topology=state["topology"] is not None,
+            threshold=state.get("threshold"),
         )
         metrics.merge(state)
         return metrics
@@ -326,11 +343,17 @@ class SegmentationMetrics:
             results.update(self.topology.compute())
         return results
 
+    def note(self, name: str, **values: Any) -> None:
+        """Record how image ``name`` was run (e.g. its scale matching, :meth:`ScaleMatch.record
+        <convunext.inference.scale.ScaleMatch.record>`): the values become columns of its :meth:`per_image` row."""
+        self.notes.setdefault(str(name), {}).update(values)
+
     def per_image(self) -> list[dict[str, Any]]:
         """One row per image, in the order seen: ``name``, ``dice_fg``, ``iou_fg``, ``pixel_accuracy``,
         ``pixels``; ``dice_class_<c>`` for each foreground class when K > 2; and when any image had a FOV:
         ``fov_sensitivity``, ``fov_specificity``, ``fov_accuracy`` (NaN for images without one); with topology on:
-        ``cldice``, ``cldice_tprec``, ``cldice_tsens``, ``components_pred``, ``components_true``."""
+        ``cldice``, ``cldice_tprec``, ``cldice_tsens``, ``components_pred``, ``components_true``; then the image's
+        :meth:`note` values (columns every row has, None where an image has no value)."""
         dice, iou = self._per_image_scores()
         confusions = self.image_confusions
         fov_counts = self._fov_counts[0]
@@ -357,4 +380,8 @@ class SegmentationMetrics:
             if topology is not None:
                 row.update(topology[i])
             rows.append(row)
+        note_columns = list(dict.fromkeys(key for values in self.notes.values() for key in values))
+        for row in rows:
+            values = self.notes.get(row["name"], {})
+            row.update({key: values.get(key) for key in note_columns})
         return rows

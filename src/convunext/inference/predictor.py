@@ -23,7 +23,9 @@ from torch import nn
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.io import read_image
 from ..errors import ConvUNeXtError
+from .scale import ScaleMatch, ScalePolicy, ScaleSetting
 from .sliding_window import Inferer
+from .threshold import ThresholdSetting, predicted_labels, resolve_threshold
 
 __all__ = ["PREDICT_TILE_SIZE", "Prediction", "Predictor", "overlay"]
 
@@ -39,10 +41,13 @@ bounded memory."""
 
 @dataclass
 class Prediction:
-    """One image's result: ``probabilities`` ``K x H x W`` float32 (softmax) and ``mask`` ``H x W`` uint8 class ids."""
+    """One image's result: ``probabilities`` ``K x H x W`` float32 (softmax), ``mask`` ``H x W`` uint8 class ids
+    (the argmax, or foreground where its probability is above the predictor's threshold) and how the image was
+    resized for the model (``scale``; None when the predictor matches no scale)."""
 
     probabilities: np.ndarray
     mask: np.ndarray
+    scale: ScaleMatch | None = None
 
 
 class Predictor:
@@ -57,6 +62,9 @@ class Predictor:
         inferer: how the model runs (default: tiles of :data:`PREDICT_TILE_SIZE`, the fast back-end on the best
             device, as ``convunext predict``); a ``tile_size`` of ``None`` runs images whole.
         class_names: names of the output classes (background first).
+        threshold: a binary model's foreground threshold (None: the argmax;
+            :mod:`~convunext.evaluation.threshold`).
+        scale: how each image is resized for the model (:mod:`~convunext.inference.scale`; None: as it is).
 
     Attributes:
         model: the module that runs (the fast, compiled or ONNX Runtime form of ``model``, or ``model`` itself).
@@ -70,8 +78,11 @@ class Predictor:
         std: Sequence[float],
         inferer: Inferer | None = None,
         class_names: Sequence[str] | None = None,
+        threshold: float | None = None,
+        scale: ScalePolicy | None = None,
     ) -> None:
         self.inferer = inferer or Inferer(tile_size=PREDICT_TILE_SIZE)
+        self.threshold, self.scale = threshold, scale
         self.model = self.inferer.prepare(model)
         self.in_channels = len(mean)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -79,13 +90,33 @@ class Predictor:
         self.class_names = list(class_names) if class_names else None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | Checkpoint, inferer: Inferer | None = None) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | Path | Checkpoint,
+        inferer: Inferer | None = None,
+        threshold: ThresholdSetting = "auto",
+        scale: ScaleSetting = "auto",
+    ) -> Predictor:
         """A predictor of a checkpoint (run folder, ``.json`` or ``.safetensors``) alone: its model, normalisation
         and classes, run by ``inferer`` (default as :class:`Predictor`'s; a ``tile_size`` of ``None`` means the
-        checkpoint's own, :meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`)."""
+        checkpoint's own, :meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`), at ``threshold``
+        (``auto``: the one chosen on validation, stored with the checkpoint) and ``scale`` (``auto``: each image
+        resized to the checkpoint's training scale, :mod:`~convunext.inference.scale`).
+
+        Raises:
+            ConvUNeXtError: a threshold or scale setting that is not valid (a threshold for a multi-class model).
+        """
         checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
         inferer = (inferer or Inferer(tile_size=PREDICT_TILE_SIZE)).for_checkpoint(checkpoint.meta)
-        return cls(checkpoint.model, checkpoint.mean, checkpoint.std, inferer, checkpoint.class_names)
+        return cls(
+            checkpoint.model,
+            checkpoint.mean,
+            checkpoint.std,
+            inferer,
+            checkpoint.class_names,
+            threshold=resolve_threshold(threshold, checkpoint.meta),
+            scale=ScalePolicy.for_checkpoint(scale, checkpoint.meta),
+        )
 
     def _to_tensor(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(image, np.ndarray):
@@ -122,13 +153,18 @@ class Predictor:
     def _segment(self, image: np.ndarray | torch.Tensor, source: str) -> Prediction:
         """:meth:`predict`, naming ``source`` when the output is not finite: its argmax would be a plausible
         all-background mask, and its probabilities NaN."""
-        probabilities = self.inferer(self.model, self._to_tensor(image))
+        tensor = self._to_tensor(image)
+        match = None
+        if self.scale is not None:
+            match = self.scale.match(image=(tensor * self.std + self.mean).permute(1, 2, 0).numpy())
+        probabilities = self.inferer(self.model, tensor, scale=1.0 if match is None else match.factor)
         if not torch.isfinite(probabilities).all():
             raise ConvUNeXtError(
                 f"{source}: the model's output holds NaN or Inf (an input holding them, or weights that overflow "
                 "on it); nothing was written for it"
             )
-        return Prediction(probabilities.numpy(), probabilities.argmax(0).to(torch.uint8).numpy())
+        mask = predicted_labels(probabilities, self.threshold)
+        return Prediction(probabilities.numpy(), mask.to(torch.uint8).numpy(), match)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:

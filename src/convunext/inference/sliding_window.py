@@ -283,7 +283,7 @@ class Inferer:
         """
         return make_backend(model.to(self.device).eval(), self.backend)
 
-    def __call__(self, model: nn.Module, images: Tensor | np.ndarray) -> Tensor:
+    def __call__(self, model: nn.Module, images: Tensor | np.ndarray, scale: float = 1.0) -> Tensor:
         """Softmax probabilities of ``model`` for ``images``: whole when they fit in one tile (or without a tile
         size), tile by tile otherwise.
 
@@ -292,20 +292,30 @@ class Inferer:
                 :meth:`prepare`'s module; run as it is, on its own device.
             images: ``N x C x H x W`` (or ``C x H x W``) normalised images, a float tensor on any device or a numpy
                 array (integer arrays are cast to float32 as they are: normalise first).
+            scale: resize the images by this factor before the model (bilinear, antialiased when shrinking) and
+                the probabilities back to ``H x W`` after it (:mod:`~convunext.inference.scale` decides it);
+                tiles are cut from the resized images.
 
         Returns:
             ``N x K x H x W`` (or ``K x H x W``) float32 probabilities on :attr:`output_device`, summing to 1 over
             K at every pixel.
         """
         images, squeeze = _check_images(images)
-        tile = _tile_sides(self.tile_size)
         height, width = images.shape[-2:]
+        if scale != 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
+        tile = _tile_sides(self.tile_size)
         run_device = module_device(model, self.device)
         with eval_mode(model):
-            if tile is not None and (height > tile[0] or width > tile[1]):
+            if tile is not None and (images.shape[-2] > tile[0] or images.shape[-1] > tile[1]):
                 result = self._tiled(model, images, tile, run_device)
             else:
                 result = self._whole(model, images, run_device)
+        if result.shape[-2:] != (height, width):
+            result = F.interpolate(
+                result, size=(height, width), mode="bilinear", align_corners=False, antialias=scale > 1.0
+            )
         return result[0] if squeeze else result
 
     def _whole(self, model: nn.Module, images: Tensor, run_device: torch.device) -> Tensor:

@@ -107,6 +107,31 @@ class PretrainedCard:
         return entry
 
 
+def _decision(meta: Mapping[str, Any]) -> str:
+    """How the card says a pixel's class is decided: the argmax, or the operating threshold chosen on validation."""
+    threshold = meta.get("threshold")
+    if not isinstance(threshold, Mapping) or not _is_number(threshold.get("value")):
+        return "the predicted class of a pixel is the argmax."
+    dice, at_half = threshold.get("dice", math.nan), threshold.get("dice_at_0.5", math.nan)
+    return (
+        f"a pixel is {meta['classes'][1]} where its probability is above **{threshold['value']:g}**, the threshold "
+        f"chosen on the {threshold.get('split', 'validation')} split (Dice {dice:.4f} there, {at_half:.4f} at the "
+        "argmax); `--threshold argmax` gives the argmax."
+    )
+
+
+def _scale_line(scale: Mapping[str, Any]) -> str:
+    """The card's line on the training scale (``meta["scale"]``)."""
+    diameter = scale.get("fov_diameter") if isinstance(scale, Mapping) else None
+    if not _is_number(diameter):
+        return f"- Training scale: `{json.dumps(scale)}` (the checkpoint JSON's `scale`)."
+    return (
+        f"- Training scale: fields of view {diameter:g} px across. `convunext predict` and `evaluate` resize each "
+        "image so that its field of view has this diameter, and the result back to the image's size "
+        "(`--scale off` runs images as they are)."
+    )
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -168,11 +193,11 @@ def model_card_markdown(
         "",
         f"- Input: `N x {channels} x H x W` images scaled to [0, 1] (pixel / 255), then normalised per channel with "
         f"mean {list(normalization['mean'])} and std {list(normalization['std'])}.",
-        f"- Output: `N x {len(classes)} x H x W` logits over the classes {', '.join(map(str, classes))}; the "
-        "predicted class of a pixel is the argmax.",
+        f"- Output: `N x {len(classes)} x H x W` logits over the classes {', '.join(map(str, classes))}; "
+        + _decision(meta),
     ]
     if meta.get("scale") is not None:
-        lines.append(f"- Training scale: `{json.dumps(meta['scale'])}` (the checkpoint JSON's `scale`).")
+        lines.append(_scale_line(meta["scale"]))
     lines += [
         "",
         "## Data",

@@ -116,7 +116,9 @@ def publish_pretrained(
         selection=selection,
         test_metrics={key: metrics[key] for key in CARD_METRICS if metrics.get(key) is not None},
         terms=DATASET_TERMS.get(dataset, "see the terms of use of the data set it was trained on"),
-        test_evaluation={key: report.get(key) for key in ("dataset", "split", "images", "tile_size")},
+        test_evaluation={
+            key: report.get(key) for key in ("dataset", "split", "images", "tile_size", "threshold", "scale_setting")
+        },
         reference_image=_reference_image(report_path.parent / "per_image.csv"),
     )
     return save_pretrained(checkpoint, folder, card)

@@ -58,9 +58,9 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "paper": Budget(
         "paper",
-        "the paper's full recipe, unchanged: the dataset presets (300 epochs, crop 480 for DRIVE and GlaS, 960 for "
-        "HRF, AdamW lr 4e-4, weight decay 5e-5, batch 4, 5 warm-up epochs then exponential decay), validation every "
-        "5 epochs. Meant for a GPU (hours per model).",
+        "the paper's full recipe, unchanged: the dataset presets (300 epochs, crop 480 for DRIVE, GlaS, STARE and "
+        "CHASE_DB1, 960 for HRF, AdamW lr 4e-4, weight decay 5e-5, batch 4, 5 warm-up epochs then exponential "
+        "decay), validation every 5 epochs. Meant for a GPU (hours per model).",
         {},
         default_seeds=(0, 1, 2),
     ),
@@ -69,14 +69,16 @@ BUDGETS: dict[str, Budget] = {
         f"the short CPU recipe chosen on DRIVE's validation split (reports/drive-recipe-sweep): the reference "
         f"code's recipe (AdamW lr 1.5e-3, weight decay 1e-4, poly decay) for {CPU_STEPS:,} optimiser steps of batch "
         f"4 on every dataset and model, 256x256 crops (HRF: 384x384), BatchNorm statistics recomputed before each "
-        f"validation — DRIVE 300 epochs, GlaS 67, HRF 240. DRIVE takes ConvUNeXt 50 to 95 minutes of training on a "
-        f"2-core CPU (the two machines of reports/drive-cpu). "
+        f"validation — DRIVE 300 epochs, GlaS 67, HRF 240, STARE 600, CHASE_DB1 300. DRIVE takes ConvUNeXt 50 to "
+        f"95 minutes of training on a 2-core CPU (the two machines of reports/drive-cpu). "
         f"Still a small fraction of the paper's training for GlaS and HRF: compare the models with each other.",
         {
             "*": SHORT_BUDGET_RECIPE,
             "drive": _cpu_dataset("drive", eval_every=10),
             "glas": _cpu_dataset("glas", eval_every=3),
             "hrf": _cpu_dataset("hrf", eval_every=24, extra=("data.eval_tile_size=960",)),
+            "stare": _cpu_dataset("stare", eval_every=60),
+            "chase_db1": _cpu_dataset("chase_db1", eval_every=30),
             "synthetic": (),  # the synthetic preset is already a CPU recipe (12 epochs on 128x128 crops)
         },
     ),

@@ -16,7 +16,9 @@ import torch
 
 from .. import __version__
 from ..data import dataset_info, dataset_spec, list_datasets
+from ..errors import ConvUNeXtError
 from ..evaluation.compare import average_scores, comparison_table, paired_comparison, read_scores, statistics_note
+from ..evaluation.observers import SECOND_OBSERVER_NOTE, second_observer_metrics
 from ..models.cost import model_cost
 from ..training.trainer import model_kwargs_from_config
 from ..utils.io import atomic_path
@@ -43,6 +45,8 @@ FOV_METRICS = (
     ("fov_auc", "AUC"),
 )
 TEST_METRICS = ("dice_fg_mean", "miou_cm", "pixel_accuracy", "iou_fg_cm", *(key for key, _ in FOV_METRICS))
+SECOND_OBSERVER = "Second observer"
+"""The row of the second observer's scores, under the models, for datasets that have one (:func:`observer_scores`)."""
 
 
 def _training_seconds(run_dir: Path) -> float:
@@ -261,13 +265,50 @@ def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[R
     ]
 
 
+def observer_scores(dataset: str, specs: Sequence[RunSpec]) -> dict[str, float] | str | None:
+    """The second observer's scores on the test images of ``dataset`` that its tested runs cover (their
+    ``test/per_image.csv``), read from the runs' data folder with their options
+    (:func:`~convunext.evaluation.observers.second_observer_metrics`).
+
+    Returns:
+        The scores; None for a dataset without a second observer or without a tested run; the one-line reason when
+        they cannot be computed (a copy without the second observer's files), so that the models' results are still
+        reported.
+    """
+    runs = [spec for spec in specs if spec.dataset == dataset and (spec.test_dir / "per_image.csv").is_file()]
+    if dataset_spec(dataset).second_observer is None or not runs:
+        return None
+    names = list(dict.fromkeys(name for spec in runs for name in read_scores(spec.test_dir / "per_image.csv")))
+    data = runs[0].config.data
+    try:
+        return second_observer_metrics(dataset, data.root, "test", names, **data.options)
+    except ConvUNeXtError as error:
+        return str(error)
+
+
+def _observer_cell(scores: dict[str, float] | str | None, key: str) -> str:
+    """A table cell of the second observer: ``key``'s score, or — (no score, or none of that kind: AUC)."""
+    return f"{scores[key]:.4f}" if isinstance(scores, dict) and key in scores else "—"
+
+
+def _observer_lines(observers: Mapping[str, dict[str, float] | str | None]) -> list[str]:
+    """The note under a table with a second-observer row, and why any dataset's could not be scored."""
+    failed = "".join(
+        f" Not scored on {DATASET_TITLES[name]}: {why}." for name, why in observers.items() if isinstance(why, str)
+    )
+    return [SECOND_OBSERVER_NOTE + failed, ""]
+
+
 def results_markdown(
     rows: Sequence[Mapping[str, Any]], budget: Budget, context: Mapping[str, Any], specs: Sequence[RunSpec]
 ) -> str:
-    """The text of ``results.md``: the budget, the paper-style tables, the recipe and the protocol."""
+    """The text of ``results.md``: the budget, the paper-style tables (with a second-observer row for the datasets
+    that have one, :func:`observer_scores`), the recipe and the protocol."""
     groups = group_runs(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     models = list(dict.fromkeys(row["model"] for row in rows))
+    observers = {dataset: observer_scores(dataset, specs) for dataset in datasets}
+    observers = {dataset: scores for dataset, scores in observers.items() if scores is not None}
     lines = header_lines("ConvUNeXt reproduction", budget, context, rows)
     headers = ["Model", "Params", f"GFLOPs (3x{FLOPS_SIZE}x{FLOPS_SIZE})"]
     for dataset in datasets:
@@ -281,7 +322,22 @@ def results_markdown(
             line += [_pm([float(r["test_dice_fg_mean"]) for r in group])]
             line += [_pm([float(r["test_miou_cm"]) for r in group])]
         table.append(line)
+    if observers:
+        table.append(
+            [
+                SECOND_OBSERVER,
+                "—",
+                "—",
+                *(
+                    _observer_cell(observers.get(dataset), key)
+                    for dataset in datasets
+                    for key in ("dice_fg_mean", "miou_cm")
+                ),
+            ]
+        )
     lines += ["## Test results", "", markdown_table(headers, table), ""]
+    if observers:
+        lines += _observer_lines(observers)
     for dataset in (d for d in datasets if d in VESSEL_DATASETS):
         vessel = []
         for model in models:
@@ -289,6 +345,8 @@ def results_markdown(
             vessel.append(
                 [model_title(model), *(_pm([float(r[f"test_{key}"]) for r in group]) for key, _ in FOV_METRICS)]
             )
+        if dataset in observers:
+            vessel.append([SECOND_OBSERVER, *(_observer_cell(observers[dataset], key) for key, _ in FOV_METRICS)])
         lines += [
             f"### {DATASET_TITLES[dataset]}: vessel metrics inside the field of view",
             "",

@@ -25,6 +25,10 @@ from .plan import RunSpec, available_datasets, finished_runs, plan_runs
 from .plots import plot_dice_vs_params
 from .report import collect_row, results_markdown, summarize, write_csv
 
+PROTOCOL_THRESHOLD = "argmax"
+"""Comparisons score every model at its argmax (the paper's protocol; for a binary model the threshold 0.5), not at
+its validation threshold, so that their tables compare with the paper's and with each other. Each image is run at
+the model's training scale (in-domain, within tolerance: as it is)."""
 REPORT_LOCK_WAIT_S = 120.0  # writing the report files takes seconds; another process may be writing them
 RUN_IN_USE = (
     "another `convunext reproduce` or `ablate` (or `convunext train`) is working on this run; give it other --models"
@@ -63,7 +67,7 @@ def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
     """:func:`evaluate_run`'s work, in the locked run folder."""
     from ..checkpoint import load_checkpoint
     from ..data import open_dataset
-    from ..evaluation.evaluate import evaluate_checkpoint, write_report
+    from ..evaluation.evaluate import evaluate_checkpoint, operating_point, write_report
     from ..evaluation.html_report import ReportGallery
     from ..training.run_folder import remove_temp_files
 
@@ -74,7 +78,9 @@ def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
     inferer = inferer.for_checkpoint(checkpoint.meta)
     start = time.perf_counter()
     gallery = ReportGallery()
-    metrics = evaluate_checkpoint(checkpoint, dataset, inferer, progress=False, on_image=gallery)
+    metrics = evaluate_checkpoint(
+        checkpoint, dataset, inferer, threshold=PROTOCOL_THRESHOLD, scale="auto", progress=False, on_image=gallery
+    )
     context = {
         "checkpoint": str(checkpoint.path),
         "weights_sha256": checkpoint.meta["weights"]["sha256"],
@@ -85,6 +91,7 @@ def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
         "best_val_epoch": checkpoint.meta.get("epoch"),
         "images": len(dataset),  # type: ignore[arg-type]
         **inferer.record(),
+        **operating_point(checkpoint.meta, PROTOCOL_THRESHOLD, "auto"),
         "backend": inferer.backend,
         "seconds": round(time.perf_counter() - start, 1),
     }

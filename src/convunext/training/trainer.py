@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_training_state, save_checkpoint_set
 from ..data import DatasetInfo, TransformedDataset, open_dataset
+from ..data.fov import dataset_fov_diameter
 from ..errors import ConvUNeXtError
 from ..models import create_model, model_arguments
 from ..runtime import configure
@@ -55,7 +56,7 @@ from .schedule import build_scheduler, compress_schedule
 from .state import TrainingState
 from .step import TrainingStep
 from .time_budget import RunCosts, plan_epochs, too_few_steps_warning
-from .validation import Validation
+from .validation import Validation, threshold_record
 
 _T = TypeVar("_T")
 
@@ -141,6 +142,7 @@ class Trainer:
         self.train_set = open_dataset(data.name, data.root, "train", **data.options)
         self.val_set = open_dataset(data.name, data.root, "val", **data.options)
         self.info: DatasetInfo = self.train_set.info
+        self.fov_diameter = dataset_fov_diameter(self.train_set)  # the scale the model learns (inference.scale)
         check_model_matches_data(config, self.info)
         self.model_kwargs = model_kwargs_from_config(config, self.info)
         torch.manual_seed(config.train.seed)
@@ -174,11 +176,13 @@ class Trainer:
                 "eval_tile_size": config["data"]["eval_tile_size"],
                 "has_fov": self.info.has_fov,
             },
+            **({"scale": {"fov_diameter": self.fov_diameter}} if self.fov_diameter is not None else {}),
             "recipe": config["optim"],
             "seed": self.config.train.seed,
             "world_size": self.dist.world_size,  # optim.batch_size is per process: global batch = batch x this
             "epoch": epoch,
             "val_metrics": metrics,
+            **({"threshold": threshold_record(metrics)} if "threshold" in metrics else {}),
         }
 
     def estimate_step_memory(self, crop_size: int | None = None, batch_size: int | None = None) -> int:

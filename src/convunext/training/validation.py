@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ..data import DatasetInfo, EvalTransform, TransformedDataset, pad_collate
 from ..evaluation.evaluate import evaluate_model
+from ..evaluation.threshold import ThresholdChoice, ThresholdSearch
 from ..inference import Inferer
 from ..inference.optimize import optimize_for_inference
 from .batchnorm_stats import recompute_batchnorm_statistics
@@ -21,7 +22,7 @@ from .config import ExperimentConfig
 from .distributed import DistributedContext
 from .ema import ModelEma
 
-__all__ = ["Validation", "ValidationPoint"]
+__all__ = ["Validation", "ValidationPoint", "threshold_record"]
 
 
 class ValidationPoint(NamedTuple):
@@ -74,8 +75,11 @@ class Validation:
 
     @torch.no_grad()
     def metrics(self, model: nn.Module) -> dict[str, float]:
-        """Metrics of ``model`` on the validation split, as it is (its BatchNorm statistics untouched)."""
+        """Metrics of ``model`` on the validation split, as it is (its BatchNorm statistics untouched); for a
+        binary model also the Dice-optimal ``threshold`` on these images and the ``dice_at_threshold``
+        (:class:`~convunext.evaluation.threshold.ThresholdSearch`, from the same probabilities)."""
         self.dist.broadcast_buffers(model)  # every shard is evaluated with the model rank 0 checkpoints
+        search = ThresholdSearch(ignore_index=self.info.ignore_index) if self.info.num_classes == 2 else None
         metrics = evaluate_model(
             optimize_for_inference(model) if self.fast else model,
             self.shard,
@@ -84,10 +88,17 @@ class Validation:
             self.inferer,
             progress=False,
             topology="off",  # skeletons cost CPU seconds every validation; the test report has them
+            on_image=None if search is None else lambda sample, probs: search.update(probs[0, 1], **_truth(sample)),
         )
         if self.dist.enabled:
             metrics.gather_across_processes()
-        return metrics.compute()
+        results = metrics.compute()
+        if search is not None:
+            if self.dist.enabled:
+                search.gather_across_processes()
+            choice = search.best()
+            results.update(threshold=choice.threshold, dice_at_threshold=choice.dice)
+        return results
 
     def point(
         self, model: nn.Module, ema: ModelEma | None, augmented: TransformedDataset, epoch: int
@@ -122,6 +133,20 @@ class Validation:
             for start in range(0, count, batch)
         )
         recompute_batchnorm_statistics(model, batches, self.forward)
+
+
+def _truth(sample: dict[str, Any]) -> dict[str, Any]:
+    """A validation sample's ``target`` and ``fov`` for :meth:`ThresholdSearch.update`."""
+    return {"target": sample["mask"], "fov": sample["fov"]}
+
+
+def threshold_record(metrics: dict[str, float]) -> dict[str, Any]:
+    """A checkpoint's ``meta["threshold"]`` from its validation metrics (:meth:`Validation.metrics`): the
+    Dice-optimal threshold on the validation split, the Dice there and at the argmax."""
+    choice = ThresholdChoice(
+        metrics["threshold"], metrics["dice_at_threshold"], metrics["dice_fg_mean"], int(metrics["num_images"])
+    )
+    return choice.record("val")
 
 
 class _Shard(Dataset):
