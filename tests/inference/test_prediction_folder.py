@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from PIL import Image
 from convunext.checkpoint import Checkpoint
 from convunext.errors import ConvUNeXtError
 from convunext.inference import Inferer
-from convunext.inference.prediction_folder import PREDICTIONS_MARKER, PredictionFolder, expand_inputs
+from convunext.inference.prediction_folder import PREDICTIONS_MARKER, PREDICTIONS_TABLE, PredictionFolder, expand_inputs
 from convunext.inference.predictor import Predictor
 
 
@@ -35,7 +36,10 @@ def test_a_folder_holds_one_checkpoints_predictions(tmp_path: Path, tiny_checkpo
         for path in files:
             folder.save(path, *predictor.predict_file(path))
     names = {p.name for p in folder.out_dir.iterdir()}
-    assert names == {PREDICTIONS_MARKER, "a_mask.png", "a_prob.npy", "b_mask.png", "b_prob.npy"}
+    assert names == {PREDICTIONS_MARKER, PREDICTIONS_TABLE, "a_mask.png", "a_prob.npy", "b_mask.png", "b_prob.npy"}
+    with open(folder.out_dir / PREDICTIONS_TABLE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["name"], row["image"], row["threshold"]) for row in rows] == [(p.stem, str(p), "") for p in files]
     marker = json.loads((folder.out_dir / PREDICTIONS_MARKER).read_text())
     assert marker["weights_sha256"] == checkpoint.meta["weights"]["sha256"]
     expected = predictor.predict_file(files[0])[1].probabilities.astype(np.float16)

@@ -158,6 +158,7 @@ def test_temporary_files_of_a_killed_predict_are_removed_by_the_next(checkpoint:
         ".notes.txt.swap.tmp",
         "a_mask.png",
         "a_overlay.png",
+        "predictions.csv",
     }
 
 

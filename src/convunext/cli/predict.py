@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
     print(
         f"{len(files)} image(s) segmented in {seconds:.1f} s -> {folder.out_dir}/ (NAME_mask.png"
-        f"{', NAME_prob.npy' if args.probabilities else ''}{', NAME_overlay.png' if args.overlay else ''})"
+        f"{', NAME_prob.npy' if args.probabilities else ''}{', NAME_overlay.png' if args.overlay else ''}; "
+        "predictions.csv: how each was run)"
     )
     return 0
 

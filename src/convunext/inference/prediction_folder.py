@@ -6,15 +6,19 @@
 ...         folder.save(path, *predictor.predict_file(path))
 
 Each image ``NAME`` gets ``NAME_mask.png`` and, when asked for, ``NAME_prob.npy`` and ``NAME_overlay.png``, written
-as one set (:func:`save_prediction`). The folder belongs to one job at a time (a :class:`~convunext.utils.lock.
-RunLock`) and to one checkpoint: its :data:`PREDICTIONS_MARKER` file names the checkpoint, and another checkpoint's
-predictions are refused there, so one image's mask and overlay never come from two models. Outputs never replace an
-input or a file that predict did not write, a folder of predictions is never read as input
-(:func:`expand_inputs`), and every check runs before the first image.
+as one set (:func:`save_prediction`). :data:`PREDICTIONS_TABLE` lists how each image was run: its file, the resize
+factor of scale matching and why (:mod:`~convunext.inference.scale`), and the threshold of its mask.
+
+The folder belongs to one job at a time (a :class:`~convunext.utils.lock.RunLock`) and to one checkpoint: its
+:data:`PREDICTIONS_MARKER` file names the checkpoint, and another checkpoint's predictions are refused there, so one
+image's mask and overlay never come from two models. Outputs never replace an input or a file that predict did not
+write, a folder of predictions is never read as input (:func:`expand_inputs`), and every check runs before the first
+image.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -27,13 +31,14 @@ from PIL import Image
 from ..checkpoint import Checkpoint
 from ..data.io import is_image_file
 from ..errors import ConvUNeXtError
-from ..utils.io import atomic_write_files, atomic_write_json, check_output_folder, temporary_files
+from ..utils.io import atomic_path, atomic_write_files, atomic_write_json, check_output_folder, temporary_files
 from ..utils.lock import RunLock
 from .predictor import Prediction, overlay
 
 __all__ = [
     "OUTPUT_SUFFIXES",
     "PREDICTIONS_MARKER",
+    "PREDICTIONS_TABLE",
     "PredictionFolder",
     "expand_inputs",
     "output_paths",
@@ -46,6 +51,12 @@ PREDICTIONS_MARKER = ".convunext-predictions.json"
 """The file ``convunext predict`` leaves in its output folder: such a folder is never read as input (its masks are
 no images to segment), and only the checkpoint named in the file writes into it again."""
 MARKER_FORMAT = "convunext-predictions"
+PREDICTIONS_TABLE = "predictions.csv"
+"""One row per image predicted into the folder (the latest prediction of each): ``name``, ``image`` (the input file),
+``scale``, ``fov_diameter``, ``scale_reason`` and ``threshold`` (empty: the argmax). Written when predict ends (and
+every :data:`TABLE_EVERY` images), atomically."""
+TABLE_EVERY = 50
+TABLE_COLUMNS = ("name", "image", "scale", "fov_diameter", "scale_reason", "threshold")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -167,6 +178,8 @@ class PredictionFolder:
         self.outputs = [out for path in inputs for out in output_paths(self.out_dir, path.stem, probabilities, overlay)]
         self._check_inputs(inputs)
         self._lock = RunLock(self.out_dir, hint="wait for it to finish, or give another --out folder")
+        self.rows: dict[str, dict[str, object]] = {}
+        self._unwritten = 0
 
     def _check_inputs(self, inputs: Sequence[Path]) -> None:
         """Refuse a folder where the outputs would replace an input or be read back as one."""
@@ -200,7 +213,19 @@ class PredictionFolder:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self._lock.release()
+        try:
+            if self._unwritten:
+                self._write_table()
+        finally:
+            self._lock.release()
+
+    def _write_table(self) -> None:
+        """Write :data:`PREDICTIONS_TABLE`: the rows of earlier predicts into the folder, updated with this one's."""
+        with atomic_path(self.out_dir / PREDICTIONS_TABLE) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows[name] for name in sorted(self.rows))
+        self._unwritten = 0
 
     def _claim(self) -> None:
         """Mark the locked folder as holding the checkpoint's predictions, after refusing a folder that holds
@@ -220,7 +245,7 @@ class PredictionFolder:
                     f"({recorded.get('checkpoint', 'unknown')}); give another --out folder, or empty this one"
                 )
         else:
-            existing = next((path for path in self.outputs if path.exists()), None)
+            existing = next((path for path in [*self.outputs, self.out_dir / PREDICTIONS_TABLE] if path.exists()), None)
             if existing is not None:
                 raise ConvUNeXtError(
                     f"{existing}: exists and was not written by convunext predict; give another --out folder"
@@ -229,7 +254,11 @@ class PredictionFolder:
             atomic_write_json(
                 marker, {"format": MARKER_FORMAT, "checkpoint": checkpoint_path, "weights_sha256": weights_sha256}
             )
-        written = [f"*{suffix}" for suffix in OUTPUT_SUFFIXES] + [PREDICTIONS_MARKER]
+        table = self.out_dir / PREDICTIONS_TABLE
+        if table.is_file():  # the rows of earlier predicts of this checkpoint into the folder stay listed
+            with open(table, newline="") as handle:
+                self.rows = {row["name"]: dict(row) for row in csv.DictReader(handle) if row.get("name")}
+        written = [f"*{suffix}" for suffix in OUTPUT_SUFFIXES] + [PREDICTIONS_MARKER, PREDICTIONS_TABLE]
         for pattern in written:  # the temporary files of a predict killed while writing
             for leftover in self.out_dir.glob(temporary_files(pattern)):
                 leftover.unlink(missing_ok=True)
@@ -238,4 +267,15 @@ class PredictionFolder:
         """Write the outputs of input ``path`` (its ``image``, ``H x W x C`` float in [0, 1], for the overlay);
         returns the written paths (:func:`save_prediction`)."""
         overlaid = image if self.overlay else None
-        return save_prediction(self.out_dir, path.stem, prediction, overlaid, probabilities=self.probabilities)
+        written = save_prediction(self.out_dir, path.stem, prediction, overlaid, probabilities=self.probabilities)
+        scale = prediction.scale.record() if prediction.scale is not None else {}
+        self.rows[path.stem] = {
+            "name": path.stem,
+            "image": str(path),
+            **{key: scale.get(key) for key in ("scale", "fov_diameter", "scale_reason")},
+            "threshold": prediction.threshold,
+        }
+        self._unwritten += 1
+        if self._unwritten >= TABLE_EVERY:
+            self._write_table()
+        return written

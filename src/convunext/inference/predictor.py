@@ -42,12 +42,13 @@ bounded memory."""
 @dataclass
 class Prediction:
     """One image's result: ``probabilities`` ``K x H x W`` float32 (softmax), ``mask`` ``H x W`` uint8 class ids
-    (the argmax, or foreground where its probability is above the predictor's threshold) and how the image was
-    resized for the model (``scale``; None when the predictor matches no scale)."""
+    (the argmax, or foreground where its probability is above ``threshold``) and how the image was resized for the
+    model (``scale``; None when the predictor matches no scale)."""
 
     probabilities: np.ndarray
     mask: np.ndarray
     scale: ScaleMatch | None = None
+    threshold: float | None = None
 
 
 class Predictor:
@@ -164,7 +165,7 @@ class Predictor:
                 "on it); nothing was written for it"
             )
         mask = predicted_labels(probabilities, self.threshold)
-        return Prediction(probabilities.numpy(), mask.to(torch.uint8).numpy(), match)
+        return Prediction(probabilities.numpy(), mask.to(torch.uint8).numpy(), match, self.threshold)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
