@@ -220,13 +220,26 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
         reproduce(resolve_experiment(tmp_path / "out", MODELS, "cpu", datasets=["drive"], data_root=tmp_path))
 
 
-@pytest.mark.parametrize("dataset, images", [("drive", 16), ("glas", 75), ("hrf", 20), ("stare", 8), ("chase_db1", 16)])
-def test_cpu_budget_gives_every_dataset_the_same_steps_of_the_chosen_recipe(dataset: str, images: int) -> None:
+@pytest.mark.parametrize(
+    "dataset, images, budget_steps",
+    [
+        ("drive", 16, CPU_STEPS),
+        ("glas", 75, CPU_STEPS),
+        ("hrf", 20, 600),
+        ("stare", 8, CPU_STEPS),
+        ("chase_db1", 16, CPU_STEPS),
+    ],
+)
+def test_cpu_budget_gives_every_dataset_the_same_steps_of_the_chosen_recipe(
+    dataset: str, images: int, budget_steps: int
+) -> None:
     training_images = budgets.training_images(dataset)  # from the shipped split lists
     assert training_images == images
     config = ExperimentConfig.from_yaml(dataset, BUDGETS["cpu"].overrides_for(dataset))
     steps = config.train.epochs * (training_images // 4)
-    assert CPU_STEPS <= steps < CPU_STEPS + training_images // 4
+    assert budget_steps <= steps < budget_steps + training_images // 4
+    # HRF's fewer steps of larger crops see about as many pixels as the others' 1,200 of 256x256
+    assert steps * config.data.crop_size**2 == pytest.approx(CPU_STEPS * 256**2, rel=0.15)
     assert (config.optim.lr, config.optim.decay, config.optim.weight_decay) == (1.5e-3, "poly", 1e-4)
     assert config.optim.batch_size == 4 and config.train.precise_bn_batches == 4
     assert config.optim.warmup_epochs * 300 == pytest.approx(config.train.epochs, abs=0.01)  # 1/300 of the run
@@ -319,3 +332,13 @@ def test_results_md_says_why_a_second_observer_is_not_scored(tmp_path: Path, sta
         is None
     )
     assert observer_scores("synthetic", specs) is None
+
+
+@pytest.mark.parametrize("folder", ["CHASE_DB1", "CHASEDB1", "chase-db1"])
+def test_datasets_are_found_under_the_names_their_archives_unpack_to(tmp_path: Path, folder: str) -> None:
+    from convunext.reproduce.plan import available_datasets, locate_dataset
+    from miniatures import make_chase_db1
+
+    chase = make_chase_db1(tmp_path, folder=folder)
+    assert locate_dataset("chase_db1", tmp_path) == chase
+    assert available_datasets(tmp_path) == ["chase_db1"]

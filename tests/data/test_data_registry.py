@@ -124,7 +124,7 @@ def test_a_registered_dataset_is_listed_and_gone_after_the_test(tmp_path):
         assert list_datasets()[-1] == "toy" and detectable_datasets()[-1] == "toy"
         assert preparable_datasets()[-1] == "toy" and dataset_spec("TOY") is TOY
     assert "toy" not in list_datasets()
-    unknown = "^unknown dataset 'toy'; expected one of synthetic, drive, glas, hrf, stare, chase_db1, folder$"
+    unknown = "^unknown dataset 'toy'; expected one of synthetic, drive, glas, hrf, stare, chase_db1, mixed, folder$"
     with pytest.raises(ConvUNeXtError, match=unknown):
         open_dataset("toy", tmp_path)
 
@@ -217,8 +217,8 @@ def test_registering_a_taken_or_malformed_name_is_refused(toy):
 
 # ------------------------------------------------------------------------------------------------ every dataset
 def test_the_built_in_datasets_in_order():
-    assert list_datasets() == ["synthetic", "drive", "glas", "hrf", "stare", "chase_db1", "folder"]
-    assert detectable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder"]
+    assert list_datasets() == ["synthetic", "drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder"]
+    assert detectable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder"]
     assert preparable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder"]
     observers = {name: dataset_spec(name).second_observer for name in list_datasets()}
     assert {name: options for name, options in observers.items() if options} == {
@@ -253,7 +253,7 @@ def miniature(request, tmp_path, folder_factory):
         root = folder_factory(tmp_path / "mine", [f"case{index:02d}" for index in range(7)])
         return root, root
     folder = request.getfixturevalue(f"mini_{name}")
-    return folder.parent, folder
+    return (folder, folder) if dataset_spec(name).folder_name is None else (folder.parent, folder)
 
 
 @pytest.mark.parametrize("miniature", detectable_datasets(), indirect=True)
@@ -261,7 +261,7 @@ def test_every_dataset_read_from_files_is_detected_and_opens_every_split(miniatu
     name = request.node.callspec.params["miniature"]
     search_root, folder = miniature
     spec = dataset_spec(name)
-    assert detect_dataset(search_root) == name and spec.locate(search_root) == folder
+    assert (detect_dataset(search_root) == name) == spec.detected and spec.locate(search_root) == folder
     info = dataset_info(name, search_root)
     for split in SPLITS:
         dataset = open_dataset(name, search_root, split)

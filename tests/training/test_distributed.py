@@ -40,6 +40,7 @@ from convunext.data import EvalTransform, open_dataset
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_model
 from convunext.evaluation.metrics import SegmentationMetrics
+from convunext.evaluation.threshold import ThresholdSearch
 from convunext.inference.optimize import optimize_for_inference
 from convunext.models import create_model
 from convunext.training.config import ExperimentConfig
@@ -202,10 +203,21 @@ def test_validation_under_ddp_equals_single_process_evaluation(ddp: Path) -> Non
         model = optimize_for_inference(checkpoint.model)  # the trainer validates through the fast path
         transform = EvalTransform(checkpoint.mean, checkpoint.std)
         # topology off, as the trainer validates (the skeletons would cost CPU seconds every epoch)
-        metrics = evaluate_model(model, dataset, transform, 2, progress=False, topology="off")
+        search = ThresholdSearch()  # the threshold search of each validation, gathered across the ranks
+        metrics = evaluate_model(
+            model,
+            dataset,
+            transform,
+            2,
+            progress=False,
+            topology="off",
+            on_image=lambda sample, probs: search.update(probs[0, 1], sample["mask"], sample["fov"]),
+        )
     finally:
         torch.set_num_threads(threads)
     metrics = metrics.compute()
+    choice = search.best()
+    metrics.update(threshold=choice.threshold, dice_at_threshold=choice.dice)
     assert recorded["num_images"] == metrics["num_images"] == 2
     assert recorded == metrics  # exact: same weights, same BatchNorm statistics on both shards
     buffers = torch.load(ddp / "gathered.pt", weights_only=False)["buffers"]

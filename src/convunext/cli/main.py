@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "evaluate",
     "calibrate",
     "compare",
+    "cross_evaluate",
     "predict",
     "models",
     "data",

@@ -91,9 +91,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, out: str, models: 
         "not the same steps (sets train.time_budget_minutes on top of the budget)",
     )
     parser.add_argument(
-        "--datasets", nargs="+", choices=DATASETS, help="default: those of drive, glas, hrf found under --data-root"
+        "--datasets",
+        nargs="+",
+        choices=DATASETS,
+        help="default: those found under --data-root (DRIVE/, GlaS/, HRF/, STARE/, CHASE_DB1/)",
     )
-    parser.add_argument("--data-root", help="folder holding DRIVE/, GlaS/, HRF/ (default: $CONVUNEXT_DATA or data/)")
+    parser.add_argument("--data-root", help="folder holding DRIVE/, HRF/, ... (default: $CONVUNEXT_DATA or data/)")
     parser.add_argument("--models", nargs="+", help=models)
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the budget's; paper 0 1 2, cpu 0)")
     add_inference_arguments(parser, windows=False)

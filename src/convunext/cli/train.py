@@ -66,7 +66,11 @@ class _Flag:
 def _flags() -> tuple[_Flag, ...]:
     return (
         _Flag("config", f"preset ({', '.join(list_presets())}) or YAML file", nargs="?"),
-        _Flag("--data", "dataset: synthetic, drive, glas, hrf or folder (sets data.name)", sets="data.name"),
+        _Flag(
+            "--data",
+            "dataset: a registered name (synthetic, drive, glas, hrf, stare, chase_db1, mixed, folder; sets data.name)",
+            sets="data.name",
+        ),
         _Flag("--data-root", "dataset folder (sets data.root)", sets="data.root"),
         _Flag("--model", "registry model name (sets model.name); see `convunext models`", sets="model.name"),
         _Flag("--epochs", "number of epochs (sets train.epochs)", sets="train.epochs", type=int),
@@ -206,7 +210,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model (default: ConvUNeXt on the built-in synthetic data)",
-        description="Train a registry model with a preset (synthetic, drive, glas, hrf) or a YAML config file. "
+        description="Train a registry model with a preset (synthetic, drive, glas, hrf, stare, chase_db1, "
+        "retina-vessels) or a YAML config file. "
         "Every config field can be overridden with --set SECTION.FIELD=VALUE.",
     )
     for flag in _flags():

@@ -21,6 +21,7 @@ from .glas import GlasDataset
 from .hrf import HrfDataset
 from .stare import StareDataset
 from .chase_db1 import ChaseDb1Dataset
+from .mixed import MixedDataset
 from .folder import FolderDataset
 
 # isort: on
@@ -45,6 +46,7 @@ __all__ = [
     "FolderDataset",
     "GlasDataset",
     "HrfDataset",
+    "MixedDataset",
     "Record",
     "Sample",
     "StareDataset",

@@ -45,7 +45,10 @@ def detect_dataset(root: str | Path) -> str:
     if not root.is_dir():
         raise ConvUNeXtError(f"{root}: dataset folder not found")
     # datasets read from exactly the root given first (False sorts before True)
-    specs = sorted(map(dataset_spec, detectable_datasets()), key=lambda spec: spec.folder_name is not None)
+    specs = sorted(
+        (spec for spec in map(dataset_spec, detectable_datasets()) if spec.detected),
+        key=lambda spec: spec.folder_name is not None,
+    )
     for spec in specs:
         if _holds(spec, root):
             return spec.name

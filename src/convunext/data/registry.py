@@ -63,6 +63,9 @@ class DatasetSpec:
             trains on the datasets that have one).
         vessel_metrics: a retinal vessel dataset: reproduction reports add sensitivity, specificity, accuracy and
             AUC inside the field of view.
+        detected: whether :func:`~convunext.data.detect_dataset` names it for a folder that holds its layout; False
+            for a layout made of others' (``mixed``: a folder holding DRIVE/, STARE/ and HRF/ is named with
+            ``--dataset mixed``, and otherwise detected as the first of them).
         second_observer: the reader options that give a second observer's annotations of the same images
             (``{"observer": 2}``), scored against the first's as a human reference
             (:func:`~convunext.evaluation.observers.second_observer_metrics`); None: the dataset has none.
@@ -83,6 +86,7 @@ class DatasetSpec:
     locate_download: Callable[[Path], Path] | None = None
     preset: str | None = None
     vessel_metrics: bool = False
+    detected: bool = True
     second_observer: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property

@@ -30,6 +30,10 @@ DATASET_TERMS = {
     "challenge organisers; cite the paper. These weights are derived from it: research use only, not for diagnosis.",
     "hrf": "HRF (Budai et al., International Journal of Biomedical Imaging 2013) is distributed for research use; "
     "cite the paper. These weights are derived from it: research use only, not for diagnosis.",
+    "stare": "STARE (Hoover et al., IEEE TMI 2000) is made available by its authors for research; cite the paper. "
+    "These weights are derived from it: research use only, not for diagnosis.",
+    "chase_db1": "CHASE_DB1 (Fraz et al., IEEE TBME 2012) is made available by Kingston University for research; "
+    "cite the paper. These weights are derived from it: research use only, not for diagnosis.",
 }
 """Terms of use of each data set, as stated on the cards of models trained on it."""
 

@@ -80,13 +80,14 @@ class RunSpec:
 
 
 def locate_dataset(name: str, data_root: str | Path) -> Path:
-    """The folder of dataset ``name`` under ``data_root`` (``DRIVE/``, ``GlaS/``, ``HRF/``; any case), or
-    ``data_root`` itself when it holds that dataset's layout."""
+    """The folder of dataset ``name`` under ``data_root`` (``DRIVE/``, ``GlaS/``, ``HRF/``, ``STARE/``,
+    ``CHASE_DB1/``; any case, with or without ``_`` or ``-``: ``CHASEDB1/`` too), or ``data_root`` itself when it holds
+    that dataset's layout."""
     root = Path(data_root).expanduser()
     wanted = DATASET_DIRS[name]
     if root.is_dir():
         for child in sorted(root.iterdir()):
-            if child.is_dir() and child.name.lower() == wanted.lower():
+            if child.is_dir() and _folder_key(child.name) == _folder_key(wanted):
                 return child
         from ..data.detect import detect_dataset
 
@@ -101,8 +102,13 @@ def locate_dataset(name: str, data_root: str | Path) -> Path:
     )
 
 
+def _folder_key(name: str) -> str:
+    """A dataset folder's name as :func:`locate_dataset` compares it: lower case, without ``_`` and ``-``."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 def available_datasets(data_root: str | Path) -> list[str]:
-    """The paper's datasets (drive, glas, hrf) present under ``data_root``."""
+    """The downloaded datasets with a preset (drive, glas, hrf, stare, chase_db1) present under ``data_root``."""
     found = []
     for name in DATASET_DIRS:
         try:

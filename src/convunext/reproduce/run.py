@@ -21,7 +21,7 @@ from ..utils.device import device_description
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.lock import RunLock
 from .budgets import BUDGETS, Budget
-from .plan import RunSpec, available_datasets, finished_runs, plan_runs
+from .plan import DATASET_DIRS, RunSpec, available_datasets, finished_runs, plan_runs
 from .plots import plot_dice_vs_params
 from .report import collect_row, results_markdown, summarize, write_csv
 
@@ -182,9 +182,11 @@ def resolve_experiment(
         models: registry names (:func:`~convunext.models.list_models`), or a study's models
             (:func:`~convunext.reproduce.ablate.study_models`).
         budget: ``paper``, ``cpu``, ``smoke`` or a :class:`Budget`.
-        datasets: among ``drive, glas, hrf, synthetic`` (default: the paper's datasets found under ``data_root``).
+        datasets: among :data:`~convunext.reproduce.plan.DATASETS` (default: the downloaded ones found under
+            ``data_root``).
         seeds: default: the budget's (paper: 0 1 2, cpu: 0, smoke: 0 1).
-        data_root: folder holding ``DRIVE/``, ``GlaS/``, ``HRF/`` (default :func:`convunext.data.default_data_root`).
+        data_root: folder holding ``DRIVE/``, ``GlaS/``, ``HRF/``, ``STARE/``, ``CHASE_DB1/``
+            (default :func:`convunext.data.default_data_root`).
         overrides: extra ``section.field=value`` settings for every run (after the budget's).
         inferer: the device every run trains and tests on, and how the test split is run (back-end, batch size;
             default ``Inferer()``). The protocol fixes the rest: each run is tested at its dataset's tile size
@@ -209,7 +211,8 @@ def resolve_experiment(
         datasets = available_datasets(root)
         if not datasets:
             raise ConvUNeXtError(
-                f"none of DRIVE, GlaS, HRF found under {root}; pass --data-root, or --datasets synthetic"
+                f"none of {', '.join(DATASET_DIRS.values())} found under {root}; pass --data-root, or --datasets "
+                "synthetic"
             )
         log(f"datasets found under {root}: {', '.join(datasets)}")
     return Experiment(

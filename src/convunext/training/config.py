@@ -59,8 +59,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset and augmentation. ``name`` is one of ``synthetic, drive, glas, hrf, folder``; ``root`` is its folder
-    (unused for ``synthetic``); ``options`` are extra arguments of :func:`convunext.data.open_dataset`.
+    """Dataset and augmentation. ``name`` is a registered dataset (:func:`convunext.data.list_datasets`:
+    ``synthetic``, ``drive``, ``glas``, ``hrf``, ``stare``, ``chase_db1``, ``mixed``, ``folder``); ``root`` is its
+    folder (unused for ``synthetic``); ``options`` are extra arguments of :func:`convunext.data.open_dataset`.
     ``num_workers`` None picks DataLoader workers for the device: 0 on CPU (loading is cheap next to a training
     step, and worker processes would take cores from the step), ``min(8, cores - 1)`` with CUDA."""
 
