@@ -21,6 +21,7 @@ from convunext.data import open_dataset
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_checkpoint
 from convunext.pretrained import PretrainedCard, from_pretrained, list_pretrained, publish_pretrained
+from convunext.pretrained.card import CardTest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,7 +97,8 @@ def test_publish_writes_float16_weights_and_a_card_with_the_test_metrics(tested_
     assert card.name == "tiny-vessels" and card.model == "convunext"
     assert card.test_metrics["dice_fg_mean"] == report["metrics"]["dice_fg_mean"]
     first_row = (tested_run / "eval-synthetic-test" / "per_image.csv").read_text().splitlines()[1].split(",")
-    assert card.reference_image == {"name": first_row[0], "dice_fg": float(first_row[1])}
+    assert card.tests[0].reference_image == {"name": first_row[0], "dice_fg": float(first_row[1])}
+    assert card.tests[0].dataset == "synthetic" and card.tests[0].evaluation["split"] == "test"
     assert card.terms.startswith("see the terms of use")  # synthetic data: no data set's terms to state
     original = load_checkpoint(tested_run).model
     loaded = from_pretrained("tiny-vessels")
@@ -203,16 +205,39 @@ class _OneImage(torch.utils.data.Dataset):
         return self.dataset[self.index]
 
 
-def test_the_shipped_drive_model_scores_its_stated_dice_on_a_drive_test_image(drive_root: Path) -> None:
-    cards = {card.name: card for card in list_pretrained()}
-    assert "drive-vessels" in cards, "the package ships its DRIVE model"
-    card = cards["drive-vessels"]
-    assert card.model == "convunext" and card.terms.startswith("DRIVE") and card.reference_image is not None
-    checkpoint = from_pretrained("drive-vessels")
-    dataset = open_dataset("drive", drive_root, "test")
-    index = [record.name for record in dataset.records].index(card.reference_image["name"])
-    metrics = evaluate_checkpoint(checkpoint, _OneImage(dataset, index), progress=False, topology="off")  # its tiles
-    assert metrics.per_image()[0]["dice_fg"] == pytest.approx(card.reference_image["dice_fg"], abs=1e-3)
+SHIPPED_TESTS = [(card.name, test.dataset) for card in list_pretrained() for test in card.tests]
+"""(model, data set) of every test a shipped model's card states."""
+SHARED_COPY_OPTIONS = {"hrf": {"skip_unannotated": True}}
+"""Reader options of the shared copies: ../shared/data's HRF lacks the annotations of 11_h, 12_h and 13_h."""
+
+
+def test_the_package_ships_its_vessel_model() -> None:
+    assert ("drive-vessels", "drive") in SHIPPED_TESTS
+    card = next(card for card in list_pretrained() if card.name == "drive-vessels")
+    assert card.model == "convunext" and card.terms.startswith("DRIVE")
+
+
+@pytest.mark.parametrize("name, dataset", SHIPPED_TESTS)
+def test_each_shipped_model_scores_its_stated_dice_on_the_first_test_image_of_each_data_set(
+    name: str, dataset: str, request: pytest.FixtureRequest
+) -> None:
+    root = request.getfixturevalue(f"{dataset}_root")  # the real copy: a failure in CI when missing
+    card = next(card for card in list_pretrained() if card.name == name)
+    (test,) = [test for test in card.tests if test.dataset == dataset]
+    assert test.reference_image is not None and test.evaluation is not None
+    checkpoint = from_pretrained(name)
+    data = open_dataset(dataset, root, "test", **SHARED_COPY_OPTIONS.get(dataset, {}))
+    index = [record.name for record in data.records].index(test.reference_image["name"])
+    # as the card's evaluation ran: its tiles, threshold and scale setting
+    metrics = evaluate_checkpoint(
+        checkpoint,
+        _OneImage(data, index),
+        progress=False,
+        topology="off",
+        threshold=test.evaluation["threshold"] if test.evaluation.get("threshold") is not None else "argmax",
+        scale=test.evaluation.get("scale_setting", "auto"),
+    )
+    assert metrics.per_image()[0]["dice_fg"] == pytest.approx(test.reference_image["dice_fg"], abs=1e-3)
 
 
 def test_export_refuses_a_bad_name_before_looking_for_a_test_report(
@@ -221,3 +246,21 @@ def test_export_refuses_a_bad_name_before_looking_for_a_test_report(
     assert main(["export", "drive-vessels", "--pretrained", "bad/name", "--out", str(tmp_path / "p")]) == 2
     assert "pretrained name 'bad/name': use letters, digits and '-' only" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_card_of_convunext_0_1_with_one_test_is_read_as_that_test(tmp_path: Path) -> None:
+    meta = {"model": {"name": "convunext"}, "data": {"name": "drive"}}
+    meta["pretrained"] = {
+        "task": "vessels",
+        "data": "drive (20 test images evaluated)",
+        "selection": "the only run",
+        "test_metrics": {"dice_fg_mean": 0.81},
+        "test_evaluation": {"dataset": "drive", "split": "test", "images": 20},
+        "terms": "research use only",
+        "reference_image": {"name": "01_test", "dice_fg": 0.82},
+    }
+    card = PretrainedCard.from_meta(tmp_path / "old-vessels.json", meta)
+    assert card.name == "old-vessels" and card.test_metrics == {"dice_fg_mean": 0.81}
+    reference = {"name": "01_test", "dice_fg": 0.82}
+    assert card.tests == (CardTest("drive", {"dice_fg_mean": 0.81}, meta["pretrained"]["test_evaluation"], reference),)
+    assert PretrainedCard.from_meta(tmp_path / "old-vessels.json", {**meta, "pretrained": card.to_meta()}) == card

@@ -17,6 +17,7 @@ import torch
 from convunext import create_model
 from convunext.checkpoint import load_checkpoint, save_checkpoint
 from convunext.pretrained import PretrainedCard, save_pretrained
+from convunext.pretrained.card import CardTest
 
 CLASSES = ["background", "vessel"]
 NORMALIZATION = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.15]}
@@ -29,7 +30,7 @@ def _tiny_card(name: str) -> PretrainedCard:
         task="vessels of tiny synthetic images",
         data="synthetic (2 test images evaluated)",
         selection="the only run",
-        test_metrics={"dice_fg_mean": 0.5},
+        tests=(CardTest("synthetic", {"dice_fg_mean": 0.5}),),
         terms="research use only",
     )
 

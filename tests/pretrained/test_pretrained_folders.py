@@ -16,6 +16,7 @@ import convunext.pretrained.store as store
 from convunext.checkpoint import load_checkpoint, save_checkpoint
 from convunext.errors import ConvUNeXtError
 from convunext.pretrained import PretrainedCard, from_pretrained, resolve_checkpoint, save_pretrained
+from convunext.pretrained.card import CardTest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,7 +66,7 @@ def test_a_card_is_carried_only_with_the_weights_it_was_measured_on(
     with pytest.raises(ConvUNeXtError, match="the weights changed since its card's test metrics were measured"):
         save_pretrained(checkpoint, tmp_path / "tuned")
     assert not (tmp_path / "tuned").exists()
-    card = dataclasses.replace(tiny_card("tuned"), test_metrics={"dice_fg_mean": 0.75})
+    card = dataclasses.replace(tiny_card("tuned"), tests=(CardTest("synthetic", {"dice_fg_mean": 0.75}),))
     path = save_pretrained(checkpoint, tmp_path / "tuned", card)
     assert PretrainedCard.from_meta(path, json.loads(path.read_text())) == card
     with pytest.raises(ConvUNeXtError, match="card of 'tuned' describes a 'unet' model, the checkpoint .* 'convunext'"):

@@ -11,6 +11,7 @@ from ..checkpoint import Checkpoint, load_checkpoint, read_checkpoint_meta
 from ..errors import ConvUNeXtError
 from ..inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET, export_model
 from ..pretrained import publish_pretrained
+from ..pretrained.publish import trained_datasets
 from ..pretrained.store import check_name
 from .options import add_checkpoint_argument, integer_at_least
 
@@ -18,17 +19,24 @@ PUBLISHED_DIR = "pretrained"
 """Where ``--pretrained NAME`` writes without ``--out``: ``./pretrained/NAME/``, never the installed package."""
 
 
-def _test_report(checkpoint: str, given: str | None) -> Path:
-    """The test report of a run: ``--test-report``, else the run's ``test/metrics.json`` (reproduce) or its
-    single ``eval-*-test/metrics.json`` (convunext evaluate)."""
+def _test_reports(checkpoint: str, given: list[str] | None) -> list[Path]:
+    """The test reports of a run: ``--test-report``, else its ``test/metrics.json`` (reproduce) and its
+    ``eval-DATASET-test/metrics.json`` (convunext evaluate) on the data sets it was trained on (each source of a
+    ``mixed`` run; a run evaluated on other data sets too has those left out)."""
     if given:
-        return Path(given)
-    run_dir = read_checkpoint_meta(checkpoint)[1].parent  # the JSON only: publishing loads the weights once
-    found = sorted({*run_dir.glob("test/metrics.json"), *run_dir.glob("eval-*-test/metrics.json")})
-    if len(found) != 1:
+        return [Path(path) for path in given]
+    meta, json_path = read_checkpoint_meta(checkpoint)  # the JSON only: publishing loads the weights once
+    run_dir = json_path.parent
+    trained_on = trained_datasets(meta)
+    found = sorted(run_dir.glob("test/metrics.json")) + [
+        path
+        for path in sorted(run_dir.glob("eval-*-test/metrics.json"))
+        if not trained_on or path.parent.name[len("eval-") : -len("-test")] in trained_on
+    ]
+    if not found or (not trained_on and len(found) > 1):
         what = "none" if not found else ", ".join(str(path) for path in found)
         raise ConvUNeXtError(f"{run_dir}: give --test-report (test reports found: {what})")
-    return found[0]
+    return found
 
 
 def _check_out(out: Path, checkpoint: Checkpoint) -> None:
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         path = publish_pretrained(
             args.checkpoint,
             args.pretrained,
-            _test_report(args.checkpoint, args.test_report),
+            _test_reports(args.checkpoint, args.test_report),
             task=args.task,
             selection=args.selection,
             folder=folder,
@@ -118,7 +126,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     published.add_argument(
         "--test-report",
-        help="metrics.json of the checkpoint's test evaluation (default: RUN/test/ or RUN/eval-*-test/)",
+        nargs="+",
+        metavar="METRICS_JSON",
+        help="metrics.json of the checkpoint's test evaluation, one per data set it was trained on (default: "
+        "RUN/test/, and RUN/eval-DATASET-test/ of each of its data sets)",
     )
     published.add_argument(
         "--task", default="retinal vessel segmentation of colour fundus photographs", help="one line for the card"

@@ -40,7 +40,11 @@ def pretrained_table() -> str:
     """The shipped pretrained models: name, architecture, task, data, test metrics, selection and terms."""
     rows = []
     for card in list_pretrained():
-        metrics = ", ".join(f"{key} {value:.4f}" for key, value in card.test_metrics.items())
+        metrics = "; ".join(
+            (f"{test.dataset}: " if len(card.tests) > 1 else "")
+            + ", ".join(f"{key} {value:.4f}" for key, value in test.metrics.items())
+            for test in card.tests
+        )
         rows.append([card.name, card.model, card.task, card.data, metrics, card.selection, card.terms])
     headers = ["name", "model", "task", "data", "test metrics", "chosen as", "terms of use"]
     return markdown_table(headers, rows)

@@ -1,5 +1,6 @@
 """The card of a pretrained model: what it segments, the data it was trained and tested on, how the run was chosen,
-its test metrics and the data set's terms of use.
+its test metrics (one set per data set it was trained on: a model of several data sets states each one's) and the
+data sets' terms of use.
 
 The card is stored in the model's JSON (its ``pretrained`` entry, beside the checkpoint description) and rendered as
 the ``README.md`` of the model's folder: a Hugging Face model card, with the configuration prediction needs (input
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from ..errors import ConvUNeXtError
 from ..utils.table import markdown_table
 
-__all__ = ["DATASET_TERMS", "MODEL_CARD", "PretrainedCard", "model_card_markdown"]
+__all__ = ["DATASET_TERMS", "MODEL_CARD", "CardTest", "PretrainedCard", "dataset_terms", "model_card_markdown"]
 
 MODEL_CARD = "README.md"
 """The model card of a pretrained folder (the Hugging Face convention)."""
@@ -40,6 +41,48 @@ DATASET_TERMS = {
 _TEXT_FIELDS = ("task", "data", "selection", "terms")
 
 
+def dataset_terms(datasets: Sequence[str]) -> str:
+    """The terms of use a model trained on ``datasets`` inherits: each data set's (:data:`DATASET_TERMS`), or a
+    pointer to them for a data set without stated terms."""
+    known = [DATASET_TERMS[name] for name in datasets if name in DATASET_TERMS]
+    if len(known) < len(datasets) or not known:
+        return "see the terms of use of the data set it was trained on"
+    return " ".join(known)
+
+
+@dataclass(frozen=True)
+class CardTest:
+    """One test evaluation a card states: the data set, its metrics, how it ran and its first image's score."""
+
+    dataset: str
+    """The registry name of the data set tested (``drive``)."""
+    metrics: dict[str, float]
+    """Metrics of the evaluation (``dice_fg_mean``, ``miou_cm``, ...)."""
+    evaluation: dict[str, Any] | None = None
+    """How it ran: its ``dataset``, ``split``, ``images``, ``tile_size``, ``threshold`` and ``scale_setting``."""
+    reference_image: dict[str, Any] | None = None
+    """The first test image's ``name`` and ``dice_fg``, to check the weights on one image."""
+
+    @classmethod
+    def from_entry(cls, json_path: Path, entry: Any) -> CardTest:
+        """One entry of the card's ``tests``, or a one-line error naming ``json_path``."""
+        metrics = entry.get("metrics") if isinstance(entry, dict) else None
+        if not isinstance(metrics, dict) or not all(_is_number(value) for value in metrics.values()):
+            raise ConvUNeXtError(f"{json_path}: a test of the card has no 'metrics' mapping of numbers")
+        if not isinstance(entry.get("dataset"), str):
+            raise ConvUNeXtError(f"{json_path}: a test of the card names no 'dataset'")
+        return cls(entry["dataset"], dict(metrics), entry.get("evaluation"), entry.get("reference_image"))
+
+    def to_entry(self) -> dict[str, Any]:
+        """The entry of the card's ``tests`` (:meth:`from_entry` reads it back)."""
+        entry: dict[str, Any] = {"dataset": self.dataset, "metrics": dict(self.metrics)}
+        if self.evaluation is not None:
+            entry["evaluation"] = dict(self.evaluation)
+        if self.reference_image is not None:
+            entry["reference_image"] = dict(self.reference_image)
+        return entry
+
+
 @dataclass(frozen=True)
 class PretrainedCard:
     """What a pretrained model is: its name, architecture, task, data, test metrics and terms of use."""
@@ -51,17 +94,18 @@ class PretrainedCard:
     task: str
     """One line on what it segments."""
     data: str
-    """The data set it was trained on and how many test images its metrics cover."""
+    """The data sets it was trained on and how many test images its metrics cover."""
     selection: str
     """One line on how the run was chosen (on validation)."""
-    test_metrics: dict[str, float]
-    """Metrics of its test evaluation (``dice_fg_mean``, ``miou_cm``, ...)."""
+    tests: tuple[CardTest, ...]
+    """Its test evaluations, one per data set it was trained on."""
     terms: str
-    """The terms of use of the data set, which the weights inherit."""
-    test_evaluation: dict[str, Any] | None = None
-    """The evaluation the metrics come from: its ``dataset``, ``split``, ``images`` and ``tile_size``."""
-    reference_image: dict[str, Any] | None = None
-    """The first test image's ``name`` and ``dice_fg``, to check the weights on one image."""
+    """The terms of use of the data sets, which the weights inherit."""
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """The metrics of its first (for a model of one data set, its only) test evaluation."""
+        return self.tests[0].metrics
 
     @classmethod
     def from_meta(cls, json_path: str | Path, meta: Mapping[str, Any]) -> PretrainedCard:
@@ -80,35 +124,33 @@ class PretrainedCard:
         for key in _TEXT_FIELDS:
             if not isinstance(card.get(key), str):
                 raise ConvUNeXtError(f"{json_path}: the card's {key!r} is missing or not text")
-        metrics = card.get("test_metrics")
-        if not isinstance(metrics, dict) or not all(_is_number(value) for value in metrics.values()):
-            raise ConvUNeXtError(f"{json_path}: the card's 'test_metrics' is missing or not a mapping of numbers")
+        entries = card.get("tests")
+        if "test_metrics" in card:  # convunext 0.1's one test, written before cards held one per data set
+            evaluation = card.get("test_evaluation") or {}
+            dataset = evaluation.get("dataset", meta.get("data", {}).get("name", ""))
+            entries = [{"dataset": dataset, "metrics": card["test_metrics"], "evaluation": card.get("test_evaluation")}]
+            entries[0] |= {"reference_image": card["reference_image"]} if card.get("reference_image") else {}
+        if not isinstance(entries, list) or not entries:
+            raise ConvUNeXtError(f"{json_path}: the card's 'tests' is missing or empty")
         return cls(
             name=json_path.stem,
             model=meta["model"]["name"],
             task=card["task"],
             data=card["data"],
             selection=card["selection"],
-            test_metrics=dict(metrics),
+            tests=tuple(CardTest.from_entry(json_path, entry) for entry in entries),
             terms=card["terms"],
-            test_evaluation=card.get("test_evaluation"),
-            reference_image=card.get("reference_image"),
         )
 
     def to_meta(self) -> dict[str, Any]:
         """The ``pretrained`` entry of the model's JSON (:meth:`from_meta` reads it back)."""
-        entry: dict[str, Any] = {
+        return {
             "task": self.task,
             "data": self.data,
             "selection": self.selection,
-            "test_metrics": dict(self.test_metrics),
+            "tests": [test.to_entry() for test in self.tests],
+            "terms": self.terms,
         }
-        if self.test_evaluation is not None:
-            entry["test_evaluation"] = dict(self.test_evaluation)
-        entry["terms"] = self.terms
-        if self.reference_image is not None:
-            entry["reference_image"] = dict(self.reference_image)
-        return entry
 
 
 def _decision(meta: Mapping[str, Any]) -> str:
@@ -134,6 +176,17 @@ def _scale_line(scale: Mapping[str, Any]) -> str:
         "image so that its field of view has this diameter, and the result back to the image's size "
         "(`--scale off` runs images as they are)."
     )
+
+
+def _metrics_table(tests: Sequence[CardTest]) -> str:
+    """The card's test metrics: one column per data set tested, one row per metric (in the first test's order)."""
+    keys = list(dict.fromkeys(key for test in tests for key in test.metrics))
+    if len(tests) == 1:
+        return markdown_table(["metric", "value"], [[key, f"{tests[0].metrics[key]:.4f}"] for key in keys])
+    rows = [[key, *(f"{test.metrics[key]:.4f}" if key in test.metrics else "" for test in tests)] for key in keys]
+    counts = [(test.evaluation or {}).get("images") for test in tests]
+    headers = [f"{test.dataset} ({count} images)" if count else test.dataset for test, count in zip(tests, counts)]
+    return markdown_table(["metric", *headers], rows)
 
 
 def _is_number(value: Any) -> bool:
@@ -212,12 +265,11 @@ def model_card_markdown(
         "## Test metrics",
         "",
     ]
-    lines.append(
-        markdown_table(["metric", "value"], [[key, f"{value:.4f}"] for key, value in card.test_metrics.items()])
-    )
-    if card.reference_image is not None:
-        reference = card.reference_image
-        lines += ["", f"The first test image, `{reference['name']}`, scores Dice {reference['dice_fg']:.4f}."]
+    lines.append(_metrics_table(card.tests))
+    for test in card.tests:
+        if test.reference_image is not None:
+            name, dice = test.reference_image["name"], test.reference_image["dice_fg"]
+            lines += ["", f"The first {test.dataset} test image, `{name}`, scores Dice {dice:.4f}."]
     lines += [
         "",
         "## Terms of use",
