@@ -334,6 +334,15 @@ def test_results_md_says_why_a_second_observer_is_not_scored(tmp_path: Path, sta
     assert observer_scores("synthetic", specs) is None
 
 
+def test_a_leave_one_out_fold_of_one_test_image_says_why_it_has_no_paired_comparison(
+    tmp_path: Path, stare_root: Path
+) -> None:
+    _, specs = _tested_stare_runs(tmp_path / "report", stare_root.parent, ["im0162"])
+    lines = paired_with_reference("stare", MODELS, specs)
+    assert lines[0] == "### STARE: paired comparison with ConvUNeXt (test images)"
+    assert lines[2].startswith("None: the test split holds 1 image, and a paired comparison needs at least 2")
+
+
 @pytest.mark.parametrize("folder", ["CHASE_DB1", "CHASEDB1", "chase-db1"])
 def test_datasets_are_found_under_the_names_their_archives_unpack_to(tmp_path: Path, folder: str) -> None:
     from convunext.reproduce.plan import available_datasets, locate_dataset

@@ -238,6 +238,14 @@ def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[R
     if REFERENCE_MODEL not in runs or len(runs) < 2:
         return []
     reference = seed_averaged_scores(runs[REFERENCE_MODEL])
+    if len(reference) < 2:  # a leave-one-out fold tests one image
+        return [
+            f"### {DATASET_TITLES[dataset]}: paired comparison with ConvUNeXt (test images)",
+            "",
+            f"None: the test split holds {len(reference)} image, and a paired comparison needs at least 2 (with "
+            "leave-one-out folds, compare the models over the folds' reports).",
+            "",
+        ]
     others = []
     for model in runs:
         if model != REFERENCE_MODEL:
