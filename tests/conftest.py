@@ -74,6 +74,18 @@ def hrf_root(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hippocampus_root(data_root: Path) -> Path:
+    """The real Decathlon hippocampus sample (24 MR volumes, MSD layout; :func:`shared_copy`)."""
+    return shared_copy(data_root, "Task04_Hippocampus-sample")
+
+
+@pytest.fixture(scope="session")
+def dicom_series_root(data_root: Path) -> Path:
+    """The real DICOM sample: one MR series of 32 slices whose file names do not sort in slice order."""
+    return shared_copy(data_root, "DICOM-sample")
+
+
+@pytest.fixture(scope="session")
 def glas_root(data_root: Path) -> Path:
     """The real GlaS copy; ``../shared/data`` holds none, so tests using it are skipped when it is absent."""
     root = data_root / "GlaS"

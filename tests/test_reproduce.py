@@ -351,3 +351,22 @@ def test_datasets_are_found_under_the_names_their_archives_unpack_to(tmp_path: P
     chase = make_chase_db1(tmp_path, folder=folder)
     assert locate_dataset("chase_db1", tmp_path) == chase
     assert available_datasets(tmp_path) == ["chase_db1"]
+
+
+def test_a_volume_dataset_is_reproduced_per_volume_with_per_class_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVUNEXT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    experiment = resolve_experiment(out, MODELS, "smoke", datasets=["synthetic_ct"], seeds=[0], overrides=QUIET)
+    result = reproduce(experiment, log=lambda _: None)
+    assert result.trained == 2
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {"test_dice_organ", "test_hd95_lesion", "test_nsd_mean", "test_miou_cm"} <= set(rows[0])
+    for model in MODELS:
+        test_dir = out / "runs" / "synthetic_ct" / model / "seed0" / "test"
+        assert (test_dir / "per_volume.csv").is_file() and (test_dir / "report.html").is_file()
+    markdown = (out / "results.md").read_text()
+    assert "### Synthetic CT: per class, over whole test volumes" in markdown
+    assert "organ HD95 (mm)" in markdown and "lesion Dice" in markdown
+    assert "### Synthetic CT: paired comparison with ConvUNeXt" in markdown  # pairs the 2 test volumes

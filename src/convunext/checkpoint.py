@@ -78,6 +78,12 @@ class Checkpoint:
         return list(self.meta["classes"])
 
     @property
+    def volume(self) -> dict[str, Any] | None:
+        """A model trained on slices of volumes: its slicing and normalisation record
+        (:class:`~convunext.data.volumes.VolumeSettings`); None for a model of 2D images."""
+        return self.meta.get("volume")
+
+    @property
     def weights_path(self) -> Path:
         """The ``TAG.safetensors`` file beside the description."""
         return self.path.parent / self.meta["weights"]["file"]

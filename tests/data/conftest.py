@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from convunext.data.volumes import write_phantom_dataset
 from miniatures import make_chase_db1, make_drive, make_folder, make_glas, make_hrf, make_stare, snapshot
 
 
@@ -32,6 +33,12 @@ def mini_stare(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mini_chase_db1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_chase_db1(tmp_path_factory.mktemp("mini_chase_db1"))
+
+
+@pytest.fixture(scope="session")
+def mini_volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five CT phantoms (and a test case) in the Decathlon layout: the ``volumes`` dataset's root."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("mini_volumes") / "Task99_Phantom", cases=5, test_cases=1)
 
 
 @pytest.fixture

@@ -124,7 +124,10 @@ def test_a_registered_dataset_is_listed_and_gone_after_the_test(tmp_path):
         assert list_datasets()[-1] == "toy" and detectable_datasets()[-1] == "toy"
         assert preparable_datasets()[-1] == "toy" and dataset_spec("TOY") is TOY
     assert "toy" not in list_datasets()
-    unknown = "^unknown dataset 'toy'; expected one of synthetic, drive, glas, hrf, stare, chase_db1, mixed, folder$"
+    unknown = (
+        "^unknown dataset 'toy'; expected one of synthetic, drive, glas, hrf, stare, chase_db1, mixed, folder, "
+        "volumes, synthetic_ct$"
+    )
     with pytest.raises(ConvUNeXtError, match=unknown):
         open_dataset("toy", tmp_path)
 
@@ -167,7 +170,8 @@ def test_a_toy_dataset_is_detected_below_a_root_but_an_own_layout_at_the_root_wi
         detect_dataset(tmp_path / "empty")
     assert str(error.value) == (
         f"{tmp_path / 'empty'}: not a recognised dataset (expected DRIVE, GlaS, HRF, STARE, CHASE_DB1 or Toy as "
-        "distributed, or images/ + masks/); name it with --dataset"
+        "distributed, or images/ + masks/ or dataset.json with imagesTr/ and labelsTr/ (Decathlon, nnU-Net v2), or "
+        "images/ + labels/ of NIfTI volumes); name it with --dataset"
     )
 
 
@@ -187,7 +191,7 @@ def test_a_toy_dataset_is_in_the_cli_choices(tmp_path, toy, capsys, monkeypatch)
 def test_a_toy_dataset_is_listed_in_data_help(toy, capsys):
     with pytest.raises(SystemExit):
         main(["data", "--help"])
-    assert "  toy        a toy layout registered by a test\n" in capsys.readouterr().out
+    assert "  toy           a toy layout registered by a test\n" in capsys.readouterr().out
 
 
 def test_a_toy_dataset_prepares_into_the_folder_layout(tmp_path, toy, capsys):
@@ -217,8 +221,10 @@ def test_registering_a_taken_or_malformed_name_is_refused(toy):
 
 # ------------------------------------------------------------------------------------------------ every dataset
 def test_the_built_in_datasets_in_order():
-    assert list_datasets() == ["synthetic", "drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder"]
-    assert detectable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder"]
+    assert list_datasets() == [
+        *("synthetic", "drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder", "volumes", "synthetic_ct")
+    ]
+    assert detectable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder", "volumes"]
     assert preparable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder"]
     observers = {name: dataset_spec(name).second_observer for name in list_datasets()}
     assert {name: options for name, options in observers.items() if options} == {

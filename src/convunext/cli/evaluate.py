@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoint import load_checkpoint
-from ..evaluation.evaluate import evaluate_to_report, metrics_table
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..data.volumes import read_layout, synthetic_ct_root
+from ..evaluation.evaluate import default_report_dir, evaluate_to_report, metrics_table
+from ..evaluation.volumes import DEFAULT_NSD_TOLERANCE, evaluate_volumes_to_report, volume_metrics_table
 from .options import (
     add_checkpoint_argument,
     add_evaluation_data_arguments,
@@ -17,8 +19,11 @@ from .options import (
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
+    checkpoint = load_checkpoint(args.checkpoint)
+    if checkpoint.volume is not None:
+        return _evaluate_volumes(args, checkpoint)
     report = evaluate_to_report(
-        load_checkpoint(args.checkpoint),
+        checkpoint,
         args.data,
         args.split,
         layout=args.dataset,
@@ -39,6 +44,33 @@ def run(args: argparse.Namespace) -> int:
     if report.replaced:
         print(f"replaced the earlier evaluation in {report.out_dir} (its files only; other files were left alone)")
     print(f"written: {report.out_dir}/metrics.json, per_image.csv, metrics.md" + (", report.html" if args.html else ""))
+    return 0
+
+
+def _evaluate_volumes(args: argparse.Namespace, checkpoint: Checkpoint) -> int:
+    """``convunext evaluate`` of a checkpoint trained on slices: per-volume, per-class Dice, HD95, ASSD and NSD."""
+    data = args.data
+    if data == "synthetic_ct":  # the phantoms the checkpoint was trained on
+        options = checkpoint.meta.get("data", {}).get("options", {})
+        data = synthetic_ct_root(**{key: options[key] for key in ("cases", "seed") if key in options})
+    name = read_layout(data).name
+    out = args.out or default_report_dir(checkpoint.path, name, args.split)
+    report = evaluate_volumes_to_report(
+        checkpoint,
+        data,
+        args.split,
+        out_dir=out,
+        inferer=inferer_from_args(args),
+        threshold=args.threshold,
+        tolerance=args.nsd_tolerance,
+        html_page=args.html,
+    )
+    what = report.context
+    print(f"{what['model']} on {what['dataset']} ({args.split}, {what['volumes']} volumes, {what['seconds']:.1f} s)")
+    print(volume_metrics_table(report.evaluation))
+    print(
+        f"written: {report.out_dir}/metrics.json, per_volume.csv, metrics.md" + (", report.html" if args.html else "")
+    )
     return 0
 
 
@@ -88,6 +120,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["auto", "on", "off"],
         help="clDice and 8-connected component counts per image (skeletons on the CPU, ~1 s per HRF image): "
         "auto (default) = for vessel datasets (those with a field of view: DRIVE, HRF, synthetic vessels)",
+    )
+    parser.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=DEFAULT_NSD_TOLERANCE,
+        metavar="MM",
+        help=f"volumes: the normalised surface Dice's tolerance in mm (default {DEFAULT_NSD_TOLERANCE:g})",
     )
     add_inference_arguments(parser)
     parser.set_defaults(func=run)

@@ -168,7 +168,9 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 def add_evaluation_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``DATA``, ``--dataset`` and ``--split``: the data a checkpoint is evaluated on."""
     parser.add_argument(
-        "data", help="'synthetic', or a dataset folder (DRIVE, GlaS, HRF, STARE, CHASE_DB1 layout or images/ + masks/)"
+        "data",
+        help="'synthetic' / 'synthetic_ct', or a dataset folder (DRIVE, GlaS, HRF, STARE, CHASE_DB1 layout, "
+        "images/ + masks/, or a volume dataset: Decathlon, nnU-Net v2 raw, images/ + labels/ NIfTI)",
     )
     parser.add_argument("--dataset", choices=detectable_datasets(), help="layout of DATA (default: detect)")
     parser.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"], help="default: test")

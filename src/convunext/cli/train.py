@@ -68,11 +68,26 @@ def _flags() -> tuple[_Flag, ...]:
         _Flag("config", f"preset ({', '.join(list_presets())}) or YAML file", nargs="?"),
         _Flag(
             "--data",
-            "dataset: a registered name (synthetic, drive, glas, hrf, stare, chase_db1, mixed, folder; sets data.name)",
+            "dataset: a registered name (synthetic, drive, glas, hrf, stare, chase_db1, mixed, folder, volumes, "
+            "synthetic_ct; sets data.name)",
             sets="data.name",
         ),
         _Flag("--data-root", "dataset folder (sets data.root)", sets="data.root"),
         _Flag("--model", "registry model name (sets model.name); see `convunext models`", sets="model.name"),
+        _Flag(
+            "--window",
+            "volumes: clip CT to this window in HU, e.g. -160,240, instead of the training foreground's 0.5-99.5 "
+            "percentiles (sets data.options.window)",
+            sets="data.options.window",
+            metavar="LOW,HIGH",
+        ),
+        _Flag(
+            "--context",
+            "volumes: slices per input, odd; 3 or 5 give 2.5D input (sets data.options.context)",
+            sets="data.options.context",
+            type=int,
+            metavar="K",
+        ),
         _Flag("--epochs", "number of epochs (sets train.epochs)", sets="train.epochs", type=int),
         _Flag("--output-dir", "parent folder of run folders (sets train.output_dir)", sets="train.output_dir"),
         _Flag("--device", "auto, cpu, cuda or cuda:N (sets train.device)", sets="train.device"),

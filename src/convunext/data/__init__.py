@@ -23,6 +23,7 @@ from .stare import StareDataset
 from .chase_db1 import ChaseDb1Dataset
 from .mixed import MixedDataset
 from .folder import FolderDataset
+from .volumes import SyntheticCtDataset, VolumeSliceDataset
 
 # isort: on
 from .datasets import dataset_info, open_dataset
@@ -50,9 +51,11 @@ __all__ = [
     "Record",
     "Sample",
     "StareDataset",
+    "SyntheticCtDataset",
     "SyntheticDataset",
     "TrainTransform",
     "TransformedDataset",
+    "VolumeSliceDataset",
     "compute_mean_std",
     "dataset_info",
     "dataset_spec",

@@ -47,6 +47,8 @@ class DatasetInfo:
         has_fov: whether the dataset's items have a field of view (retinal datasets): shipped as masks, or derived
             from each image (:class:`FileDataset` with ``derived_fov``).
         ignore_index: the mask value that losses and metrics skip.
+        volume: for slices of volumes, the :class:`~convunext.data.volumes.VolumeSettings` record (slice axis,
+            2.5D context, intensity normalisation) that prediction must reproduce; None for 2D images.
     """
 
     name: str
@@ -56,6 +58,7 @@ class DatasetInfo:
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
     has_fov: bool = False
     ignore_index: int = IGNORE_INDEX
+    volume: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:

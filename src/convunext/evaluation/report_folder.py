@@ -59,7 +59,7 @@ class ReportKind:
 EVALUATION_REPORT = ReportKind(
     "evaluation",
     "metrics.json",
-    ("per_image.csv", "metrics.md", "report.html", "maps/*_prediction.png", "maps/*_errors.png"),
+    ("per_image.csv", "per_volume.csv", "metrics.md", "report.html", "maps/*_prediction.png", "maps/*_errors.png"),
     ("weights_sha256", "metrics"),
 )
 COMPARISON_REPORT = ReportKind(

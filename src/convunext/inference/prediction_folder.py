@@ -103,7 +103,8 @@ def output_paths(out_dir: Path, name: str, probabilities: bool = False, overlay:
     return [out_dir / f"{name}{suffix}" for suffix, want in zip(OUTPUT_SUFFIXES, wanted, strict=True) if want]
 
 
-def _png_bytes(pixels: np.ndarray) -> bytes:
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """``pixels`` (``H x W`` or ``H x W x 3`` uint8) as the bytes of a PNG file."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -135,11 +136,11 @@ def save_prediction(
     """
     mask = prediction.mask
     stored = (mask * 255).astype(np.uint8) if binary_as_255 and prediction.probabilities.shape[0] == 2 else mask
-    contents = [_png_bytes(stored)]
+    contents = [png_bytes(stored)]
     if probabilities:
         contents.append(_npy_bytes(prediction.probabilities.astype(np.float16)))
     if image is not None:
-        contents.append(_png_bytes(overlay(image, mask)))
+        contents.append(png_bytes(overlay(image, mask)))
     paths = output_paths(out_dir, name, probabilities, image is not None)
     atomic_write_files(list(zip(paths, contents, strict=True)))
     return paths
@@ -175,11 +176,22 @@ class PredictionFolder:
         self.out_dir = check_output_folder(out_dir)
         self.checkpoint = checkpoint
         self.probabilities, self.overlay = probabilities, overlay
-        self.outputs = [out for path in inputs for out in output_paths(self.out_dir, path.stem, probabilities, overlay)]
+        self.outputs = [out for path in inputs for out in self.output_paths(path)]
         self._check_inputs(inputs)
         self._lock = RunLock(self.out_dir, hint="wait for it to finish, or give another --out folder")
         self.rows: dict[str, dict[str, object]] = {}
         self._unwritten = 0
+
+    suffixes: tuple[str, ...] = OUTPUT_SUFFIXES
+    """What the outputs' names end with (for the temporary files a killed predict leaves)."""
+
+    def name_of(self, path: Path) -> str:
+        """The name of input ``path``'s outputs: its stem."""
+        return path.stem
+
+    def output_paths(self, path: Path) -> list[Path]:
+        """The files written for input ``path`` (:func:`output_paths`)."""
+        return output_paths(self.out_dir, self.name_of(path), self.probabilities, self.overlay)
 
     def _check_inputs(self, inputs: Sequence[Path]) -> None:
         """Refuse a folder where the outputs would replace an input or be read back as one."""
@@ -187,7 +199,7 @@ class PredictionFolder:
             return
         given = {path.resolve(): path for path in inputs}
         for path in inputs:
-            for output in output_paths(self.out_dir, path.stem, self.probabilities, self.overlay):
+            for output in self.output_paths(path):
                 if output.resolve() in given:
                     raise ConvUNeXtError(
                         f"{given[output.resolve()]}: is an input image, and the outputs of {path} would replace it; "
@@ -258,7 +270,7 @@ class PredictionFolder:
         if table.is_file():  # the rows of earlier predicts of this checkpoint into the folder stay listed
             with open(table, newline="") as handle:
                 self.rows = {row["name"]: dict(row) for row in csv.DictReader(handle) if row.get("name")}
-        written = [f"*{suffix}" for suffix in OUTPUT_SUFFIXES] + [PREDICTIONS_MARKER, PREDICTIONS_TABLE]
+        written = [f"*{suffix}" for suffix in self.suffixes] + [PREDICTIONS_MARKER, PREDICTIONS_TABLE]
         for pattern in written:  # the temporary files of a predict killed while writing
             for leftover in self.out_dir.glob(temporary_files(pattern)):
                 leftover.unlink(missing_ok=True)

@@ -17,6 +17,17 @@ HRF_CPU_STEPS = 600
 see about as many pixels as DRIVE's 1,200 and both models train and test (at 3504x2336) in one 3-hour session."""
 
 
+VOLUME_CPU_RECIPE = (
+    "optim.batch_size=16",
+    "train.epochs=40",
+    "optim.warmup_epochs=0.133333",
+    "data.crop_size=48",
+    "train.eval_every=5",
+)
+"""The ``cpu`` budget of a volume dataset, sized for the Decathlon hippocampus sample (24 MR crops of about
+35x51x35 voxels): 40 epochs of its training slices in 48x48 crops, batch 16 — about 1,400 steps."""
+
+
 def training_images(dataset: str) -> int:
     """Training images per epoch of ``dataset``: its shipped ``trainval`` list minus its ``val`` list."""
     lists = load_split_file(dataset)
@@ -85,12 +96,14 @@ BUDGETS: dict[str, Budget] = {
             "stare": _cpu_dataset("stare", eval_every=60),
             "chase_db1": _cpu_dataset("chase_db1", eval_every=30),
             "synthetic": (),  # the synthetic preset is already a CPU recipe (12 epochs on 128x128 crops)
+            "volumes": VOLUME_CPU_RECIPE,
+            "synthetic_ct": (),  # the synthetic_ct preset is already a CPU recipe
         },
     ),
     "smoke": Budget(
         "smoke",
         "a plumbing test, not a result: width-8 models, two epochs without warm-up on 64x64 crops (synthetic: 10 "
-        "images of 64x64, 48x48 crops).",
+        "images of 64x64, 48x48 crops; synthetic_ct: 5 phantoms; both volume datasets: 48x48 crops).",
         {
             "*": (
                 "model.kwargs.width=8",
@@ -100,6 +113,8 @@ BUDGETS: dict[str, Budget] = {
                 "data.crop_size=64",
             ),
             "synthetic": ("data.options.num_images=10", "data.options.size=64", "data.crop_size=48"),
+            "synthetic_ct": ("data.options.cases=5", "data.crop_size=48"),
+            "volumes": ("data.crop_size=48",),
         },
         default_seeds=(0, 1),
     ),

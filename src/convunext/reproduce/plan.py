@@ -82,8 +82,13 @@ class RunSpec:
 def locate_dataset(name: str, data_root: str | Path) -> Path:
     """The folder of dataset ``name`` under ``data_root`` (``DRIVE/``, ``GlaS/``, ``HRF/``, ``STARE/``,
     ``CHASE_DB1/``; any case, with or without ``_`` or ``-``: ``CHASEDB1/`` too), or ``data_root`` itself when it holds
-    that dataset's layout."""
+    that dataset's layout; a dataset read from exactly the folder given (``volumes``) is ``data_root`` itself."""
     root = Path(data_root).expanduser()
+    if name not in DATASET_DIRS:  # read from exactly the folder given (a volume dataset)
+        spec = dataset_spec(name)
+        if root.is_dir() and spec.is_root is not None and spec.is_root(root):
+            return root
+        raise ConvUNeXtError(f"{root}: no {spec.title} dataset ({spec.layout}); pass its folder as --data-root")
     wanted = DATASET_DIRS[name]
     if root.is_dir():
         for child in sorted(root.iterdir()):
@@ -148,7 +153,7 @@ def plan_runs(
     report_dir = Path(report_dir)
     specs = []
     for dataset in datasets:
-        root = None if dataset == "synthetic" else locate_dataset(dataset, data_root)
+        root = locate_dataset(dataset, data_root) if dataset_spec(dataset).has_files else None
         for model in models:
             for seed in seeds:
                 run_dir = report_dir / "runs" / dataset / model / f"seed{seed}"

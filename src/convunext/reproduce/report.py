@@ -44,6 +44,8 @@ FOV_METRICS = (
     ("fov_accuracy", "Accuracy"),
     ("fov_auc", "AUC"),
 )
+VOLUME_METRIC_PREFIXES = ("dice_", "hd95_", "assd_", "nsd_")
+"""Test metrics of a volume dataset beyond :data:`TEST_METRICS` (``dice_<class>``, ``hd95_mean``...), kept in rows."""
 TEST_METRICS = ("dice_fg_mean", "miou_cm", "pixel_accuracy", "iou_fg_cm", *(key for key, _ in FOV_METRICS))
 SECOND_OBSERVER = "Second observer"
 """The row of the second observer's scores, under the models, for datasets that have one (:func:`observer_scores`)."""
@@ -85,6 +87,10 @@ def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str 
     for key in TEST_METRICS:
         value = test_metrics.get(key)
         row[f"test_{key}"] = math.nan if value is None else float(value)
+    if "hd95_mean" in test_metrics:  # a volume dataset's record: its distances and per-class scores too
+        for key, value in test_metrics.items():
+            if key.startswith(VOLUME_METRIC_PREFIXES) and key not in TEST_METRICS:
+                row[f"test_{key}"] = math.nan if value is None else float(value)
     row["best_val_epoch"] = summary["best_epoch"]
     row["best_val_dice"] = summary["best_val_metrics"].get("dice_fg_mean", math.nan)
     row["epochs_run"] = summary["epochs_run"]
@@ -136,8 +142,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` to ``path`` atomically (floats with 6 significant digits)."""
-    fields = list(rows[0]) if rows else ["dataset", "model", "seed"]
+    """Write ``rows`` to ``path`` atomically (floats with 6 significant digits); the columns are every row's keys
+    in order of appearance (a volume dataset's rows have more), a missing cell empty."""
+    fields = list(dict.fromkeys(key for row in rows for key in row)) if rows else ["dataset", "model", "seed"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -224,8 +231,47 @@ def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[Run
 
 def seed_averaged_scores(runs: Sequence[RunSpec]) -> dict[str, float]:
     """Per test image (by name), its Dice averaged over ``runs`` (the tested seeds of one model on one dataset),
-    read from each run's ``test/per_image.csv``."""
-    return average_scores([read_scores(spec.test_dir / "per_image.csv") for spec in runs], [s.label for s in runs])
+    read from each run's ``test/per_image.csv`` — for a volume dataset, per test volume from ``per_volume.csv``."""
+    return average_scores([read_scores(_scores_file(spec.test_dir)) for spec in runs], [s.label for s in runs])
+
+
+def _scores_file(test_dir: Path) -> Path:
+    """A test report's per-item scores: ``per_volume.csv`` of a volume dataset, else ``per_image.csv``."""
+    volumes = test_dir / "per_volume.csv"
+    return volumes if volumes.is_file() else test_dir / "per_image.csv"
+
+
+def volume_class_lines(dataset: str, models: Sequence[str], groups: Mapping[tuple[str, str], list]) -> list[str]:
+    """The lines of ``results.md``'s per-class table of a volume dataset: each model's Dice, HD95 and ASSD (mm) per
+    foreground class, mean ± std over seeds; none for a 2D dataset."""
+    rows = [row for (name, _), group in groups.items() if name == dataset for row in group]
+    classes = list(
+        dict.fromkeys(key[len("test_dice_") :] for row in rows for key in row if key.startswith("test_dice_"))
+    )
+    classes = [name for name in classes if name != "fg_mean"]
+    if not classes:
+        return []
+    headers = ["Model", *(f"{name} {metric}" for name in classes for metric in ("Dice", "HD95 (mm)", "ASSD (mm)"))]
+    table = []
+    for model in models:
+        group = groups.get((dataset, model), [])
+        if group:
+            cells = [
+                _pm([float(r[f"test_{metric}_{name}"]) for r in group], digits)
+                for name in classes
+                for metric, digits in (("dice", 4), ("hd95", 2), ("assd", 2))
+            ]
+            table.append([model_title(model), *cells])
+    return [
+        f"### {DATASET_TITLES[dataset]}: per class, over whole test volumes",
+        "",
+        "Dice over each whole volume; HD95 and ASSD in mm from the voxel spacing (MONAI's conventions), averaged over "
+        "the volumes where they are finite (a class in only one of prediction and truth has none); per-volume "
+        "values in each run's `test/per_volume.csv`.",
+        "",
+        markdown_table(headers, table),
+        "",
+    ]
 
 
 def paired_with_reference(dataset: str, models: Sequence[str], specs: Sequence[RunSpec]) -> list[str]:
@@ -361,6 +407,8 @@ def results_markdown(
             markdown_table(["Model", *(label for _, label in FOV_METRICS)], vessel),
             "",
         ]
+    for dataset in datasets:
+        lines += volume_class_lines(dataset, models, groups)
     for dataset in datasets:
         lines += paired_with_reference(dataset, models, specs)
     lines += runs_and_recipe_lines(rows, specs)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from .budgets import BUDGETS, Budget
 from .plan import DATASET_DIRS, RunSpec, available_datasets, finished_runs, plan_runs
 from .plots import plot_dice_vs_params
 from .report import collect_row, results_markdown, summarize, write_csv
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 PROTOCOL_THRESHOLD = "argmax"
 """Comparisons score every model at its argmax (the paper's protocol; for a binary model the threshold 0.5), not at
@@ -73,6 +76,8 @@ def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
 
     remove_temp_files(spec.test_dir)
     checkpoint = load_checkpoint(spec.run_dir / "best.json")
+    if checkpoint.volume is not None:
+        return _evaluate_volumes(spec, checkpoint, inferer)
     data = spec.config.data
     dataset = open_dataset(data.name, data.root, "test", **data.options)
     inferer = inferer.for_checkpoint(checkpoint.meta)
@@ -97,6 +102,23 @@ def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
     }
     _, results = write_report(metrics, spec.test_dir, context, checkpoint.class_names, gallery)
     return results
+
+
+def _evaluate_volumes(spec: RunSpec, checkpoint: Checkpoint, inferer: Inferer) -> dict[str, Any]:
+    """:func:`_evaluate_best` of a model trained on slices: each test volume scored whole
+    (:func:`~convunext.evaluation.volumes.evaluate_volumes_to_report`: per-class Dice, HD95, ASSD, NSD)."""
+    from ..data.volumes import synthetic_ct_root
+    from ..evaluation.volumes import evaluate_volumes_to_report
+
+    data = spec.config.data
+    if data.root is not None:
+        root = Path(data.root)
+    else:  # the built-in phantoms
+        root = synthetic_ct_root(**{key: data.options[key] for key in ("cases", "seed") if key in data.options})
+    report = evaluate_volumes_to_report(
+        checkpoint, root, "test", out_dir=spec.test_dir, inferer=inferer, threshold=PROTOCOL_THRESHOLD, progress=False
+    )
+    return report.evaluation.flat_metrics()
 
 
 def write_results(

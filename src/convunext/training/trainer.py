@@ -177,6 +177,7 @@ class Trainer:
                 "has_fov": self.info.has_fov,
             },
             **({"scale": {"fov_diameter": self.fov_diameter}} if self.fov_diameter is not None else {}),
+            **({"volume": self.info.volume} if self.info.volume is not None else {}),
             "recipe": config["optim"],
             "seed": self.config.train.seed,
             "world_size": self.dist.world_size,  # optim.batch_size is per process: global batch = batch x this
