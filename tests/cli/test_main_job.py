@@ -64,6 +64,34 @@ def test_evaluate_prints_and_writes_the_report(
     assert (tmp_path / "metrics.md").read_text().startswith("# Evaluation")
 
 
+def test_evaluate_adds_surface_distances_in_pixels_or_millimetres(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mm"
+    argv = ["evaluate", str(run_dir), "synthetic", "--surface", "--pixel-size", "0.02", "--nsd-tolerance", "0.05"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "HD95 (per image, mean of finite) (mm)" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["distance_unit"] == "mm" and report["surface"]["pixel_size_mm"] == 0.02
+    assert {"hd95", "assd", "nsd", "hd95_infinite"} <= set(report["metrics"])
+    header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
+    assert {"hd95", "assd", "nsd"} <= set(header)
+
+
+def test_evaluate_scores_glas_style_instance_masks_object_by_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from miniatures import make_glas
+
+    glands = ["train", "--epochs", "1", "--output-dir", str(tmp_path), *_sets(*TINY, "data.options.task=glands")]
+    assert main([*glands, "--set", "train.run_name=glands"]) == 0
+    glas = make_glas(tmp_path / "data")
+    assert main(["evaluate", str(tmp_path / "glands"), str(glas), "--out", str(tmp_path / "glas"), "--no-html"]) == 0
+    assert "object F1 (GlaS, per image, mean)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "glas" / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["object_f1"] <= 1.0 and 0.0 <= metrics["object_dice"] <= 1.0
+
+
 def test_predict_writes_masks_probabilities_and_overlays(run_dir: Path, tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         data_options={"skip_unannotated": True} if args.skip_unannotated else None,
         threshold=args.threshold,
         scale=args.scale,
+        surface=args.surface,
+        pixel_size=args.pixel_size,
+        nsd_tolerance=args.nsd_tolerance,
     )
     what = report.context
     print(f"{what['model']} on {what['dataset']} ({args.split}, {what['images']} images, {what['seconds']:.1f} s)")
@@ -122,11 +125,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "auto (default) = for vessel datasets (those with a field of view: DRIVE, HRF, synthetic vessels)",
     )
     parser.add_argument(
+        "--surface",
+        action="store_true",
+        help="2D images: also HD95, ASSD and NSD per image (in pixels, or mm with --pixel-size); volumes always "
+        "get them, in mm from the voxel spacing. GlaS-style instance masks always get object F1 / Dice / Hausdorff",
+    )
+    parser.add_argument("--pixel-size", type=float, metavar="MM", help="2D images: a pixel's side in mm (--surface)")
+    parser.add_argument(
         "--nsd-tolerance",
         type=float,
         default=DEFAULT_NSD_TOLERANCE,
         metavar="MM",
-        help=f"volumes: the normalised surface Dice's tolerance in mm (default {DEFAULT_NSD_TOLERANCE:g})",
+        help=f"the normalised surface Dice's tolerance, in mm (pixels for 2D images without --pixel-size; default "
+        f"{DEFAULT_NSD_TOLERANCE:g})",
     )
     add_inference_arguments(parser)
     parser.set_defaults(func=run)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConvUNeXtError
 from .fov import derive_fov
-from .io import IGNORE_INDEX, image_size, is_image_file, read_fov, read_image, read_mask
+from .io import IGNORE_INDEX, image_size, is_image_file, read_fov, read_image, read_instances, read_mask
 
 SPLITS = ("train", "val", "test", "trainval")
 BINARY_CLASS_NAMES = ("background", "foreground")
@@ -224,6 +224,20 @@ class FileDataset(Dataset):
                     f"({image.shape[1]}x{image.shape[0]})"
                 )
         return to_sample(image, mask, fov, record.name)
+
+    def instance_map(self, name: str) -> np.ndarray:
+        """The instance ids (``H x W``, 0 = background) of item ``name`` of a dataset of instance masks (GlaS), for
+        object-level metrics.
+
+        Raises:
+            ValueError: the dataset's masks are not instance masks, or no item is called ``name``.
+        """
+        if not self.instances:
+            raise ValueError(f"{type(self).__name__} has no instance masks")
+        record = next((record for record in self.records if record.name == name), None)
+        if record is None:
+            raise ValueError(f"no item named {name!r}")
+        return read_instances(record.mask)
 
     def validate(self) -> None:
         """Decode every item once; raises :class:`ConvUNeXtError` naming the first bad file."""

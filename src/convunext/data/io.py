@@ -196,6 +196,12 @@ def _raw_values(path: Path) -> np.ndarray:
     raise ConvUNeXtError(f"{path}: unsupported mask image mode {image.mode!r}")
 
 
+def read_instances(path: Path) -> np.ndarray:
+    """An instance mask's ids (``H x W`` int64, 0 = background, each object its own value), e.g. a GlaS
+    annotation; a one-line :class:`ConvUNeXtError` naming an unreadable file."""
+    return _raw_values(Path(path))
+
+
 def _format_values(values: Iterable[int], limit: int = 8) -> str:
     values = [int(v) for v in values]
     text = ", ".join(str(v) for v in values[:limit])

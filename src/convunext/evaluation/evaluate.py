@@ -36,6 +36,7 @@ from ..utils.table import markdown_table
 from .html_report import ReportGallery, write_html_report
 from .metrics import SegmentationMetrics
 from .report_folder import EVALUATION_REPORT, ReportFolder
+from .shape import REPORTED_SHAPE_METRICS, ShapeMetrics
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
@@ -197,6 +198,12 @@ def metrics_table(results: dict[str, Any], second_observer: Mapping[str, float] 
             if second_observer is not None:
                 row.append(f"{second_observer[key]:.4f}" if key in second_observer else "—")
             rows.append(row)
+    unit = results.get("distance_unit", "px")
+    for key, label in REPORTED_SHAPE_METRICS:
+        value = results.get(key)
+        if isinstance(value, float) and not math.isnan(value):
+            shown = f"{label} ({unit})" if key in ("hd95", "assd", "object_hausdorff") else label
+            rows.append([shown, f"{value:.4f}"] + (["—"] if second_observer is not None else []))
     rows.append(["images", str(results["num_images"])] + ([""] if second_observer is not None else []))
     return markdown_table(["metric", "value"] + (["second observer"] if second_observer is not None else []), rows)
 
@@ -230,11 +237,17 @@ def _write_report_files(
     class_names: Sequence[str],
     gallery: ReportGallery | None,
     html: bool,
+    shape: ShapeMetrics | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """:func:`write_report`'s files, into ``out_dir`` as it is; ``metrics.json``, the record of the report, last."""
+    """:func:`write_report`'s files, into ``out_dir`` as it is; ``metrics.json``, the record of the report, last.
+    ``shape``'s per-image values join ``per_image.csv`` and its means the results."""
     results = metrics.compute()
     results["iou_per_class"] = dict(zip(class_names, results["iou_per_class"]))
     rows = metrics.per_image()
+    if shape is not None and shape.rows:
+        results.update(shape.summary())
+        results["distance_unit"] = shape.unit
+        rows = [{**row, **shape.rows.get(row["name"], {})} for row in rows]
     with atomic_path(out_dir / "per_image.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["name"])
         writer.writeheader()
@@ -341,6 +354,9 @@ def evaluate_to_report(
     data_options: Mapping[str, Any] | None = None,
     threshold: ThresholdSetting = "auto",
     scale: ScaleSetting = "auto",
+    surface: bool = False,
+    pixel_size: float | None = None,
+    nsd_tolerance: float = 1.0,
 ) -> EvaluationReport:
     """Evaluate ``checkpoint`` on a split of DATA and write the report (``convunext evaluate``).
 
@@ -364,6 +380,9 @@ def evaluate_to_report(
         threshold: as for :func:`evaluate_checkpoint` (default: the checkpoint's validation threshold).
         scale: as for :func:`evaluate_checkpoint` (default: matched to the checkpoint's training scale; each
             image's factor is in ``per_image.csv``).
+        surface: also HD95, ASSD and NSD per image (:mod:`~convunext.evaluation.shape`), in pixels or, with
+            ``pixel_size`` (mm), in mm; NSD at ``nsd_tolerance`` (in the same unit). A dataset of instance masks
+            (GlaS) always gets the object-level F1, object Dice and object Hausdorff.
 
     The context in ``metrics.json`` records the checkpoint, the SHA-256 of its weights, the data, the inference
     settings, the threshold and the scale setting, so that :func:`reusable_report` can tell later whether the report
@@ -385,6 +404,16 @@ def evaluate_to_report(
     with ReportFolder(out, EVALUATION_REPORT) as folder:
         maps = folder.staging / "maps" if full_maps else None
         gallery = ReportGallery(full_maps_dir=maps, threshold=operating["threshold"]) if html else None
+        instances = dataset.instance_map if getattr(dataset, "instances", False) else None
+        shape = ShapeMetrics(
+            len(checkpoint.class_names),
+            operating["threshold"],
+            surface=surface,
+            pixel_size=pixel_size,
+            tolerance=nsd_tolerance,
+            instances=instances,
+        )
+        callbacks = [callback for callback in (gallery, shape if shape.active else None) if callback is not None]
         start = time.perf_counter()
         metrics = evaluate_checkpoint(
             checkpoint,
@@ -394,7 +423,7 @@ def evaluate_to_report(
             scale=scale,
             progress=progress,
             auc=auc,
-            on_image=gallery,
+            on_image=_each(callbacks) if callbacks else None,
             topology=topology,
         )
         context = {
@@ -412,10 +441,23 @@ def evaluate_to_report(
             "topology": topology,
             "backend": inferer.backend,
             "seconds": round(time.perf_counter() - start, 1),
+            **({"surface": {"pixel_size_mm": pixel_size, "nsd_tolerance": nsd_tolerance}} if surface else {}),
             **observer_context(name, root, split, metrics.names, data_options),
         }
-        _, results = _write_report_files(metrics, folder.staging, context, checkpoint.class_names, gallery, html)
+        _, results = _write_report_files(
+            metrics, folder.staging, context, checkpoint.class_names, gallery, html, shape if shape.active else None
+        )
     return EvaluationReport(out, context, results, replaced=folder.replaces)
+
+
+def _each(callbacks: Sequence[Callable[[Sample, Tensor], None]]) -> Callable[[Sample, Tensor], None]:
+    """One ``on_image`` callback calling each of ``callbacks`` in turn."""
+
+    def call(sample: Sample, probabilities: Tensor) -> None:
+        for callback in callbacks:
+            callback(sample, probabilities)
+
+    return call
 
 
 def observer_context(
