@@ -109,3 +109,23 @@ def test_bad_volumes_are_one_line_errors_and_nothing_is_written(
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "Traceback" not in err
         assert not list(out.glob("*_mask.nii.gz"))
+
+
+def test_a_dataset_with_a_bad_volume_is_refused_in_one_line_before_training(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    root = tmp_path / "Task99"
+    shutil.copytree(synthetic_ct_root(cases=5), root)
+    image = root / "imagesTr" / "case_001.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), image)
+    runs = tmp_path / "runs"
+    for argv in (
+        ["data", "info", "volumes", str(root), "--validate"],
+        ["train", "volumes", "--data-root", str(root), "--epochs", "1", "--output-dir", str(runs)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "case_001.nii.gz: 4D volume (shape 8x8x4x2) where a 3D volume is expected" in err
+    assert not runs.exists() or not any(runs.iterdir())

@@ -35,6 +35,7 @@ from ..base import DatasetInfo, Sample, check_split
 from ..folder import folder_splits
 from ..registry import DatasetSpec, register_dataset
 from .layout import VolumeCase, VolumeLayout, is_volume_root, read_layout
+from .nifti import nifti_spacing
 from .normalization import IntensityNormalization, fit_ct_normalization, parse_window
 from .slicing import VolumeSettings, check_context, context_stack, largest_spacing_axis, to_slices
 from .volume import Volume, read_volume, same_geometry
@@ -94,8 +95,9 @@ def read_case(case: VolumeCase, num_classes: int | None) -> tuple[list[Volume], 
     return images, label
 
 
-def _median_spacing(layout: VolumeLayout, cases: Sequence[VolumeCase]) -> tuple[float, float, float]:
-    spacings = np.array([read_volume(case.images[0]).spacing for case in cases])
+def _median_spacing(cases: Sequence[VolumeCase]) -> tuple[float, float, float]:
+    """The median voxel size of ``cases``' first channels, from their headers."""
+    spacings = np.array([nifti_spacing(case.images[0]) for case in cases])
     return tuple(float(v) for v in np.median(spacings, axis=0))  # type: ignore[return-value]
 
 
@@ -120,7 +122,7 @@ def volume_settings(
     if key in _SETTINGS_CACHE:
         return _SETTINGS_CACHE[key]
     train = case_split(layout, "train")
-    spacing = _median_spacing(layout, train)
+    spacing = _median_spacing(train)
     normalizations = []
     for channel, is_ct in enumerate(layout.is_ct):
         if is_ct or window_range is not None:

@@ -42,6 +42,22 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def nifti_spacing(path: Path) -> tuple[float, float, float]:
+    """The voxel size (mm) along the file's first three axes, from the header alone (no voxel is decoded).
+
+    Raises:
+        ConvUNeXtError: a missing or unreadable file, naming it.
+    """
+    if not path.is_file():
+        raise ConvUNeXtError(f"{path}: file not found")
+    try:
+        affine = nib.load(path).affine
+    except _READ_ERRORS as error:
+        raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({_one_line(error)})") from None
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+
 def load_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """The 3D array, affine and header of a NIfTI file (read it through
     :func:`~convunext.data.volumes.volume.read_volume`, which makes a :class:`~convunext.data.volumes.volume.Volume`).
