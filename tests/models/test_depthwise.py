@@ -6,16 +6,18 @@ without one they test the fallback."""
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import running_in_ci
+from convunext import runtime
 from convunext.errors import ConvUNeXtError
 from convunext.models.layers import depthwise
-from convunext.models.layers.depthwise import DEPTHWISE_ENV, depthwise_conv7, depthwise_reference
+from convunext.models.layers.depthwise import depthwise_conv7, depthwise_reference
 
 CHANNELS_LAST = torch.channels_last
 
@@ -41,16 +43,24 @@ def compiled() -> bool:
     """Whether the compiled kernel runs here. It must wherever a compiler is found, and always in CI."""
     if depthwise.compiled_available():
         return True
-    if compiler_found() or running_in_ci():
+    if compiler_found() or os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
         pytest.fail(f"the compiled depthwise convolution did not load: {depthwise._loaded}")
     return False
 
 
 @pytest.fixture
-def path(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> str:
+def set_mode() -> Iterator[Callable[[runtime.DepthwiseMode], object]]:
+    """``set_mode(mode)``: the ``depthwise`` setting of :mod:`convunext.runtime` (restored afterwards)."""
+    before = runtime.settings().depthwise
+    yield lambda mode: runtime.configure(depthwise=mode)
+    runtime.configure(depthwise=before)
+
+
+@pytest.fixture
+def path(compiled: bool, set_mode: Callable[[str], object]) -> str:
     """The path the tests take: ``compiled`` where it loads (so that a silent fallback fails), else ``auto``."""
     mode = "compiled" if compiled else "auto"
-    monkeypatch.setenv(DEPTHWISE_ENV, mode)
+    set_mode(mode)
     return mode
 
 
@@ -172,9 +182,9 @@ def test_inputs_it_does_not_take_use_the_reference(path: str) -> None:
     assert torch.equal(depthwise_conv7(x, weight), F.conv2d(x, weight, padding=3, groups=3))
 
 
-def test_first_call_in_inference_mode(compiled: bool, unloaded: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_call_in_inference_mode(compiled: bool, unloaded: None, set_mode: Callable[[str], object]) -> None:
     """The load's self-check runs autograd even when the first call comes from inference code."""
-    monkeypatch.setenv(DEPTHWISE_ENV, "auto")
+    set_mode("auto")
     x, weight = channels_last(1, 3, 8, 8), channels_last(3, 1, 7, 7, seed=2)
     with torch.inference_mode():
         y = depthwise_conv7(x, weight)
@@ -200,8 +210,8 @@ def test_invalid_arguments(shapes: tuple, message: str) -> None:
         depthwise_conv7(torch.zeros(x_shape), torch.zeros(w_shape), bias, padding)
 
 
-def test_reference_forced_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DEPTHWISE_ENV, " Reference ")
+def test_reference_forced_by_the_setting(monkeypatch: pytest.MonkeyPatch, set_mode: Callable[[str], object]) -> None:
+    set_mode("reference")  # CONVUNEXT_DEPTHWISE=reference: tests/test_runtime.py
 
     def unexpected(*args: object) -> None:
         raise AssertionError("the compiled path ran")
@@ -210,23 +220,20 @@ def test_reference_forced_by_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     check_against_reference(channels_last(2, 5, 9, 9), channels_last(5, 1, 7, 7, seed=2), None, compiled_path=False)
 
 
-def test_invalid_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DEPTHWISE_ENV, "fast")
-    with pytest.raises(ConvUNeXtError, match=r"^CONVUNEXT_DEPTHWISE='fast' is not valid; use auto, compiled or refer"):
-        depthwise_conv7(channels_last(1, 2, 8, 8), channels_last(2, 1, 7, 7))
-
-
-def test_load_failure_falls_back_with_one_notice(monkeypatch: pytest.MonkeyPatch, unloaded: None) -> None:
+def test_load_failure_falls_back_with_one_notice(
+    monkeypatch: pytest.MonkeyPatch, unloaded: None, set_mode: Callable[[str], object]
+) -> None:
     def failing_load() -> None:
         raise OSError("no C++ compiler found ('c++'; set CXX)")
 
     monkeypatch.setattr(depthwise, "_load", failing_load)
-    monkeypatch.setenv(DEPTHWISE_ENV, "auto")
+    set_mode("auto")
     x, weight, bias = channels_last(2, 5, 9, 9), channels_last(5, 1, 7, 7, seed=2), torch.randn(5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_against_reference(x, weight, bias, compiled_path=False)
         check_against_reference(x, weight, bias, compiled_path=False)
+        assert not depthwise.compiled_in_use()
     assert [str(w.message) for w in caught] == [
         "convunext: the compiled depthwise convolution is unavailable (OSError: no C++ compiler found ('c++'; set "
         "CXX)); using PyTorch's convolution"
@@ -235,17 +242,31 @@ def test_load_failure_falls_back_with_one_notice(monkeypatch: pytest.MonkeyPatch
     assert not depthwise.compiled_available()
 
 
-def test_compiled_forced_where_it_cannot_load(monkeypatch: pytest.MonkeyPatch, unloaded: None) -> None:
+def test_compiled_forced_where_it_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, unloaded: None, set_mode: Callable[[str], object]
+) -> None:
     monkeypatch.setenv("CXX", "convunext-no-such-compiler")
-    monkeypatch.setenv(DEPTHWISE_ENV, "compiled")
-    with pytest.raises(ConvUNeXtError, match=r"^CONVUNEXT_DEPTHWISE=compiled: .* unavailable \(OSError: no C\+\+ comp"):
+    set_mode("compiled")
+    message = r"^CONVUNEXT_DEPTHWISE=compiled: .* unavailable \(OSError: no C\+\+ comp"
+    with pytest.raises(ConvUNeXtError, match=message):
         depthwise_conv7(channels_last(1, 2, 8, 8), channels_last(2, 1, 7, 7))
+    with pytest.raises(ConvUNeXtError, match=message):
+        depthwise.compiled_in_use()
 
 
-def test_a_failing_build_falls_back(tmp_path, monkeypatch: pytest.MonkeyPatch, unloaded: None) -> None:
+def test_in_use_follows_the_setting(compiled: bool, set_mode: Callable[[str], object]) -> None:
+    set_mode("reference")
+    assert not depthwise.compiled_in_use()
+    set_mode("auto")
+    assert depthwise.compiled_in_use() == compiled
+
+
+def test_a_failing_build_falls_back(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, unloaded: None, set_mode: Callable[[str], object]
+) -> None:
     monkeypatch.setenv("CONVUNEXT_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails without a word
-    monkeypatch.delenv(DEPTHWISE_ENV, raising=False)
+    set_mode("auto")
     with pytest.warns(RuntimeWarning, match=r"unavailable \(OSError: false failed \(exit 1\)\); using PyTorch's"):
         y = depthwise_conv7(channels_last(1, 2, 8, 8), channels_last(2, 1, 7, 7))
     assert y.shape == (1, 2, 8, 8)

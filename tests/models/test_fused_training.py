@@ -1,13 +1,20 @@
-"""The fused training kernels (banded MLP and gated fusion) give the plain model's loss, gradients and statistics."""
+"""The fused training kernels (banded MLP and gated fusion, the compiled depthwise convolution) give the plain
+model's loss, gradients and statistics."""
 
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 from convunext import create_model, runtime
+from convunext.models.blocks import ConvNeXtBlock
+from convunext.models.layers import depthwise
+
+CHANNELS_LAST = torch.channels_last
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, the CPU is shared
 
@@ -79,3 +86,145 @@ def test_fused_training_with_two_threads(mode: runtime.FusedParallelism) -> None
     assert got == pytest.approx(expected, rel=1e-5)
     for (key, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
         assert (a.grad - b.grad).abs().max().item() <= 1e-4 * max(a.grad.abs().max().item(), 1e-2), key
+
+
+@pytest.fixture
+def set_depthwise() -> Iterator[Callable[[runtime.DepthwiseMode], object]]:
+    """``set_depthwise(mode)``: the ``depthwise`` setting of :mod:`convunext.runtime` (restored afterwards)."""
+    before = runtime.settings().depthwise
+    yield lambda mode: runtime.configure(depthwise=mode)
+    runtime.configure(depthwise=before)
+
+
+@pytest.fixture
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """``torch.set_num_threads(request.param)`` for the test (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def compiled_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per call of the compiled depthwise kernel (skipped where it does not load: where a compiler is
+    found, and in CI, tests/models/test_depthwise.py fails then)."""
+    if not depthwise.compiled_available():
+        pytest.skip("the compiled depthwise convolution does not load here (no C++ compiler): nothing to compare")
+    runs: list[int] = []
+    apply = depthwise._CompiledDepthwise.apply
+    monkeypatch.setattr(depthwise._CompiledDepthwise, "apply", lambda *args: runs.append(1) or apply(*args))
+    return runs
+
+
+def _assert_same_gradients(model: torch.nn.Module, other: torch.nn.Module, rtol: float = 1e-5) -> None:
+    """Every parameter gradient equal within ``rtol`` of the larger of its own largest magnitude and a tenth of the
+    model's largest (a gradient that should be zero, a bias right before a BatchNorm, is float noise; a BatchNorm
+    over few values amplifies its input's rounding); the BatchNorm statistics likewise."""
+    largest = max(p.grad.abs().max().item() for p in other.parameters())
+    for (key, a), (_, b) in zip(model.named_parameters(), other.named_parameters()):
+        scale = max(b.grad.abs().max().item(), largest / 10)
+        assert (a.grad - b.grad).abs().max().item() <= rtol * scale, key
+    for (key, a), (_, b) in zip(model.named_buffers(), other.named_buffers()):
+        assert torch.allclose(a, b, rtol=rtol, atol=1e-6), key
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda n: f"{n}-threads")
+@pytest.mark.parametrize(
+    ("dim", "size"),
+    [(8, (1, 1)), (8, (3, 5)), (19, (13, 9))],  # 1x1, 3x5: replicate padding; 19 channels: SIMD and scalar
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"dim{v}",
+)
+def test_block_with_compiled_depthwise_matches_reference(
+    threads: int, dim: int, size: tuple[int, int], set_depthwise: Callable, compiled_runs: list[int]
+) -> None:
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(dim).train().to(memory_format=CHANNELS_LAST)
+    block.fused_training = True
+    x = torch.randn(2, dim, *size).contiguous(memory_format=CHANNELS_LAST)
+    grad = torch.randn(x.shape)
+    results = []
+    for mode in ("compiled", "reference"):
+        set_depthwise(mode)
+        copied, leaf = copy.deepcopy(block), x.clone().requires_grad_(True)
+        y = copied(leaf)
+        y.backward(grad)
+        results.append((copied, y, leaf.grad))
+        assert len(compiled_runs) == 1  # the first mode's one call, none with the reference
+    (compiled, *got), (reference, *expected) = results
+    for a, b in zip(got, expected):
+        assert (a - b).abs().max().item() <= 1e-5 * b.abs().max().item()
+    _assert_same_gradients(compiled, reference)
+
+
+@pytest.mark.parametrize(("threads", "recompute"), [(1, False), (2, False), (1, True)], indirect=["threads"], ids=str)
+def test_model_step_with_compiled_depthwise_matches_reference(
+    threads: int, recompute: bool, set_depthwise: Callable, compiled_runs: list[int]
+) -> None:
+    torch.manual_seed(0)
+    model = create_model("convunext", width=8).train().to(memory_format=CHANNELS_LAST)
+    model.set_fused_training()
+    model.set_grad_checkpointing(recompute)
+    x = torch.randn(2, 3, 67, 61).contiguous(memory_format=CHANNELS_LAST)  # odd sizes: padded decoder
+    target = torch.randint(0, 2, (2, 67, 61))
+    compiled, reference = model, copy.deepcopy(model)
+    set_depthwise("compiled")
+    loss = _step(compiled, x, target)
+    assert len(compiled_runs) == 11 * (2 if recompute else 1)  # every block's depthwise conv (again in backward)
+    set_depthwise("reference")
+    assert loss == pytest.approx(_step(reference, x, target), rel=1e-6)
+    assert len(compiled_runs) == 11 * (2 if recompute else 1)
+    _assert_same_gradients(compiled, reference, rtol=1e-4)  # through 11 blocks: the tolerance of the tests above
+
+
+@pytest.mark.parametrize("case", ["no_grad", "exportable", "nchw", "float64", "fused_off"])
+def test_compiled_depthwise_only_in_fused_float32_training(
+    case: str, set_depthwise: Callable, compiled_runs: list[int]
+) -> None:
+    """Inference, export, NCHW and float64 models keep PyTorch's convolution (the fused training switch's
+    other kernels aside), with the same output."""
+    set_depthwise("compiled")
+    torch.manual_seed(0)
+    model = create_model("convunext", width=4).train()
+    x = torch.randn(1, 3, 64, 64)
+    expected = model(x)
+    if case != "nchw":
+        model, x = model.to(memory_format=CHANNELS_LAST), x.contiguous(memory_format=CHANNELS_LAST)
+    if case == "float64":
+        model, x, expected = model.double(), x.double(), expected.double()
+    model.set_fused_training(case != "fused_off")
+    model.set_exportable(case == "exportable")
+    with torch.set_grad_enabled(case != "no_grad"):
+        got = model(x)
+    assert not compiled_runs
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_model_step_falls_back_where_the_kernel_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, set_depthwise: Callable
+) -> None:
+    """``auto`` without the kernel: one notice, PyTorch's convolution, the same step."""
+
+    def failing_load() -> None:
+        raise OSError("no C++ compiler found ('c++'; set CXX)")
+
+    monkeypatch.setattr(depthwise, "_loaded", None)
+    monkeypatch.setattr(depthwise, "_noticed", False)
+    monkeypatch.setattr(depthwise, "_load", failing_load)
+    set_depthwise("auto")
+    torch.manual_seed(0)
+    plain = create_model("convunext", width=8).train().to(memory_format=CHANNELS_LAST)
+    fused = copy.deepcopy(plain)
+    fused.set_fused_training()
+    x = torch.randn(2, 3, 33, 35).contiguous(memory_format=CHANNELS_LAST)
+    target = torch.randint(0, 2, (2, 33, 35))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = _step(fused, x, target)
+        assert not depthwise.compiled_in_use()
+    assert [str(w.message) for w in caught] == [
+        "convunext: the compiled depthwise convolution is unavailable (OSError: no C++ compiler found ('c++'; set "
+        "CXX)); using PyTorch's convolution"
+    ]
+    assert loss == pytest.approx(_step(plain, x, target), rel=1e-5)
+    _assert_same_gradients(fused, plain, rtol=1e-4)

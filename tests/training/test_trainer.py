@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from convunext.checkpoint import load_checkpoint
 from convunext.errors import ConvUNeXtError
+from convunext.models.layers.depthwise import compiled_in_use
 from convunext.training import run_log
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
@@ -69,8 +70,11 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     assert checkpoint.path.name == "best.json"
     assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the hardware is named, with the CPU's vector instructions: training times compare only on the same one
-    device = json.loads((run / "summary.json").read_text())["device"]
+    summary = json.loads((run / "summary.json").read_text())
+    device = summary["device"]
     assert device.startswith("CPU ") and f"({torch.backends.cpu.get_cpu_capability()}, " in device
+    # and the depthwise convolution its steps ran: the compiled kernel wherever it loads
+    assert summary["fast_paths"]["compiled_depthwise"] == compiled_in_use()
 
 
 def test_the_progress_plot_is_drawn_after_each_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,8 @@ A switch is a plain attribute that the layers supporting it set in ``__init__`` 
 * ``grad_checkpointing`` — every repeated unit (ConvUNeXt's block, DoubleConv, ResUNet's unit) recomputes its
   activations in backward (:func:`~convunext.models.layers.recompute.maybe_recompute`);
 * ``fused_training`` (with ``band_elements``) — ConvUNeXt's block MLP and gated fusion run the banded training
-  kernels (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`) on channels-last inputs;
+  kernels (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`) on channels-last inputs, and
+  its blocks' depthwise convolutions the compiled kernel (:mod:`convunext.models.layers.depthwise`) in training;
 * ``exportable`` — the shape-dependent branches take their general form for graph export (reflect padding
   without the replicate fallback, the zero padding after upsampling always applied).
 
@@ -74,9 +75,12 @@ class SegmentationModel(nn.Module):
 
     def set_fused_training(self, enable: bool = True, band_elements: int | None = None) -> int:
         """Run ConvUNeXt's block MLPs and gated fusions through the banded training kernels on channels-last
-        inputs (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`; other models have none).
+        inputs (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`; other models have none),
+        and its blocks' depthwise convolutions through the compiled kernel on channels-last float32 CPU inputs
+        whose gradient is recorded (:mod:`convunext.models.layers.depthwise`, whose weight gradient ran 9-13x as
+        fast as oneDNN's side by side; ``CONVUNEXT_DEPTHWISE=reference`` keeps PyTorch's convolution).
 
-        These two per-pixel chains dominate ConvUNeXt's activation memory. The kernels are custom autograd
+        The MLP and the gated fusion dominate ConvUNeXt's activation memory. Their kernels are custom autograd
         functions on bands of pixels whose forward saves only the inputs and whose backward recomputes each
         band's intermediates in cache: per full-resolution block of a batch of 4 at 256x256, four 134 MB
         temporaries fewer. Same loss, gradients and BN statistics; weights and ``state_dict`` are untouched. The

@@ -141,7 +141,9 @@ class ConvNeXtBlock(nn.Module):
     ``x -> dwconv(k x k, reflect padding) -> norm1 -> pwconv1 (dim -> e*dim) -> act -> pwconv2 (e*dim -> dim)``
     ``-> norm2``, then ``act(x + input)`` (ResNet style, the paper's choice) or ``x + input`` (ConvNeXt style).
     The 1x1 layers are convolutions, so the block stays NCHW end to end. Switches: ``grad_checkpointing``,
-    ``fused_training`` (the MLP through :func:`~convunext.models.layers.mlp.banded_mlp` on channels-last inputs).
+    ``fused_training`` (the MLP through :func:`~convunext.models.layers.mlp.banded_mlp` on channels-last inputs, and
+    the depthwise convolution through :func:`~convunext.models.layers.depthwise.depthwise_conv7` on channels-last
+    float32 CPU inputs in training, see :meth:`~convunext.models.layers.padding.ReflectConv2d.takes_compiled`).
 
     Shape: ``N x dim x H x W -> N x dim x H x W``.
     """
@@ -166,7 +168,7 @@ class ConvNeXtBlock(nn.Module):
         return maybe_recompute(self, self._forward, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(self.dwconv(x))
+        y = self.norm1(self.dwconv(x, compiled=self.fused_training))
         kind = activation_kind(self.act)
         if self.fused_training and kind is not None and rows_eligible(self.pwconv1.weight.dtype, y):
             y = from_rows(banded_mlp(flat(y), *self._mlp_matrices(), kind, band_elements=self.band_elements), y)

@@ -18,6 +18,11 @@ channels-last                 3.86 s -> 2.51 s                       1.58 s -> 1
 On CUDA ``auto`` leaves all three off (the fused kernels are sized for CPU caches; channels-last was not measured
 there); the fast validation path is on everywhere. The malloc tuning is the process's, not the model's: it is
 resolved here and applied by the trainer's :func:`convunext.runtime.configure` call.
+
+The fused kernels include ConvUNeXt's compiled depthwise convolution (:mod:`convunext.models.layers.depthwise`),
+which the ``depthwise`` setting of :mod:`convunext.runtime` (``CONVUNEXT_DEPTHWISE``) can turn back to PyTorch's;
+:attr:`FastPaths.compiled_depthwise` records whether the run's float32 CPU steps use it (the kernel is built, or
+found, while the switches are resolved).
 """
 
 from __future__ import annotations
@@ -28,25 +33,31 @@ import torch
 from torch import nn
 
 from ..errors import ConvUNeXtError
+from ..models.blocks import ConvNeXtBlock
+from ..models.layers.depthwise import compiled_in_use
 from ..runtime import runs_on_glibc
 from .config import TrainConfig
 
-__all__ = ["FastPaths", "enable_fast_paths", "resolve_fast_paths", "supports_fused_training"]
+__all__ = ["FastPaths", "enable_fast_paths", "has_compiled_depthwise", "resolve_fast_paths", "supports_fused_training"]
 
 
 @dataclass(frozen=True)
 class FastPaths:
-    """The resolved switches of one run (each ``True`` = on)."""
+    """The resolved switches of one run (each ``True`` = on), and whether its training steps run the compiled
+    depthwise convolution (part of the fused kernels; recorded in the run's ``summary.json`` with the switches)."""
 
     channels_last: bool
     fused_kernels: bool
     tune_malloc: bool
     fast_validation: bool
+    compiled_depthwise: bool
 
     def apply_to(self, train: TrainConfig) -> None:
-        """Record the resolved values in ``train`` (``"on"`` / ``"off"``), as the run's ``config.yaml`` shows them."""
+        """Record the resolved switches in ``train`` (``"on"`` / ``"off"``), as the run's ``config.yaml`` shows
+        them."""
         for name, value in asdict(self).items():
-            setattr(train, name, "on" if value else "off")
+            if name != "compiled_depthwise":  # not a switch of its own: the fused kernels and CONVUNEXT_DEPTHWISE
+                setattr(train, name, "on" if value else "off")
 
 
 def supports_fused_training(model: nn.Module) -> bool:
@@ -59,7 +70,8 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
 
     Raises:
         ConvUNeXtError: ``fused_kernels: on`` for a model without fused kernels, or with ``channels_last: off``
-            (the kernels only take effect on channels-last tensors).
+            (the kernels only take effect on channels-last tensors); ``CONVUNEXT_DEPTHWISE`` invalid, or
+            ``compiled`` where the compiled depthwise convolution cannot be loaded, for a run that would use it.
     """
     cpu = device.type == "cpu"
     fused_capable = supports_fused_training(model)
@@ -75,7 +87,14 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
         channels_last = True
     fused = train.fused_kernels == "on" or (train.fused_kernels == "auto" and cpu and fused_capable and channels_last)
     tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and runs_on_glibc())
-    return FastPaths(channels_last, fused, tune, train.fast_validation != "off")
+    depthwise = fused and cpu and not train.cpu_bf16 and has_compiled_depthwise(model) and compiled_in_use()
+    return FastPaths(channels_last, fused, tune, train.fast_validation != "off", depthwise)
+
+
+def has_compiled_depthwise(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution that its fused training runs with the compiled depthwise kernel (the
+    depthwise 7x7 of ConvUNeXt's blocks)."""
+    return any(isinstance(module, ConvNeXtBlock) and module.dwconv.compiled_depthwise for module in model.modules())
 
 
 def enable_fast_paths(model: nn.Module, paths: FastPaths) -> nn.Module:

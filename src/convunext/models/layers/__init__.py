@@ -1,6 +1,7 @@
 """The per-pixel ops of the models, each defined once with its eager reference and its banded kernels.
 
-Ops import only torch and ``convunext.utils`` (never the blocks that use them):
+Ops import only torch, ``convunext.errors``, ``convunext.runtime`` and ``convunext.utils`` (never the blocks that
+use them):
 
 * :mod:`.padding` — the reflect/replicate "same" padding rule (:func:`~.padding.same_pad`), its banded rows
   (:func:`~.padding.padded_rows`) and :class:`~.padding.ReflectConv2d`;
@@ -10,6 +11,8 @@ Ops import only torch and ``convunext.utils`` (never the blocks that use them):
   :func:`~.mlp.banded_mlp` (autograd forward/backward, or the no-grad inference kernel), :func:`~.mlp.mlp_rows_`;
 * :mod:`.gate` — the decoder's skip gate and fusion conv on folded weights: :func:`~.gate.gate_reference`,
   :func:`~.gate.banded_gate`, :func:`~.gate.gate_rows_`;
+* :mod:`.depthwise` — the depthwise ``k x k`` convolution as a compiled CPU kernel for training
+  (:func:`~.depthwise.depthwise_conv7`), PyTorch's as reference and fallback (:func:`~.depthwise.depthwise_reference`);
 * :mod:`.folding` — BatchNorm folding arithmetic; :mod:`.activations` — the fusable activations;
   :mod:`.banding` — band sizes, pixel-row views, the per-thread workspace; :mod:`.recompute` — recomputing
   one call's activations in backward (activation checkpointing).

@@ -44,9 +44,15 @@ read-only cache, a wrong result), the reference is used, after one notice (a ``R
 the library links ``libgomp.so.1``, the one PyTorch has loaded); one thread runs no OpenMP at all. The weight
 gradient sums fixed blocks of 8 output rows in a fixed order, so it does not depend on the thread count.
 
-**Choosing the path**: ``CONVUNEXT_DEPTHWISE`` = ``auto`` (default: compiled where it loads), ``compiled`` (an
-error where it cannot be loaded) or ``reference``, read at each call. Either way, inputs the kernel does not take
-(not float32, not on the CPU, a kernel size other than 3, 5, 7 or 9) use the reference.
+**Choosing the path**: the ``depthwise`` setting of :mod:`convunext.runtime`, read at each call: ``auto`` (default:
+compiled where it loads), ``compiled`` (an error where it cannot be loaded) or ``reference``. It starts from
+``CONVUNEXT_DEPTHWISE`` (read once, checked with the other settings when the process is configured) and
+``convunext.runtime.configure(depthwise=...)`` changes it. Either way, inputs the kernel does not take (not
+float32, not on the CPU, a kernel size other than 3, 5, 7 or 9) use the reference.
+
+**Where it runs**: in ConvUNeXt's blocks while fused training is on (``model.set_fused_training()``, which
+``convunext train`` turns on on CPUs), on channels-last float32 CPU inputs whose gradient is recorded
+(:class:`~convunext.models.layers.padding.ReflectConv2d`); :func:`compiled_in_use` tells whether it will.
 """
 
 from __future__ import annotations
@@ -62,7 +68,6 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -70,19 +75,19 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ...errors import ConvUNeXtError
+from ...runtime import DEPTHWISE_ENV, DepthwiseMode, settings
 
 __all__ = [
     "DEPTHWISE_ENV",
     "KERNEL_SIZES",
     "DepthwiseMode",
     "compiled_available",
+    "compiled_in_use",
     "depthwise_conv7",
     "depthwise_mode",
     "depthwise_reference",
 ]
 
-DepthwiseMode = Literal["auto", "compiled", "reference"]
-DEPTHWISE_ENV = "CONVUNEXT_DEPTHWISE"
 KERNEL_SIZES = (3, 5, 7, 9)
 """The kernel sizes the compiled kernel is built for (each is a template instance)."""
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
@@ -279,17 +284,12 @@ void dw_sum_rows(const float* parts, float* out, int64_t rows, int64_t len, int 
 
 
 def depthwise_mode() -> DepthwiseMode:
-    """``CONVUNEXT_DEPTHWISE`` (``auto`` when unset or empty), read now.
+    """The ``depthwise`` setting of :mod:`convunext.runtime` now (``CONVUNEXT_DEPTHWISE``, else ``auto``).
 
     Raises:
-        ConvUNeXtError: a value other than ``auto``, ``compiled`` or ``reference``.
+        ConvUNeXtError: ``CONVUNEXT_DEPTHWISE`` holds a value other than ``auto``, ``compiled`` or ``reference``.
     """
-    value = os.environ.get(DEPTHWISE_ENV, "").strip().lower() or "auto"
-    if value not in get_args(DepthwiseMode):
-        raise ConvUNeXtError(
-            f"{DEPTHWISE_ENV}={os.environ[DEPTHWISE_ENV]!r} is not valid; use auto, compiled or reference"
-        )
-    return value  # type: ignore[return-value]
+    return settings().depthwise
 
 
 def depthwise_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | None = None) -> Tensor:
@@ -338,6 +338,17 @@ def depthwise_conv7(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
 def compiled_available() -> bool:
     """Whether the compiled kernel is loaded, building it now if needed (without the fallback's notice)."""
     return isinstance(_load_once(), _Kernel)
+
+
+def compiled_in_use() -> bool:
+    """Whether :func:`depthwise_conv7` now runs the compiled kernel on the inputs it takes: building it if needed,
+    False with the ``reference`` setting, or (``auto``) after the fallback's one notice where it cannot be loaded.
+
+    Raises:
+        ConvUNeXtError: an invalid ``CONVUNEXT_DEPTHWISE``, or ``compiled`` where the kernel cannot be loaded.
+    """
+    mode = depthwise_mode()
+    return mode != "reference" and _kernel(required=mode == "compiled") is not None
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int | None) -> int:
