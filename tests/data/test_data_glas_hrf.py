@@ -94,6 +94,19 @@ def test_hrf_unannotated_images_are_refused_by_name_and_split_unless_skipped(tmp
     assert "01_h" not in names and "04_h" in names
 
 
+def test_hrf_undecodable_annotations_are_found_when_the_dataset_opens(tmp_path, mini_hrf, capsys):
+    copy = tmp_path / "HRF"
+    shutil.copytree(mini_hrf, copy)
+    manual = copy / "manual1" / "04_h.tif"  # a test image
+    manual.write_bytes(manual.read_bytes()[:20])  # truncated
+    for split in ("train", "test"):  # before any training: not when the test split is first read
+        with pytest.raises(ConvUNeXtError, match=r"an unreadable vessel annotation for 04_h \(test: .*04_h\.tif: "):
+            open_dataset("hrf", copy, split, check_sizes=False)
+    names = open_dataset("hrf", copy, "test", skip_unannotated=True).names
+    assert "04_h" not in names and len(names) == 20
+    assert "going on without 1 image(s): an unreadable vessel annotation for 04_h (test" in capsys.readouterr().err
+
+
 def test_hrf_missing_image_is_not_taken_for_a_missing_annotation(tmp_path, mini_hrf):
     copy = tmp_path / "HRF"
     shutil.copytree(mini_hrf, copy)
@@ -116,14 +129,16 @@ def test_real_glas(glas_root):
 
 
 def test_real_hrf(hrf_root):
-    # the shared copy lacks the manual annotations of 11_h, 12_h and 13_h: refused, named, unless the user opts out
-    with pytest.raises(ConvUNeXtError, match=r"no vessel annotation for 12_h \(train\), 11_h, 13_h \(test\)"):
+    # the shared copy lacks the manual annotations of 11_h, 12_h and 13_h and its manual1/11_g.tif is truncated:
+    # refused, named, unless the user opts out
+    expected = r"no vessel annotation for 12_h \(train\), 11_h, 13_h \(test\); an unreadable one for 11_g \(test: "
+    with pytest.raises(ConvUNeXtError, match=expected):
         open_dataset("hrf", hrf_root, "test")
     sizes = {
         split: len(open_dataset("hrf", hrf_root, split, check_sizes=True, skip_unannotated=True))
         for split in ("trainval", "test")
     }
-    assert sizes == {"trainval": 23, "test": 19}
+    assert sizes == {"trainval": 23, "test": 18}
     dataset = open_dataset("hrf", hrf_root, "test", skip_unannotated=True)
     sample = dataset[0]
     assert sample["image"].shape == (3, 2336, 3504)

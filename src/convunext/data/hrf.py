@@ -11,19 +11,23 @@ The paper splits randomly 24 train / 21 test; this package ships that split as a
 h/dr/g (8 train / 7 test each), in ``splits/hrf.json``. ``val`` = 4 of the 24 (06_h, 10_dr, 14_dr, 03_g);
 ``train`` = the other 20.
 
-Some copies in circulation lack a few manual annotations (one copy lacks those of 11_h, 12_h and 13_h). The reader
-then refuses, naming every unannotated image and the split it belongs to; ``skip_unannotated=True`` (``--set
-data.options.skip_unannotated=true``, ``convunext evaluate --skip-unannotated``) goes on without them and says
-which it left out, once per process. An image is never dropped in silence.
+Some copies in circulation lack a few manual annotations (one copy lacks those of 11_h, 12_h and 13_h), or hold one
+that cannot be decoded (the same copy's ``manual1/11_g.tif`` is truncated). Every annotation is decoded once per
+process when the dataset opens; the reader then refuses, naming every image without a usable annotation, why, and the
+split it belongs to — before any training, not when the test split is first read. ``skip_unannotated=True``
+(``--set data.options.skip_unannotated=true``, ``convunext evaluate --skip-unannotated``) goes on without them and
+says which it left out and why, once per process. An image is never dropped in silence.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 from ..errors import ConvUNeXtError
 from .base import DatasetInfo, FileDataset, FolderIndex, Record, check_split, load_split_file, locate_root, split_stems
+from .io import read_mask
 from .registry import DatasetSpec, register_dataset
 
 FOLDER_NAME = "HRF"
@@ -55,11 +59,12 @@ class HrfDataset(FileDataset):
         split: ``"train"`` (20), ``"val"`` (4), ``"trainval"`` (24) or ``"test"`` (21).
         info: the :class:`DatasetInfo` to attach (the registry passes one with computed mean/std).
         check_sizes: check that each image, mask and FOV have the same size when read.
-        skip_unannotated: go on without the images whose manual annotation is missing from this copy (they are
-            named on stderr, with their splits); without it such a copy is refused.
+        skip_unannotated: go on without the images whose manual annotation is missing from this copy or cannot be
+            decoded (they are named on stderr, with their splits and why); without it such a copy is refused.
 
     Raises:
-        ConvUNeXtError: a missing image or FOV mask; a missing annotation unless ``skip_unannotated``.
+        ConvUNeXtError: a missing image or FOV mask; a missing or undecodable annotation unless
+            ``skip_unannotated``.
     """
 
     def __init__(
@@ -77,14 +82,16 @@ class HrfDataset(FileDataset):
             raise ConvUNeXtError(f"{root / 'mask'}: HRF field-of-view folder not found")
         splits = load_split_file("hrf")
         unannotated = unannotated_images(splits, images, manuals)
-        if unannotated and not skip_unannotated:
+        unreadable = unreadable_annotations(splits, manuals, set(unannotated))
+        if (unannotated or unreadable) and not skip_unannotated:
             raise ConvUNeXtError(
-                f"{root / 'manual1'}: no vessel annotation for {_describe(unannotated)}: this copy of HRF is "
-                "incomplete; restore the files, or go on without these images (--set "
-                "data.options.skip_unannotated=true to train, --skip-unannotated to evaluate)"
+                f"{root / 'manual1'}: {_gaps(unannotated, unreadable)}: this copy of HRF is incomplete; restore the "
+                "files, or go on without these images (--set data.options.skip_unannotated=true to train, "
+                "--skip-unannotated to evaluate)"
             )
-        if unannotated:
-            _report_skipped(root, unannotated)
+        if unannotated or unreadable:
+            _report_skipped(root, unannotated, unreadable)
+        unannotated = {**unannotated, **{stem: split for stem, (split, _) in unreadable.items()}}
         records = []
         for stem in split_stems(splits, split):
             if stem in unannotated:
@@ -110,6 +117,44 @@ def unannotated_images(splits: dict[str, list[str]], images: FolderIndex, manual
     return missing
 
 
+def unreadable_annotations(
+    splits: dict[str, list[str]], manuals: FolderIndex, skipped: set[str]
+) -> dict[str, tuple[str, str]]:
+    """The images of the split lists whose annotation in ``manuals`` exists but cannot be decoded (a truncated TIFF),
+    each with its split and the reason, in split-list order; ``skipped`` stems are not looked at. Each file is decoded
+    once per process (and again when it changes)."""
+    found = {}
+    for split in ("train", "val", "test"):
+        for stem in split_stems(splits, split):
+            path = manuals.find(stem) if stem not in skipped else None
+            if path is None:
+                continue
+            stat = path.stat()
+            problem = _decoding_problem(path, stat.st_size, stat.st_mtime_ns)
+            if problem is not None:
+                found[stem] = (split, problem)
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _decoding_problem(path: Path, size: int, modified: int) -> str | None:
+    """Why ``path`` cannot be read as a binary mask, or None (``size`` and ``modified`` key the cache)."""
+    try:
+        read_mask(path)
+    except ConvUNeXtError as error:
+        return str(error)
+    return None
+
+
+def _gaps(unannotated: dict[str, str], unreadable: dict[str, tuple[str, str]]) -> str:
+    """``"no vessel annotation for 12_h (train), 11_h (test); an unreadable one for 11_g (test: REASON)"``."""
+    parts = [f"no vessel annotation for {_describe(unannotated)}"] if unannotated else []
+    if unreadable:
+        described = ", ".join(f"{stem} ({split}: {reason})" for stem, (split, reason) in unreadable.items())
+        parts.append(f"{'an unreadable one' if unannotated else 'an unreadable vessel annotation'} for {described}")
+    return "; ".join(parts)
+
+
 def _describe(unannotated: dict[str, str]) -> str:
     """``"12_h (train), 11_h, 13_h (test)"``."""
     by_split: dict[str, list[str]] = {}
@@ -121,15 +166,16 @@ def _describe(unannotated: dict[str, str]) -> str:
 _REPORTED: set[Path] = set()
 
 
-def _report_skipped(root: Path, unannotated: dict[str, str]) -> None:
-    """Say once per process and folder which images are left out."""
+def _report_skipped(root: Path, unannotated: dict[str, str], unreadable: dict[str, tuple[str, str]]) -> None:
+    """Say once per process and folder which images are left out, and why."""
     if root.resolve() in _REPORTED:
         return
     _REPORTED.add(root.resolve())
-    print(
-        f"HRF ({root}): going on without {len(unannotated)} unannotated image(s): {_describe(unannotated)}",
-        file=sys.stderr,
-    )
+    count = len(unannotated) + len(unreadable)
+    if unannotated and not unreadable:
+        print(f"HRF ({root}): going on without {count} unannotated image(s): {_describe(unannotated)}", file=sys.stderr)
+        return
+    print(f"HRF ({root}): going on without {count} image(s): {_gaps(unannotated, unreadable)}", file=sys.stderr)
 
 
 register_dataset(
