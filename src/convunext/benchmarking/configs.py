@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..runtime import FUSED_PARALLELISM_ENV
+from ..runtime import DEPTHWISE_ENV, FUSED_PARALLELISM_ENV
 
 __all__ = ["INFERENCE_PATHS", "REGISTRY_MODELS", "SECTIONS", "Config", "build_configs"]
 
@@ -17,6 +17,9 @@ TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4
 OPENMP_ENV = {FUSED_PARALLELISM_ENV: "openmp"}
 """The fast path with PyTorch's per-operator OpenMP parallelism instead of its worker threads (the worker process
 reads the ``fused_parallelism`` setting of :mod:`convunext.runtime` from its environment)."""
+REFERENCE_DEPTHWISE_ENV = {DEPTHWISE_ENV: "reference"}
+"""Training with PyTorch's depthwise convolution instead of the compiled one
+(:mod:`convunext.models.layers.depthwise`)."""
 SECTIONS = ("inference", "training", "recompute", "sliding window")
 """The report's sections, in table order."""
 
@@ -120,6 +123,9 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
         runs += [(model, "trainer") for model in REGISTRY_MODELS]
         for model, path in runs:
             add("training", model, path, "train", args.train_batch_size, args.train_size, repeats=args.train_repeats)
+        if not args.in_process:  # the trainer's default without the compiled depthwise convolution, in the same run
+            add("training", "convunext", "trainer", "train", args.train_batch_size, args.train_size,
+                repeats=args.train_repeats, env=REFERENCE_DEPTHWISE_ENV, env_label="reference depthwise")  # fmt: skip
         if args.recompute_size:
             for model, path in (("convunext", "channels_last"), ("convunext", "fused"), ("resunet", "eager")):
                 for recompute in (False, True):
