@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..data.volumes import read_layout, synthetic_ct_root
+from ..data.volumes import read_layout, synthetic_ct_root_of
 from ..evaluation.evaluate import default_report_dir, evaluate_to_report, metrics_table
 from ..evaluation.volumes import DEFAULT_NSD_TOLERANCE, evaluate_volumes_to_report, volume_metrics_table
 from .options import (
@@ -54,8 +54,7 @@ def _evaluate_volumes(args: argparse.Namespace, checkpoint: Checkpoint) -> int:
     """``convunext evaluate`` of a checkpoint trained on slices: per-volume, per-class Dice, HD95, ASSD and NSD."""
     data = args.data
     if data == "synthetic_ct":  # the phantoms the checkpoint was trained on
-        options = checkpoint.meta.get("data", {}).get("options", {})
-        data = synthetic_ct_root(**{key: options[key] for key in ("cases", "seed") if key in options})
+        data = synthetic_ct_root_of(checkpoint.meta.get("data", {}).get("options", {}))
     name = read_layout(data).name
     out = args.out or default_report_dir(checkpoint.path, name, args.split)
     report = evaluate_volumes_to_report(

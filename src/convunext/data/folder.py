@@ -86,7 +86,7 @@ def read_json(path: Path) -> Any:
         raise ConvUNeXtError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
 
 
-def _first_repeated(items: list[str]) -> str | None:
+def first_repeated(items: list[str]) -> str | None:
     """The first item of ``items`` that occurs again later, or None."""
     seen: set[str] = set()
     for item in items:
@@ -114,7 +114,7 @@ def folder_splits(root: Path, stems: list[str]) -> dict[str, list[str]]:
         missing = [stem for stem in listed if stem not in known]
         if missing:
             raise ConvUNeXtError(f"{path}: split {name!r} lists {missing[0]!r}, which has no image in images/")
-        repeated = _first_repeated(listed)
+        repeated = first_repeated(listed)
         if repeated is not None:
             raise ConvUNeXtError(
                 f"{path}: split {name!r} lists {repeated!r} {listed.count(repeated)} times; list each image once"
@@ -214,7 +214,7 @@ def folder_info_without_stats(root: Path, class_names: list[str] | None = None) 
     names = class_names or meta.get("class_names") or list(BINARY_CLASS_NAMES)
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise ConvUNeXtError(f"{path}: class_names must be a list of at least 2 names, background first")
-    repeated = _first_repeated(names)
+    repeated = first_repeated(names)
     if repeated is not None:
         raise ConvUNeXtError(f"{path}: class_names lists {repeated!r} twice; give each class its own name")
     if len(names) > 255:

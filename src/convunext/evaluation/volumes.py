@@ -31,7 +31,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
-from ..data.volumes import Volume, VolumeSliceDataset, read_case
+from ..data.volumes import Volume, VolumeSliceDataset, layout_info, read_case, read_layout
+from ..errors import ConvUNeXtError
 from ..inference.predictor import PALETTE
 from ..inference.sliding_window import Inferer
 from ..inference.threshold import ThresholdSetting
@@ -341,10 +342,6 @@ def evaluate_volumes_to_report(
         ConvUNeXtError: a malformed dataset (naming the file), classes that differ from the checkpoint's, or a report
             folder that cannot be written.
     """
-    from ..data.base import DatasetInfo
-    from ..data.volumes import read_layout
-    from ..errors import ConvUNeXtError
-
     predictor = VolumePredictor.from_checkpoint(checkpoint, inferer, threshold)
     layout = read_layout(data)
     if list(layout.class_names) != list(checkpoint.class_names):
@@ -353,15 +350,7 @@ def evaluate_volumes_to_report(
             f"({', '.join(checkpoint.class_names)})"
         )
     settings = predictor.settings
-    info = DatasetInfo(
-        name=layout.name,
-        class_names=list(layout.class_names),
-        in_channels=settings.in_channels,
-        mean=(0.0,) * settings.in_channels,
-        std=(1.0,) * settings.in_channels,
-        volume=settings.to_dict(),
-    )
-    dataset = VolumeSliceDataset(layout.root, split, info=info, **dict(data_options or {}))
+    dataset = VolumeSliceDataset(layout.root, split, info=layout_info(layout, settings), **dict(data_options or {}))
     with ReportFolder(Path(out_dir), EVALUATION_REPORT) as folder:
         gallery = _SliceGallery(settings.slice_axis) if html_page else None
         start = time.perf_counter()

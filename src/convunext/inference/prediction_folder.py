@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -40,6 +40,7 @@ __all__ = [
     "PREDICTIONS_MARKER",
     "PREDICTIONS_TABLE",
     "PredictionFolder",
+    "distinct_names",
     "expand_inputs",
     "output_paths",
     "save_prediction",
@@ -85,15 +86,24 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             raise ConvUNeXtError(f"{item}: no such file or folder")
         for path in found:
             files.setdefault(path.resolve(), path)
-    by_stem: dict[str, Path] = {}
-    for path in files.values():
-        other = by_stem.setdefault(path.stem, path)
+    return distinct_names(list(files.values()), lambda path: path.stem)
+
+
+def distinct_names(inputs: list[Path], name_of: Callable[[Path], str]) -> list[Path]:
+    """``inputs``, once no two of them have the same output name ``name_of(path)``.
+
+    Raises:
+        ConvUNeXtError: two inputs of one name (the second's outputs would overwrite the first's), naming both.
+    """
+    by_name: dict[str, Path] = {}
+    for path in inputs:
+        other = by_name.setdefault(name_of(path), path)
         if other is not path:
             raise ConvUNeXtError(
-                f"{other} and {path}: same name {path.stem!r}, their outputs would overwrite each other "
+                f"{other} and {path}: same name {name_of(path)!r}, their outputs would overwrite each other "
                 "(rename one or segment them into different --out folders)"
             )
-    return list(files.values())
+    return inputs
 
 
 def output_paths(out_dir: Path, name: str, probabilities: bool = False, overlay: bool = False) -> list[Path]:

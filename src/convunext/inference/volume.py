@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom.misc
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
@@ -26,7 +27,7 @@ from ..data.volumes import Volume, VolumeSettings, is_nifti_path, nifti_bytes, n
 from ..data.volumes.slicing import context_stack, from_slices, to_slices
 from ..errors import ConvUNeXtError
 from ..utils.io import atomic_write_files
-from .prediction_folder import PREDICTIONS_MARKER, PredictionFolder, png_bytes
+from .prediction_folder import PREDICTIONS_MARKER, PredictionFolder, distinct_names, png_bytes
 from .predictor import PREDICT_TILE_SIZE, Predictor, overlay
 from .sliding_window import Inferer
 from .threshold import ThresholdSetting, predicted_labels
@@ -57,17 +58,9 @@ def is_volume_input(path: str | Path) -> bool:
     if not path.is_dir():
         return False
     for child in sorted(path.iterdir())[:64]:
-        if child.is_file() and (child.suffix.lower() == ".dcm" or _has_dicom_preamble(child)):
+        if child.is_file() and (child.suffix.lower() == ".dcm" or pydicom.misc.is_dicom(child)):
             return True
     return False
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
 
 
 @dataclass
@@ -195,14 +188,7 @@ def expand_volume_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             raise ConvUNeXtError(f"{item}: not a volume (expected a .nii / .nii.gz file or a DICOM series folder)")
         for path in paths:
             found.setdefault(path.resolve(), path)
-    by_name: dict[str, Path] = {}
-    for path in found.values():
-        other = by_name.setdefault(volume_name(path), path)
-        if other is not path:
-            raise ConvUNeXtError(
-                f"{other} and {path}: same name {volume_name(path)!r}, their outputs would overwrite each other"
-            )
-    return list(found.values())
+    return distinct_names(list(found.values()), volume_name)
 
 
 def slice_montage(

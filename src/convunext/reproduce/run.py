@@ -107,14 +107,11 @@ def _evaluate_best(spec: RunSpec, inferer: Inferer) -> dict[str, Any]:
 def _evaluate_volumes(spec: RunSpec, checkpoint: Checkpoint, inferer: Inferer) -> dict[str, Any]:
     """:func:`_evaluate_best` of a model trained on slices: each test volume scored whole
     (:func:`~convunext.evaluation.volumes.evaluate_volumes_to_report`: per-class Dice, HD95, ASSD, NSD)."""
-    from ..data.volumes import synthetic_ct_root
+    from ..data.volumes import synthetic_ct_root_of
     from ..evaluation.volumes import evaluate_volumes_to_report
 
     data = spec.config.data
-    if data.root is not None:
-        root = Path(data.root)
-    else:  # the built-in phantoms
-        root = synthetic_ct_root(**{key: data.options[key] for key in ("cases", "seed") if key in data.options})
+    root = Path(data.root) if data.root is not None else synthetic_ct_root_of(data.options)  # else the phantoms
     report = evaluate_volumes_to_report(
         checkpoint, root, "test", out_dir=spec.test_dir, inferer=inferer, threshold=PROTOCOL_THRESHOLD, progress=False
     )

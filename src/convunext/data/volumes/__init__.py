@@ -13,14 +13,14 @@
 
 from __future__ import annotations
 
-from .dataset import VolumeSliceDataset, case_split, read_case, volume_info
+from .dataset import VolumeSliceDataset, case_split, layout_info, read_case, volume_info
 from .dicom import write_dicom_series
 from .layout import VolumeCase, VolumeLayout, is_volume_root, read_layout  # noqa: I001  (after .volume)
 from .nifti import NIFTI_SUFFIXES, is_nifti_path, nifti_stem
 from .normalization import IntensityNormalization, fit_ct_normalization, parse_window
 from .phantom import PHANTOM_LABELS, phantom_case, write_phantom_dataset
 from .slicing import VolumeSettings, largest_spacing_axis
-from .synthetic import SyntheticCtDataset, synthetic_ct_root
+from .synthetic import SyntheticCtDataset, synthetic_ct_root, synthetic_ct_root_of
 from .volume import (
     Volume,
     label_array,
@@ -47,6 +47,7 @@ __all__ = [
     "is_volume_root",
     "label_array",
     "largest_spacing_axis",
+    "layout_info",
     "nifti_bytes",
     "nifti_stem",
     "parse_window",
@@ -57,6 +58,7 @@ __all__ = [
     "read_volume",
     "same_geometry",
     "synthetic_ct_root",
+    "synthetic_ct_root_of",
     "volume_info",
     "write_dicom_series",
     "write_nifti",

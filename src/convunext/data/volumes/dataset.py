@@ -40,7 +40,7 @@ from .normalization import IntensityNormalization, fit_ct_normalization, parse_w
 from .slicing import VolumeSettings, check_context, context_stack, largest_spacing_axis, to_slices
 from .volume import Volume, read_volume, same_geometry
 
-__all__ = ["VolumeSliceDataset", "case_split", "check_label_values", "read_case", "volume_info"]
+__all__ = ["VolumeSliceDataset", "case_split", "check_label_values", "layout_info", "read_case", "volume_info"]
 
 DEFAULT_FOREGROUND_FRACTION = 1 / 3
 
@@ -150,7 +150,12 @@ def volume_info(
     """The :class:`~convunext.data.DatasetInfo` of the volume dataset in ``root``: its classes, ``context`` x
     channels, mean 0 / std 1 (the slices come normalised) and ``volume`` = the :class:`VolumeSettings` record."""
     layout = read_layout(root)
-    settings = volume_settings(layout, slice_axis, context, window)
+    return layout_info(layout, volume_settings(layout, slice_axis, context, window))
+
+
+def layout_info(layout: VolumeLayout, settings: VolumeSettings) -> DatasetInfo:
+    """The :class:`~convunext.data.DatasetInfo` of ``layout``'s slices made by ``settings`` (its own, or a
+    checkpoint's): the layout's classes, ``settings``' input channels, mean 0 / std 1 and ``volume`` = its record."""
     channels = settings.in_channels
     return DatasetInfo(
         name=layout.name,

@@ -16,12 +16,12 @@ cases and the unlabelled test cases. Nothing is decoded: volumes are read when a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConvUNeXtError
+from ..folder import first_repeated, read_json
 from .nifti import NIFTI_SUFFIXES, is_nifti_path, nifti_stem
 
 __all__ = ["VolumeCase", "VolumeLayout", "is_volume_root", "read_layout"]
@@ -68,25 +68,10 @@ class VolumeLayout:
         volume."""
         return tuple(modality.strip().upper() == "CT" for modality in self.modalities)
 
-    def case(self, name: str) -> VolumeCase:
-        """The labelled or test case ``name``.
-
-        Raises:
-            ConvUNeXtError: no such case.
-        """
-        for case in (*self.cases, *self.test_cases):
-            if case.name == name:
-                return case
-        raise ConvUNeXtError(f"{self.root}: no case {name!r}")
-
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConvUNeXtError(f"{path}: cannot read ({error})") from None
-    except json.JSONDecodeError as error:
-        raise ConvUNeXtError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+    """A ``dataset.json`` (:func:`~convunext.data.folder.read_json`), which must hold an object."""
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ConvUNeXtError(f"{path}: expected a JSON object")
     return data
@@ -256,8 +241,7 @@ def _layout(
 ) -> VolumeLayout:
     if not cases:
         raise ConvUNeXtError(f"{root}: no labelled volumes found ({kind} layout)")
-    names = [case.name for case in cases]
-    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    repeated = first_repeated([case.name for case in cases])
     if repeated is not None:
         raise ConvUNeXtError(f"{root}: case {repeated!r} is listed twice")
     return VolumeLayout(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConvUNeXtError
 from ..base import DatasetInfo
@@ -20,7 +22,7 @@ from ..registry import DatasetSpec, register_dataset
 from .dataset import DEFAULT_FOREGROUND_FRACTION, VolumeSliceDataset, volume_info
 from .phantom import write_phantom_dataset
 
-__all__ = ["SYNTHETIC_CT_CASES", "SyntheticCtDataset", "synthetic_ct_root"]
+__all__ = ["SYNTHETIC_CT_CASES", "SyntheticCtDataset", "synthetic_ct_root", "synthetic_ct_root_of"]
 
 SYNTHETIC_CT_CASES = 10
 _FORMAT = 1  # bump when the phantoms change, so that a stale cached folder is not reused
@@ -53,6 +55,12 @@ def synthetic_ct_root(cases: int = SYNTHETIC_CT_CASES, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def synthetic_ct_root_of(options: Mapping[str, Any]) -> Path:
+    """:func:`synthetic_ct_root` of a run's ``data.options`` (their ``cases`` and ``seed``, where given): the phantoms
+    a checkpoint of ``synthetic_ct`` was trained on."""
+    return synthetic_ct_root(**{key: options[key] for key in ("cases", "seed") if key in options})
 
 
 def synthetic_ct_info(cases: int = SYNTHETIC_CT_CASES, seed: int = 0, context: int = 1) -> DatasetInfo:
