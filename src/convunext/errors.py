@@ -8,3 +8,9 @@ class ConvUNeXtError(Exception):
 
     The message is one line that names the file or value and says what is wrong with it.
     """
+
+
+def error_text(error: BaseException) -> str:
+    """A third-party error's message on one line (whitespace collapsed; the class name when it has none), to quote
+    inside a :class:`ConvUNeXtError`'s message."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -225,7 +225,7 @@ def test_the_built_in_datasets_in_order():
         *("synthetic", "drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder", "volumes", "synthetic_ct")
     ]
     assert detectable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "mixed", "folder", "volumes"]
-    assert preparable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder"]
+    assert preparable_datasets() == ["drive", "glas", "hrf", "stare", "chase_db1", "folder", "volumes"]
     observers = {name: dataset_spec(name).second_observer for name in list_datasets()}
     assert {name: options for name, options in observers.items() if options} == {
         "drive": {"observer": 2},

@@ -1,7 +1,8 @@
 """``convunext data``: prepare a downloaded dataset, or describe one.
 
-* ``convunext data prepare NAME SOURCE OUT`` — convert a DRIVE / GlaS / HRF download (folder or .zip), or a
-  folder dataset, into the folder layout with ``dataset.json``.
+* ``convunext data prepare NAME SOURCE OUT`` — convert a DRIVE / GlaS / HRF / STARE / CHASE_DB1 download (folder,
+  .zip or .tar), or a folder dataset, into the folder layout with ``dataset.json``; ``volumes``: a Decathlon task (or
+  an nnU-Net / plain folder of NIfTI volumes) into nnU-Net v2's raw layout.
 * ``convunext data info NAME [ROOT]`` — counts per split, classes, mean/std; ``--validate`` decodes every file
   and exits 2 when any split is unavailable or holds a bad file (one line per split, then one error line).
 """
@@ -28,7 +29,13 @@ def run_prepare(args: argparse.Namespace) -> int:
     meta = prepare_dataset(args.name, args.source, args.out, progress=not args.quiet and sys.stderr.isatty())
     counts = meta["counts"]
     print(f"prepared {meta['name']} into {args.out} in {time.perf_counter() - start:.1f} s")
-    print(f"  images: train {counts['train']}, val {counts['val']}, test {counts['test']}")
+    splits = f"train {counts['train']}, val {counts['val']}, test {counts['test']}"
+    if "channel_names" in meta:  # volumes, in nnU-Net v2's layout
+        print(f"  volumes: {splits}" + (f"; {counts['unlabelled']} unlabelled" if counts["unlabelled"] else ""))
+        print(f"  classes: {', '.join(meta['labels'])}; channels: {', '.join(meta['channel_names'].values())}")
+        print(f"  train on it with: convunext train volumes --data-root {args.out}")
+        return 0
+    print(f"  images: {splits}")
     print(f"  classes: {', '.join(meta['class_names'])}; field of view: {'yes' if meta['has_fov'] else 'no'}")
     print(f"  mean {_format_stats(meta['mean'])}, std {_format_stats(meta['std'])}")
     preset = dataset_spec(args.name).preset
@@ -113,13 +120,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     downloads = "/".join(dataset_spec(name).title for name in preparable if dataset_spec(name).folder_name)
     prepare = commands.add_parser(
         "prepare",
-        help=f"convert a {downloads} download (folder or .zip) into the folder layout",
+        help=f"convert a {downloads} download (folder, .zip or .tar) into the folder layout, or a volume dataset "
+        "into nnU-Net v2's",
         description="Convert a dataset download into images/, masks/, fov/, splits.json and dataset.json "
-        "(lossless PNG; masks 0/255 or class ids). The output is built in OUT.partial-<pid> next to OUT and renamed "
-        "to OUT once complete; nothing else is written.",
+        "(lossless PNG; masks 0/255 or class ids). NAME volumes: a Decathlon task (folder or .tar), an nnU-Net v2 "
+        "or images/ + labels/ folder of NIfTI volumes into nnU-Net v2's raw layout (imagesTr/CASE_0000.nii.gz, one "
+        "file per channel; labelsTr/; splits.json; dataset.json), every case checked. The output is built in "
+        "OUT.partial-<pid> next to OUT and renamed to OUT once complete; nothing else is written.",
     )
     prepare.add_argument("name", choices=preparable, metavar="NAME", help=f"one of {', '.join(preparable)}")
-    prepare.add_argument("source", help="the downloaded folder or .zip")
+    prepare.add_argument("source", help="the downloaded folder, .zip or .tar")
     prepare.add_argument("out", help="output folder (must not exist or be empty)")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(func=run_prepare)

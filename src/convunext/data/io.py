@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .. import runtime
-from ..errors import ConvUNeXtError
+from ..errors import ConvUNeXtError, error_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 IGNORE_INDEX = 255
@@ -73,7 +73,7 @@ def _open(path: Path, load: bool = True, reduce: int = 1) -> Image.Image:
     except Image.DecompressionBombError:
         raise _too_large(path, limit) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ConvUNeXtError(f"{path}: cannot read image ({_one_line(error)})") from None
+        raise ConvUNeXtError(f"{path}: cannot read image ({error_text(error)})") from None
     return image
 
 
@@ -98,11 +98,6 @@ def _too_large(path: Path, limit: int, size: str | None = None) -> ConvUNeXtErro
 def open_image(path: Path) -> Image.Image:
     """Open ``path`` and decode it fully (so truncated files fail here, not later)."""
     return _open(path)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -1,8 +1,10 @@
-"""``convunext data prepare``: convert a DRIVE / GlaS / HRF / STARE / CHASE_DB1 download (folder or ``.zip``), or
-any folder dataset, into the generic folder layout (:mod:`convunext.data.folder`) with lossless PNGs, ``splits.json``
-and a ``dataset.json`` (name, class names, counts per split, mean/std of the training images, sha256 of every file).
-A dataset that ships no field-of-view masks but derives them (STARE, CHASE_DB1) gets its derived FOVs written into
-``fov/``, so the prepared folder is read with the same fields of view.
+"""``convunext data prepare``: convert a DRIVE / GlaS / HRF / STARE / CHASE_DB1 download (folder, ``.zip`` or
+``.tar[.gz]``), or any folder dataset, into the generic folder layout (:mod:`convunext.data.folder`) with lossless
+PNGs, ``splits.json`` and a ``dataset.json`` (name, class names, counts per split, mean/std of the training images,
+sha256 of every file). A dataset that ships no field-of-view masks but derives them (STARE, CHASE_DB1) gets its
+derived FOVs written into ``fov/``, so the prepared folder is read with the same fields of view. A dataset with a
+converter of its own (:attr:`~convunext.data.registry.DatasetSpec.convert`: ``volumes``, into nnU-Net v2's raw
+layout, :mod:`convunext.data.volumes.prepare`) is written by it, with the same guarantees below.
 
 The output appears all at once, complete: everything is written into a temporary sibling ``OUT.partial-<pid>``
 that holds the marker file :data:`~convunext.data.folder.INCOMPLETE_MARKER` until ``dataset.json`` is written; the
@@ -10,7 +12,7 @@ marker is then removed and the folder renamed to ``OUT`` (an empty ``OUT`` given
 error or Ctrl-C the temporary folder is removed; after a kill it stays behind, and every reader refuses it as an
 interrupted prepare (a hand-made folder cannot be told apart otherwise; see :mod:`convunext.data.folder`).
 
-Nothing is written outside those two folders: a zip is extracted into a temporary ``.source`` folder inside the
+Nothing is written outside those two folders: an archive is extracted into a temporary ``.source`` folder inside the
 temporary one (and removed afterwards), after checking that no member would land outside it.
 """
 
@@ -20,7 +22,9 @@ import json
 import os
 import shutil
 import stat
+import tarfile
 import zipfile
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -91,6 +95,65 @@ def safe_extract(archive: Path, destination: Path) -> Path:
     return destination
 
 
+def safe_extract_tar(archive: Path, destination: Path) -> Path:
+    """:func:`safe_extract` for a ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2`` or ``.tar.xz`` (the Medical
+    Segmentation Decathlon's downloads are tars): only regular files and folders, none outside ``destination``.
+
+    Raises:
+        ConvUNeXtError: not a readable tar, a truncated one, or an unsafe member (a link, a device, an absolute or
+            ``..`` path), named in the message, before anything is written.
+    """
+    archive, destination = Path(archive), Path(destination)
+    try:
+        with tarfile.open(archive) as handle:
+            _extract_tar_members(archive, handle, destination)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ConvUNeXtError(f"{archive}: cannot extract tar ({error})") from None
+    return destination
+
+
+def _extract_tar_members(archive: Path, handle: tarfile.TarFile, destination: Path) -> None:
+    members = handle.getmembers()
+    base = destination.resolve()
+    for member in members:
+        name = member.name.replace("\\", "/")
+        reason = None
+        if not (member.isfile() or member.isdir()):
+            reason = "link or special file"
+        elif name.startswith("/") or ".." in PurePosixPath(name).parts:
+            reason = "absolute path or '..'"
+        else:
+            target = (base / name).resolve()
+            if target != base and base not in target.parents:
+                reason = "path outside the output folder"
+        if reason:
+            raise ConvUNeXtError(f"{archive}: refusing member {member.name!r} ({reason})")
+    destination.mkdir(parents=True, exist_ok=True)
+    for member in members:
+        target = base / member.name
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = handle.extractfile(member)
+        assert source is not None  # a regular file
+        with source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+
+
+def extract_archive(archive: Path, destination: Path) -> Path:
+    """Extract a zip (:func:`safe_extract`) or a tar (:func:`safe_extract_tar`) into ``destination``.
+
+    Raises:
+        ConvUNeXtError: neither a folder, a zip nor a tar; or the extractor's errors.
+    """
+    if zipfile.is_zipfile(archive):
+        return safe_extract(archive, destination)
+    if tarfile.is_tarfile(archive):
+        return safe_extract_tar(archive, destination)
+    raise ConvUNeXtError(f"{archive}: not a folder, a .zip or a .tar file")
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def _save_image_png(source: Path, target: Path) -> None:
     """Re-encode an image file as PNG without changing its pixels (8/16-bit grey, RGB; alpha and palettes
@@ -119,8 +182,9 @@ def _save_mask_png(mask: np.ndarray, num_classes: int, target: Path) -> None:
 
 def preparable_datasets() -> list[str]:
     """The registered datasets that :func:`prepare_dataset` converts (those with a
-    :attr:`~convunext.data.registry.DatasetSpec.locate_download`), in registration order."""
-    return [name for name in list_datasets() if dataset_spec(name).locate_download is not None]
+    :attr:`~convunext.data.registry.DatasetSpec.locate_download` or a
+    :attr:`~convunext.data.registry.DatasetSpec.convert`), in registration order."""
+    return [name for name in list_datasets() if dataset_spec(name).preparable]
 
 
 def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -128,8 +192,9 @@ def prepare_dataset(name: str, source: str | Path, out: str | Path, progress: bo
 
     Args:
         name: one of :func:`preparable_datasets` (``"drive"``, ``"glas"``, ``"hrf"``, ``"stare"``, ``"chase_db1"``,
-            ``"folder"``).
-        source: the downloaded folder or ``.zip`` (any folder level above the dataset's own files works).
+            ``"folder"``, ``"volumes"``).
+        source: the downloaded folder, ``.zip`` or ``.tar[.gz]`` (any folder level above the dataset's own files
+            works).
         out: the output folder; must not exist or be empty.
         progress: show a progress bar on stderr.
 
@@ -185,16 +250,19 @@ def _move_into_place(partial: Path, final: Path, out: Path) -> None:
 
 
 def _prepare(spec: DatasetSpec, source: Path, out: Path, progress: bool) -> dict[str, Any]:
+    extracted = extract_archive(source, out / _EXTRACT_DIR) if source.is_file() else None
+    try:
+        convert = spec.convert if spec.convert is not None else partial(_convert_images, spec)
+        return convert(extracted or source, out, progress, source.name)
+    finally:
+        if extracted is not None:
+            shutil.rmtree(extracted, ignore_errors=True)
+
+
+def _convert_images(spec: DatasetSpec, source: Path, out: Path, progress: bool, source_name: str) -> dict[str, Any]:
     assert spec.locate_download is not None  # prepare_dataset took only preparable datasets
     name = spec.name
-    if source.is_file():
-        if not zipfile.is_zipfile(source):
-            raise ConvUNeXtError(f"{source}: not a folder or a .zip file")
-        extracted = safe_extract(source, out / _EXTRACT_DIR)
-        root = spec.locate_download(extracted)
-    else:
-        extracted = None
-        root = spec.locate_download(source)
+    root = spec.locate_download(source)
 
     readers: dict[str, FileDataset] = {}
     for split in ("train", "val", "test"):
@@ -227,20 +295,15 @@ def _prepare(spec: DatasetSpec, source: Path, out: Path, progress: bool) -> dict
 
     splits = {split: readers[split].names if split in readers else [] for split in ("train", "val", "test")}
     (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
-    if extracted is not None:
-        shutil.rmtree(extracted)
 
     train = _written_trainval(out, splits["train"] + splits["val"], dataset_name, class_names, has_fov)
     largest = max(image_size(train.records[0].image))
     mean, std = compute_mean_std(train, reduce=4 if largest > 2000 else 1)
-    from .. import __version__
-
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != INCOMPLETE_MARKER)
     meta: dict[str, Any] = {
         "name": dataset_name,
         "format_version": FORMAT_VERSION,
-        "created_by": f"convunext {__version__} data prepare {name}",
-        "source": source.name,
+        "created_by": created_by(name),
+        "source": source_name,
         "class_names": class_names,
         "in_channels": train.info.in_channels,
         "has_fov": has_fov,
@@ -252,10 +315,28 @@ def _prepare(spec: DatasetSpec, source: Path, out: Path, progress: bool) -> dict
         "std": list(std),
         "stats": "per-channel mean/std of the trainval split (all training images), pooled over pixels inside the "
         "FOV where there is one, values in [0, 1]",
-        "files": {p.relative_to(out).as_posix(): sha256_file(p) for p in files},
+        "files": file_digests(out),
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
+
+
+def created_by(name: str) -> str:
+    """``dataset.json``'s ``created_by``: the package version and the command."""
+    from .. import __version__
+
+    return f"convunext {__version__} data prepare {name}"
+
+
+def file_digests(out: Path) -> dict[str, str]:
+    """The sha256 of every file written into ``out`` (by relative POSIX path), for :func:`verify_prepared`;
+    the extracted archive and the incomplete marker are left out."""
+    files = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.name != INCOMPLETE_MARKER and _EXTRACT_DIR not in p.relative_to(out).parts
+    )
+    return {p.relative_to(out).as_posix(): sha256_file(p) for p in files}
 
 
 def _written_trainval(out: Path, stems: list[str], name: str, class_names: list[str], has_fov: bool) -> FileDataset:

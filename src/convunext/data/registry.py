@@ -59,6 +59,11 @@ class DatasetSpec:
         locate_download: for ``convunext data prepare``: the dataset's own folder inside a download (a folder or an
             unpacked zip); None: data prepare does not convert this dataset. A preparable dataset's reader is a
             :class:`~convunext.data.FileDataset`.
+        convert: for ``convunext data prepare``, a converter of the dataset's own, for a dataset that is not made of
+            2D images: ``convert(source, out, progress, source_name)`` writes the prepared dataset into ``out``
+            (``source``: the download's folder, an archive already extracted; ``source_name``: the name the user
+            gave) and returns the ``dataset.json`` it wrote. :func:`~convunext.data.prepare_dataset` makes the
+            output appear complete or not at all around it.
         preset: the training preset ``configs/<preset>.yaml`` of this dataset, if there is one (a reproduction
             trains on the datasets that have one).
         vessel_metrics: a retinal vessel dataset: reproduction reports add sensitivity, specificity, accuracy and
@@ -84,6 +89,7 @@ class DatasetSpec:
     has_stored_stats: Callable[[Path], bool] | None = None
     split_file: str | None = None
     locate_download: Callable[[Path], Path] | None = None
+    convert: Callable[[Path, Path, bool, str], dict[str, Any]] | None = None
     preset: str | None = None
     vessel_metrics: bool = False
     detected: bool = True
@@ -93,6 +99,11 @@ class DatasetSpec:
     def has_files(self) -> bool:
         """Whether the dataset is read from files (False for generated data, which takes no root)."""
         return self.is_root is not None
+
+    @property
+    def preparable(self) -> bool:
+        """Whether ``convunext data prepare`` converts this dataset (:attr:`locate_download` or :attr:`convert`)."""
+        return self.locate_download is not None or self.convert is not None
 
     @property
     def needs_root(self) -> bool:

@@ -23,6 +23,7 @@ from convunext.data.volumes import (
     write_nifti,
     write_phantom_dataset,
 )
+from convunext.data.volumes import cases as volume_cases
 from convunext.data.volumes.slicing import context_stack, from_slices, to_slices
 from convunext.errors import ConvUNeXtError
 
@@ -170,3 +171,26 @@ def test_fractional_float_labels_are_named(phantoms: Path, tmp_path: Path) -> No
     write_nifti(label_path, label.array.astype(np.float32) * 0.5, label, dtype=np.float32)
     with pytest.raises(ConvUNeXtError, match=r"case_002.nii.gz: float labels that are not whole numbers"):
         open_dataset("volumes", root, "trainval")
+
+
+def test_opening_reads_image_headers_only_and_validate_decodes_the_voxels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MR: z-scored per volume, so no image is needed to open the dataset (CT's percentiles read the training images)
+    root = write_phantom_dataset(tmp_path / "mr", cases=6, test_cases=0, seed=1, modality="MR")
+    image_path = root / "imagesTr" / "case_003.nii.gz"
+    image = read_volume(image_path)
+    array = image.array.copy()
+    array[1, 2, 3] = np.nan
+    write_nifti(image_path, array, image, dtype=np.float32)
+    decoded: list[str] = []
+    original = volume_cases.read_volume
+    monkeypatch.setattr(
+        volume_cases,
+        "read_volume",
+        lambda path, **kw: decoded.append(Path(path).parent.name) or original(path, **kw),
+    )
+    dataset = open_dataset("volumes", root, "trainval")
+    assert decoded and set(decoded) == {"labelsTr"}  # the labels, never an image, to list the slices
+    with pytest.raises(ConvUNeXtError, match=r"case_003.nii.gz: image holds NaN"):
+        dataset.validate()

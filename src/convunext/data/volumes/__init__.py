@@ -5,6 +5,8 @@
 * :func:`write_nifti` (atomic, with the source's affine and header) and :func:`nifti_bytes`, its file's bytes;
 * :func:`write_dicom_series`: a minimal DICOM writer, for tests and examples;
 * :func:`read_layout`: a Decathlon, nnU-Net v2 raw or ``images/`` + ``labels/`` folder (:class:`VolumeLayout`);
+* :func:`read_case`: a case's channels and label, checked; :func:`~convunext.data.volumes.prepare.prepare_volumes`:
+  ``convunext data prepare volumes`` (a download into nnU-Net v2's raw layout);
 * :class:`VolumeSliceDataset`: its slices as 2D samples (dataset ``volumes``), split by volume, with
   :class:`VolumeSettings` (slice axis, 2.5D context, :class:`IntensityNormalization`) stored in the checkpoint;
 * :func:`phantom_case`, :func:`write_phantom_dataset`: synthetic cases, and a Decathlon-layout dataset of them
@@ -13,7 +15,8 @@
 
 from __future__ import annotations
 
-from .dataset import VolumeSliceDataset, case_split, layout_info, read_case, volume_info
+from .cases import check_label_values, read_case, read_case_label
+from .dataset import VolumeSliceDataset, case_split, layout_info, volume_info
 from .dicom import write_dicom_series
 from .layout import VolumeCase, VolumeLayout, is_volume_root, read_layout  # noqa: I001  (after .volume)
 from .nifti import NIFTI_SUFFIXES, is_nifti_path, nifti_stem
@@ -42,6 +45,7 @@ __all__ = [
     "VolumeSettings",
     "VolumeSliceDataset",
     "case_split",
+    "check_label_values",
     "fit_ct_normalization",
     "is_nifti_path",
     "is_volume_root",
@@ -53,6 +57,7 @@ __all__ = [
     "parse_window",
     "phantom_case",
     "read_case",
+    "read_case_label",
     "read_dicom_series",
     "read_layout",
     "read_volume",

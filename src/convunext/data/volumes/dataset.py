@@ -14,9 +14,10 @@ values alone), ``mask`` ``H x W``, ``fov`` all True, ``name`` ``"CASE/S"`` (``S`
 * **Normalisation** per channel, from its modality (:mod:`~convunext.data.volumes.normalization`): CT over the
   training volumes' foreground (or the user's ``window``), anything else per volume.
 
-Every volume is checked when the dataset opens: image and label shape and geometry agree, label values are whole
-numbers among the declared classes; an error names the file. Volumes are decoded when used and the most recent
-``cache_volumes`` kept in memory.
+Every case is checked when the dataset opens (:func:`~convunext.data.volumes.read_case_label`): its label is
+decoded (label values are whole numbers among the declared classes), its images' shapes and affines are read from
+their headers and must agree with it; an error names the file. Image voxels are decoded when used (``validate``
+decodes them all) and the most recent ``cache_volumes`` volumes kept in memory.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from ...errors import ConvUNeXtError
 from ..base import DatasetInfo, Sample, check_split
 from ..folder import folder_splits
 from ..registry import DatasetSpec, register_dataset
+from .cases import read_case, read_case_label
 from .layout import VolumeCase, VolumeLayout, is_volume_root, read_layout
 from .nifti import nifti_spacing
 from .normalization import IntensityNormalization, fit_ct_normalization, parse_window
+from .prepare import prepare_volumes
 from .slicing import VolumeSettings, check_context, context_stack, largest_spacing_axis, to_slices
-from .volume import Volume, read_volume, same_geometry
 
-__all__ = ["VolumeSliceDataset", "case_split", "check_label_values", "layout_info", "read_case", "volume_info"]
+__all__ = ["VolumeSliceDataset", "case_split", "layout_info", "volume_info"]
 
 DEFAULT_FOREGROUND_FRACTION = 1 / 3
 
@@ -53,46 +55,6 @@ def case_split(layout: VolumeLayout, split: str) -> list[VolumeCase]:
         raise ConvUNeXtError(f"{layout.root}: split {split!r} holds no volume ({len(layout.cases)} labelled cases)")
     by_name = {case.name: case for case in layout.cases}
     return [by_name[name] for name in names]
-
-
-def check_label_values(label: Volume, num_classes: int) -> np.ndarray:
-    """The label array as uint8 if its values are all in ``0 .. num_classes - 1``.
-
-    Raises:
-        ConvUNeXtError: another value, naming the file and the classes.
-    """
-    values = np.unique(label.array)
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-        raise ConvUNeXtError(
-            f"{label.source}: label value {bad[0]:g} outside the declared classes 0 .. {num_classes - 1}"
-        )
-    return label.array.astype(np.uint8)
-
-
-def read_case(case: VolumeCase, num_classes: int | None) -> tuple[list[Volume], Volume | None]:
-    """The image volumes (one per channel) and label volume of ``case``, geometry-checked.
-
-    Raises:
-        ConvUNeXtError: unreadable files, a channel or label whose shape or geometry differs from the first channel's,
-            label values outside ``0 .. num_classes - 1`` (when given); the message names the file.
-    """
-    images = [read_volume(path) for path in case.images]
-    first = images[0]
-    label = read_volume(case.label, label=True) if case.label is not None else None
-    for other in [*images[1:], *([label] if label is not None else [])]:
-        if other.shape != first.shape:
-            raise ConvUNeXtError(
-                f"{other.source}: shape {'x'.join(map(str, other.shape))} does not match its image "
-                f"{Path(str(first.source)).name} ({'x'.join(map(str, first.shape))})"
-            )
-        if not same_geometry(other, first):
-            raise ConvUNeXtError(
-                f"{other.source}: geometry (affine) does not match its image {Path(str(first.source)).name}"
-            )
-    if label is not None and num_classes is not None:
-        label = label.with_array(check_label_values(label, num_classes))
-    return images, label
 
 
 def _median_spacing(cases: Sequence[VolumeCase]) -> tuple[float, float, float]:
@@ -213,8 +175,8 @@ class VolumeSliceDataset(Dataset):
         self.slices: list[tuple[int, int]] = []
         self.foreground: list[int] = []
         for case_index, case in enumerate(self.cases):
-            _, label = read_case(case, self.info.num_classes)
-            slices = to_slices(label.array, self.settings.slice_axis)  # type: ignore[union-attr]
+            label = read_case_label(case, self.info.num_classes)
+            slices = to_slices(label.array, self.settings.slice_axis)
             has_foreground = slices.reshape(slices.shape[0], -1).any(axis=1)
             for slice_index in range(slices.shape[0]):
                 if has_foreground[slice_index]:
@@ -284,7 +246,8 @@ class VolumeSliceDataset(Dataset):
         }
 
     def validate(self) -> None:
-        """Decode every volume once (the constructor already checked labels and geometry)."""
+        """Decode every volume once: the constructor checked the labels, and the images' shapes and affines from
+        their headers; this finds images whose voxels cannot be decoded or are not finite."""
         for case_index in range(len(self.cases)):
             self.volume(case_index)
 
@@ -307,5 +270,6 @@ register_dataset(
         layout="dataset.json with imagesTr/ and labelsTr/ (Decathlon, nnU-Net v2), or images/ + labels/ of NIfTI "
         "volumes",
         preset="volumes",
+        convert=prepare_volumes,
     )
 )

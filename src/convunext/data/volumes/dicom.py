@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
-from ...errors import ConvUNeXtError
+from ...errors import ConvUNeXtError, error_text
 
 _SOP_CLASSES = {"CT": UID("1.2.840.10008.5.1.4.1.1.2"), "MR": UID("1.2.840.10008.5.1.4.1.1.4")}
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
@@ -29,10 +29,6 @@ _SAME_POSITION_MM = 1e-3
 _GEOMETRY_ATOL = 1e-4  # PixelSpacing (mm) and direction cosines of every slice must match the first's within this
 _DEFAULT_THICKNESS_MM = 1.0
 _DECODE_ERRORS = (RuntimeError, NotImplementedError, ValueError, AttributeError, OSError, EOFError)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _floats(dataset: Dataset, keyword: str, path: Path) -> np.ndarray:
@@ -56,7 +52,7 @@ def _dicom_files(folder: Path) -> list[tuple[Path, Dataset]]:
         except InvalidDicomError:
             continue  # not DICOM
         except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
-            raise ConvUNeXtError(f"{path}: cannot read DICOM file ({_one_line(error)})") from None
+            raise ConvUNeXtError(f"{path}: cannot read DICOM file ({error_text(error)})") from None
         storage_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
         if "PixelData" in dataset and storage_class != _DICOMDIR_CLASS:
             found.append((path, dataset))
@@ -76,10 +72,10 @@ def _pixels(path: Path, dataset: Dataset) -> np.ndarray:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and UID(syntax).is_compressed:
             raise ConvUNeXtError(
-                f"{path}: cannot decode its {UID(syntax).name} pixel data ({_one_line(error)}); the file is "
+                f"{path}: cannot decode its {UID(syntax).name} pixel data ({error_text(error)}); the file is "
                 "damaged, or pydicom lacks a decoder plugin for it (install pylibjpeg with its codecs, or python-gdcm)"
             ) from None
-        raise ConvUNeXtError(f"{path}: cannot read its pixel data ({_one_line(error)})") from None
+        raise ConvUNeXtError(f"{path}: cannot read its pixel data ({error_text(error)})") from None
     slope = _float_or(dataset, "RescaleSlope", 1.0)
     intercept = _float_or(dataset, "RescaleIntercept", 0.0)
     return pixels.astype(np.float64) * slope + intercept

@@ -16,12 +16,12 @@ cases and the unlabelled test cases. Nothing is decoded: volumes are read when a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConvUNeXtError
-from ..folder import first_repeated, read_json
+from ..folder import check_complete, first_repeated, read_json
 from .nifti import NIFTI_SUFFIXES, is_nifti_path, nifti_stem
 
 __all__ = ["VolumeCase", "VolumeLayout", "is_volume_root", "read_layout"]
@@ -48,6 +48,9 @@ class VolumeLayout:
         modalities: one per image channel (``"CT"``, ``"MRI"``, ``"T2"``...), as the dataset names them.
         cases: the labelled cases, sorted by name.
         test_cases: the unlabelled cases (``imagesTs/``), sorted by name.
+        packed_channels: the Decathlon's multi-modal layout, read only with ``read_layout(..., packed_channels=True)``
+            (by ``convunext data prepare``, which splits it): each case's one image file holds every channel on
+            a 4th axis.
     """
 
     root: Path
@@ -57,6 +60,7 @@ class VolumeLayout:
     modalities: tuple[str, ...]
     cases: tuple[VolumeCase, ...]
     test_cases: tuple[VolumeCase, ...] = ()
+    packed_channels: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -81,8 +85,16 @@ def _label_folder(root: Path) -> Path | None:
     return next((root / name for name in ("labels", "masks") if (root / name).is_dir()), None)
 
 
+def _nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files of ``folder``, sorted; hidden files are left out (the Decathlon's archives hold macOS
+    ``._CASE.nii.gz`` resource forks, which are not volumes)."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if is_nifti_path(path) and not path.name.startswith("."))
+
+
 def _holds_nifti(folder: Path) -> bool:
-    return folder.is_dir() and any(is_nifti_path(path) for path in folder.iterdir())
+    return bool(_nifti_files(folder))
 
 
 def is_volume_root(path: Path) -> bool:
@@ -139,14 +151,14 @@ def _existing(path: Path, listed_in: Path, what: str) -> Path:
     return path
 
 
-def _read_decathlon(root: Path, meta: dict[str, Any]) -> VolumeLayout:
+def _read_decathlon(root: Path, meta: dict[str, Any], packed_channels: bool) -> VolumeLayout:
     path = root / "dataset.json"
     class_names = _class_names(path, meta.get("labels"))
     modalities = _channels(path, meta.get("modality"), "modality")
-    if len(modalities) > 1:
+    if len(modalities) > 1 and not packed_channels:
         raise ConvUNeXtError(
-            f"{path}: {len(modalities)} modalities in one 4D file per case are not supported; split them into one "
-            "file per channel (nnU-Net v2's CASE_0000.nii.gz, CASE_0001.nii.gz layout)"
+            f"{path}: {len(modalities)} modalities in one 4D file per case; convert the folder with `convunext data "
+            "prepare volumes SOURCE OUT` (one file per channel, nnU-Net v2's layout) and use OUT"
         )
     training = meta.get("training")
     if not isinstance(training, list) or not training:
@@ -163,7 +175,8 @@ def _read_decathlon(root: Path, meta: dict[str, Any]) -> VolumeLayout:
         for item in meta.get("test") or []
         if isinstance(item, str)
     ]
-    return _layout(root, "decathlon", meta.get("name"), class_names, modalities, cases, tests)
+    layout = _layout(root, "decathlon", meta.get("name"), class_names, modalities, cases, tests)
+    return replace(layout, packed_channels=len(modalities) > 1)
 
 
 def _split_channel(path: Path, ending: str) -> tuple[str, int] | None:
@@ -186,7 +199,7 @@ def _read_nnunet(root: Path, meta: dict[str, Any]) -> VolumeLayout:
     def cases_in(images: Path, labels: Path | None) -> list[VolumeCase]:
         channels: dict[str, dict[int, Path]] = {}
         for file in sorted(images.iterdir()) if images.is_dir() else []:
-            if not file.name.endswith(ending):
+            if not file.name.endswith(ending) or file.name.startswith("."):
                 continue
             parsed = _split_channel(file, ending)
             if parsed is None:
@@ -219,9 +232,9 @@ def _read_folder(root: Path) -> VolumeLayout:
     meta = _read_json(meta_path) if meta_path.is_file() else {}
     class_names = _class_names(meta_path, meta["labels"]) if "labels" in meta else ("background", "foreground")
     modalities = _channels(meta_path, meta["modality"], "modality") if "modality" in meta else ("MRI",)
-    labels = {nifti_stem(p): p for p in labels_dir.iterdir() if is_nifti_path(p)}
+    labels = {nifti_stem(p): p for p in _nifti_files(labels_dir)}
     cases, tests = [], []
-    for image in sorted(p for p in (root / "images").iterdir() if is_nifti_path(p)):
+    for image in _nifti_files(root / "images"):
         stem = nifti_stem(image)
         (cases if stem in labels else tests).append(VolumeCase(stem, (image,), labels.get(stem)))
     orphan = sorted(set(labels) - {case.name for case in cases})
@@ -255,25 +268,31 @@ def _layout(
     )
 
 
-def read_layout(root: str | Path) -> VolumeLayout:
+def read_layout(root: str | Path, packed_channels: bool = False) -> VolumeLayout:
     """Read the volume dataset in ``root`` (see the module docstring for the three layouts).
 
     A ``dataset.json`` with ``channel_names`` is nnU-Net v2's, one with ``modality`` and ``training`` the
     Decathlon's; ``images/`` + ``labels/`` (or ``masks/``) without either is a plain folder.
 
+    Args:
+        packed_channels: accept the Decathlon's multi-modal layout (one 4D image file per case), which only
+            ``convunext data prepare`` reads; otherwise it is refused with a pointer to that command.
+
     Raises:
-        ConvUNeXtError: no such layout, a malformed ``dataset.json`` or a listed file missing (naming the file).
+        ConvUNeXtError: no such layout, a malformed ``dataset.json``, a listed file missing (naming the file), a
+            folder that ``convunext data prepare`` did not finish.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConvUNeXtError(f"{root}: volume dataset folder not found")
+    check_complete(root)
     meta_path = root / "dataset.json"
     if meta_path.is_file() and (root / "imagesTr").is_dir():
         meta = _read_json(meta_path)
         if "channel_names" in meta:
             return _read_nnunet(root, meta)
         if "training" in meta:
-            return _read_decathlon(root, meta)
+            return _read_decathlon(root, meta, packed_channels)
         raise ConvUNeXtError(
             f"{meta_path}: neither nnU-Net v2's (channel_names, labels, file_ending) nor the Decathlon's "
             "(modality, labels, training)"

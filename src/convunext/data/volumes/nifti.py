@@ -17,10 +17,17 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import DTypeLike
 
-from ...errors import ConvUNeXtError
+from ...errors import ConvUNeXtError, error_text
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+NIFTI_READ_ERRORS = (  # what nibabel raises on a bad file
+    ImageFileError,
+    HeaderDataError,
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+)
 _SCANNER = 1  # NIfTI xform code "scanner anatomical": the code of a DICOM-derived affine (dcm2niix writes it too)
 
 
@@ -38,23 +45,36 @@ def nifti_stem(path: str | Path) -> str:
     return Path(path).stem
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def nifti_spacing(path: Path) -> tuple[float, float, float]:
-    """The voxel size (mm) along the file's first three axes, from the header alone (no voxel is decoded).
+def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The 3D shape and the affine of a NIfTI file, from its header alone (no voxel is decoded); trailing axes of
+    length 1 are dropped as :func:`load_nifti` drops them.
 
     Raises:
-        ConvUNeXtError: a missing or unreadable file, naming it.
+        ConvUNeXtError: a missing or unreadable file, or one that is not 3D, naming it.
     """
     if not path.is_file():
         raise ConvUNeXtError(f"{path}: file not found")
     try:
-        affine = nib.load(path).affine
-    except _READ_ERRORS as error:
-        raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({_one_line(error)})") from None
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
+        image = nib.load(path)
+    except NIFTI_READ_ERRORS as error:
+        raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({error_text(error)})") from None
+    shape = tuple(int(size) for size in image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ConvUNeXtError(
+            f"{path}: {len(shape)}D volume (shape {'x'.join(map(str, image.shape))}) where a 3D volume is expected"
+        )
+    return shape, image.affine  # type: ignore[return-value]
+
+
+def nifti_spacing(path: Path) -> tuple[float, float, float]:
+    """The voxel size (mm) along the file's first three axes, from the header alone (:func:`nifti_geometry`).
+
+    Raises:
+        ConvUNeXtError: a missing or unreadable file, naming it.
+    """
+    norms = np.linalg.norm(nifti_geometry(path)[1][:3, :3], axis=0)
     return (float(norms[0]), float(norms[1]), float(norms[2]))
 
 
@@ -83,8 +103,8 @@ def load_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, np.ndarr
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ConvUNeXtError(f"{path}: not a NIfTI file (nibabel reads it as {type(image).__name__})")
         data = np.asanyarray(image.dataobj) if label else image.get_fdata(dtype=np.float32)
-    except _READ_ERRORS as error:
-        raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({_one_line(error)})") from None
+    except NIFTI_READ_ERRORS as error:
+        raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({error_text(error)})") from None
     shape = "x".join(str(size) for size in data.shape)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]

@@ -68,9 +68,14 @@ class Volume:
         return Volume(np.asarray(array), self.affine, self.source, self.header)
 
 
+def same_affine(a: np.ndarray, b: np.ndarray, atol: float = 1e-3) -> bool:
+    """True when the ``4 x 4`` affines ``a`` and ``b`` are equal within ``atol`` (mm, absolute)."""
+    return bool(np.allclose(a, b, rtol=0.0, atol=atol))
+
+
 def same_geometry(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
     """True when ``a`` and ``b`` have the same shape and affines equal within ``atol`` (mm, absolute)."""
-    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, rtol=0.0, atol=atol))
+    return a.shape == b.shape and same_affine(a.affine, b.affine, atol)
 
 
 def label_array(array: np.ndarray, source: str | Path) -> np.ndarray:
