@@ -3,6 +3,7 @@ DICOM inputs into label volumes on their own geometry; and the user errors of th
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def test_the_checkpoint_records_how_it_slices_and_normalises(run_dir: Path) -> N
     assert settings.normalizations[0].scheme == "ct"
     assert checkpoint.class_names == ["background", "organ", "lesion"]
     assert checkpoint.meta["model"]["kwargs"]["in_channels"] == 3
+    # the best checkpoint is chosen on the Dice of whole validation volumes, which the history plots
+    val = checkpoint.meta["val_metrics"]
+    assert 0.0 <= val["volume_dice_fg_mean"] <= 1.0 and val["volume_dice_fg_mean"] != val["dice_fg_mean"]
+    with open(run_dir / "metrics.csv") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert float(last["val_dice"]) == pytest.approx(val["volume_dice_fg_mean"], abs=1e-6)  # csv: 6 digits
 
 
 def test_evaluate_scores_every_test_volume_per_class_in_millimetres(

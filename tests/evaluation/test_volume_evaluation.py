@@ -7,10 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from convunext.data import DatasetInfo
 from convunext.data.volumes import VolumeSliceDataset, write_nifti
-from convunext.evaluation.volumes import VolumeClassScores, VolumeEvaluation, evaluate_volumes, volume_dice
+from convunext.evaluation.volumes import (
+    SliceVolumeDice,
+    VolumeClassScores,
+    VolumeEvaluation,
+    evaluate_volumes,
+    volume_dice,
+)
 from convunext.inference.predictor import Predictor
 from convunext.inference.sliding_window import Inferer
 from convunext.inference.volume import VolumePredictor
@@ -24,6 +31,20 @@ def test_volume_dice_by_hand() -> None:
     target[1:3] = True  # 32 voxels, 16 shared
     assert volume_dice(pred, target) == pytest.approx(2 * 16 / 64)
     assert volume_dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def test_slice_volume_dice_pools_each_volumes_slices_by_hand() -> None:
+    dice = SliceVolumeDice(["a", "b"], num_classes=3)
+    # volume a, class 1: slice 0 predicts 2 of 4 true pixels and nothing else; slice 1 is empty and predicted empty
+    # (a per-slice mean would score it 1.0); class 2 is absent from a (1.0). Volume a: mean(2*2/6, 1.0)
+    truth = torch.tensor([[1, 1], [1, 1]])
+    dice.update("a/000", torch.tensor([[1, 1], [0, 0]]), truth)
+    dice.update("a/001", torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
+    # volume b: class 2 right on one pixel, class 1 predicted on a pixel that is background (0); ignored pixels count
+    # nowhere. Class 1: 2*0/1 = 0; class 2: 2*1/2 = 1. Volume b: 0.5
+    dice.update("b/000", torch.tensor([[2, 1], [2, 0]]), torch.tensor([[2, 0], [255, 0]]))
+    assert dice.counts[0, 1].tolist() == [2, 2, 4] and dice.counts[1, 2].tolist() == [1, 1, 1]
+    assert dice.dice() == pytest.approx(((2 * 2 / 6 + 1.0) / 2 + 0.5) / 2)
 
 
 def staircase_dataset(root: Path, cases: int = 5) -> Path:

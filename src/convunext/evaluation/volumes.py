@@ -21,13 +21,15 @@ import html
 import io
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
@@ -42,6 +44,7 @@ from .report_folder import EVALUATION_REPORT, ReportFolder
 from .surface import surface_metrics
 
 __all__ = [
+    "SliceVolumeDice",
     "VolumeClassScores",
     "VolumeEvaluation",
     "evaluate_volumes",
@@ -59,6 +62,43 @@ def volume_dice(pred: np.ndarray, target: np.ndarray) -> float:
     """Dice of two boolean volumes; 1.0 when both are empty."""
     total = int(pred.sum()) + int(target.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, target).sum()) / total
+
+
+class SliceVolumeDice:
+    """The Dice of whole volumes from their slices' predictions, in any order (validation of a model trained on the
+    slices of volumes: a per-slice mean counts every empty slice predicted empty as a perfect 1.0).
+
+    Args:
+        case_names: the volumes; a slice's name is ``"CASE/S"`` (:class:`~convunext.data.volumes.VolumeSliceDataset`).
+        num_classes: ``K``.
+        ignore_index: truth value of pixels that count nowhere.
+
+    :meth:`update` counts each slice's per-class overlap; :meth:`counts` is the ``cases x K x 3`` tensor
+    (overlap, predicted, true voxels), summable across processes; :meth:`dice` is the mean over volumes of the mean
+    over foreground classes of each class's Dice over the whole volume (:func:`volume_dice`: 1.0 for a class absent
+    from both).
+    """
+
+    def __init__(self, case_names: Sequence[str], num_classes: int, ignore_index: int = 255) -> None:
+        self.index = {name: i for i, name in enumerate(case_names)}
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.counts = torch.zeros(len(case_names), num_classes, 3, dtype=torch.float64)
+
+    def update(self, name: str, predicted: Tensor, truth: Tensor) -> None:
+        """Count slice ``name``'s ``H x W`` predicted and true class ids."""
+        case = self.index[name.rsplit("/", 1)[0]]
+        valid = truth != self.ignore_index
+        predicted, truth = predicted[valid].long(), truth[valid].long()
+        classes = self.num_classes
+        self.counts[case, :, 0] += torch.bincount(truth[predicted == truth], minlength=classes)[:classes].double()
+        self.counts[case, :, 1] += torch.bincount(predicted, minlength=classes)[:classes].double()
+        self.counts[case, :, 2] += torch.bincount(truth, minlength=classes)[:classes].double()
+
+    def dice(self) -> float:
+        overlap, predicted, true = self.counts[:, 1:].unbind(-1)
+        total = predicted + true
+        per_class = torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total))
+        return float(per_class.mean(dim=1).mean())
 
 
 @dataclass(frozen=True)

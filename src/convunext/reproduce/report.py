@@ -21,6 +21,7 @@ from ..evaluation.compare import average_scores, comparison_table, paired_compar
 from ..evaluation.observers import SECOND_OBSERVER_NOTE, second_observer_metrics
 from ..models.cost import model_cost
 from ..training.trainer import model_kwargs_from_config
+from ..training.validation import selection_dice
 from ..utils.io import atomic_path
 from ..utils.table import markdown_table
 from .budgets import Budget
@@ -92,7 +93,8 @@ def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str 
             if key.startswith(VOLUME_METRIC_PREFIXES) and key not in TEST_METRICS:
                 row[f"test_{key}"] = math.nan if value is None else float(value)
     row["best_val_epoch"] = summary["best_epoch"]
-    row["best_val_dice"] = summary["best_val_metrics"].get("dice_fg_mean", math.nan)
+    best = summary["best_val_metrics"]
+    row["best_val_dice"] = selection_dice(best) if "dice_fg_mean" in best else math.nan
     row["epochs_run"] = summary["epochs_run"]
     row["train_seconds"] = _training_seconds(spec.run_dir)
     row["device"] = summary.get("device", "not recorded")  # summaries before 2026-12-03 did not name it

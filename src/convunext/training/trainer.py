@@ -56,7 +56,7 @@ from .schedule import build_scheduler, compress_schedule
 from .state import TrainingState
 from .step import TrainingStep
 from .time_budget import RunCosts, plan_epochs, too_few_steps_warning
-from .validation import Validation, threshold_record
+from .validation import Validation, selection_dice, threshold_record
 
 _T = TypeVar("_T")
 
@@ -386,12 +386,12 @@ class Trainer:
             metrics, running_bn_dice, ema_metrics = self._validation.point(
                 self.model, state.ema, state.augmented, epoch
             )
-            if metrics["dice_fg_mean"] > state.best["dice"]:
-                state.best = {"epoch": epoch, "dice": metrics["dice_fg_mean"], "metrics": metrics, "stale": 0}
+            if selection_dice(metrics) > state.best["dice"]:
+                state.best = {"epoch": epoch, "dice": selection_dice(metrics), "metrics": metrics, "stale": 0}
             else:
                 state.best["stale"] += 1
             if state.ema is not None and ema_metrics:
-                ema_dice = ema_metrics["dice_fg_mean"]
+                ema_dice = selection_dice(ema_metrics)
                 if ema_dice > state.best_ema["dice"]:
                     state.best_ema = {"epoch": epoch, "dice": ema_dice}
                     extra.append(("ema_best", state.ema.module, self.checkpoint_meta(epoch, ema_metrics)))
@@ -400,7 +400,7 @@ class Trainer:
             "step": epoch * len(state.loader),
             "lr": state.scheduler.get_last_lr()[0],
             "train_loss": train_loss,
-            "val_dice": metrics.get("dice_fg_mean", math.nan),
+            "val_dice": selection_dice(metrics) if metrics else math.nan,
             "val_miou": metrics.get("miou_cm", math.nan),
             "val_accuracy": metrics.get("pixel_accuracy", math.nan),
             "val_dice_running_bn": running_bn_dice,

@@ -1,6 +1,11 @@
 """Validating a run: the metrics of a model on the validation split (sharded across ranks, reduced exactly), after
 its BatchNorm statistics are recomputed on training crops (``train.precise_bn_batches``), and those of the EMA
-weights the same way (``train.ema_decay``)."""
+weights the same way (``train.ema_decay``).
+
+The best checkpoint is the one of highest :func:`selection_dice`: the mean per-image foreground Dice, except for the
+slices of volumes, where it is the Dice of whole validation volumes (``volume_dice_fg_mean``,
+:class:`~convunext.evaluation.volumes.SliceVolumeDice`) — a mean over slices would count every empty slice
+predicted empty as a perfect 1.0."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from torch.utils.data import Dataset
 from ..data import DatasetInfo, EvalTransform, TransformedDataset, pad_collate
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.threshold import ThresholdChoice, ThresholdSearch
+from ..evaluation.volumes import SliceVolumeDice
 from ..inference import Inferer
 from ..inference.optimize import optimize_for_inference
 from .batchnorm_stats import recompute_batchnorm_statistics
@@ -22,7 +28,12 @@ from .config import ExperimentConfig
 from .distributed import DistributedContext
 from .ema import ModelEma
 
-__all__ = ["Validation", "ValidationPoint", "threshold_record"]
+__all__ = ["Validation", "ValidationPoint", "selection_dice", "threshold_record"]
+
+
+def selection_dice(metrics: dict[str, float]) -> float:
+    """The validation Dice that selects the best checkpoint (see the module docstring)."""
+    return metrics.get("volume_dice_fg_mean", metrics["dice_fg_mean"])
 
 
 class ValidationPoint(NamedTuple):
@@ -71,6 +82,7 @@ class Validation:
             forward,
         )
         self.shard = _Shard(dataset, dist.rank, dist.world_size)
+        self.case_names: list[str] | None = getattr(dataset, "case_names", None) if info.volume else None
         self.inferer = Inferer(tile_size=config.data.eval_tile_size, device=device)
 
     @torch.no_grad()
@@ -79,20 +91,34 @@ class Validation:
         binary model also the Dice-optimal ``threshold`` on these images and the ``dice_at_threshold``
         (:class:`~convunext.evaluation.threshold.ThresholdSearch`, from the same probabilities)."""
         self.dist.broadcast_buffers(model)  # every shard is evaluated with the model rank 0 checkpoints
-        search = ThresholdSearch(ignore_index=self.info.ignore_index) if self.info.num_classes == 2 else None
+        info = self.info
+        search = ThresholdSearch(ignore_index=info.ignore_index) if info.num_classes == 2 else None
+        volumes = None
+        if self.case_names is not None:
+            volumes = SliceVolumeDice(self.case_names, info.num_classes, info.ignore_index)
+
+        def on_image(sample: dict[str, Any], probs: Tensor) -> None:
+            if search is not None:
+                search.update(probs[0, 1], **_truth(sample))
+            if volumes is not None:
+                volumes.update(sample["name"], probs[0].argmax(0).cpu(), sample["mask"])
+
         metrics = evaluate_model(
             optimize_for_inference(model) if self.fast else model,
             self.shard,
-            EvalTransform(self.info.mean, self.info.std),
-            self.info.num_classes,
+            EvalTransform(info.mean, info.std),
+            info.num_classes,
             self.inferer,
             progress=False,
             topology="off",  # skeletons cost CPU seconds every validation; the test report has them
-            on_image=None if search is None else lambda sample, probs: search.update(probs[0, 1], **_truth(sample)),
+            on_image=on_image,
         )
         if self.dist.enabled:
             metrics.gather_across_processes()
         results = metrics.compute()
+        if volumes is not None:
+            volumes.counts = self.dist.reduce(volumes.counts.to(self.device)).cpu()
+            results["volume_dice_fg_mean"] = volumes.dice()
         if search is not None:
             if self.dist.enabled:
                 search.gather_across_processes()
@@ -109,7 +135,7 @@ class Validation:
         running_bn_dice = math.nan
         if train.precise_bn_batches:
             if train.validate_running_bn:
-                running_bn_dice = self.metrics(model)["dice_fg_mean"]
+                running_bn_dice = selection_dice(self.metrics(model))
             self.recompute_statistics(model, augmented, epoch)
         metrics = self.metrics(model)
         ema_metrics: dict[str, float] = {}
