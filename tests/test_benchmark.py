@@ -137,3 +137,13 @@ def test_authors_model_holds_the_package_models_weights() -> None:
     x = torch.randn(1, 3, 67, 64)
     with torch.no_grad():
         assert (authors(x) - model(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_gpu_check_refuses_without_a_gpu_in_one_line_and_writes_nothing() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    before = sorted((script.parent / "results").iterdir())
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("gpu_check: no CUDA GPU here") and result.stderr.count("\n") == 1
+    assert sorted((script.parent / "results").iterdir()) == before

@@ -145,6 +145,7 @@ def test_nearest_resize_keeps_class_ids():
     assert torch.equal(nearest_resize(mask, 2, 3), mask)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_transform_on_gpu_tensors_matches_cpu():
     sample = _blob_sample()
