@@ -59,10 +59,21 @@ def test_full_run_plan_covers_the_issue() -> None:
     assert any(c.size == (512, 512) for c in configs)
     train = [c for c in configs if c.section == "training" and not c.env]
     assert {(c.batch, c.size) for c in train} == {(4, (256, 256))}
-    assert any(c.recompute and c.size == (480, 480) for c in configs)
+    # the memory target: both models' trainer defaults at batch 4, 480x480, with and without recomputation
+    recompute = {(c.model, c.path, c.recompute, c.batch) for c in configs if c.section == "recompute"}
+    assert recompute == {(m, "trainer", r, 4) for m in ("convunext", "unet") for r in (False, True)}
+    assert all(c.size == (480, 480) for c in configs if c.section == "recompute")
     assert any(c.mode == "window" and c.size == (2336, 3504) for c in configs)
     assert any("GLIBC_TUNABLES" in c.env for c in configs)
     assert all(c.repeats >= 10 for c in configs if c.section in ("inference", "training"))
+
+
+def test_sections_select_the_rows(capsys: pytest.CaptureFixture) -> None:
+    args = finalize_args(build_parser().parse_args(["benchmark", "--sections", "recompute,window", "--hrf"]))
+    assert {c.section for c in build_configs(args)} == {"recompute", "sliding window"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark", "--sections", "training,speed"])
+    assert "unknown section 'speed'; choose from inference, training, recompute, window" in capsys.readouterr().err
 
 
 def test_one_configuration_in_a_fresh_process() -> None:

@@ -7,6 +7,8 @@ without one they test the fallback."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -190,6 +192,27 @@ def test_first_call_in_inference_mode(compiled: bool, unloaded: None, set_mode: 
         y = depthwise_conv7(x, weight)
     assert_close(y, depthwise_reference(x, weight))
     assert depthwise.compiled_available() == compiled
+
+
+FIRST_CALL_IN_A_CHECKPOINT = """
+import torch
+from torch.utils.checkpoint import checkpoint
+from convunext.models.layers.depthwise import compiled_available, depthwise_conv7
+x = torch.randn(2, 8, 24, 24).contiguous(memory_format=torch.channels_last).requires_grad_()
+weight = torch.randn(8, 1, 7, 7, requires_grad=True)
+checkpoint(lambda t: depthwise_conv7(t, weight).relu(), x, use_reentrant=False).sum().backward()
+print(compiled_available(), x.grad.shape)
+"""
+
+
+def test_first_call_inside_a_checkpointed_forward(compiled: bool) -> None:
+    """The load's self-check runs in its own thread: on the caller's, a checkpoint's saved-tensor hooks captured the
+    check's graph and its backward re-ran the checkpoint into the loader's lock (a deadlock, so a fresh process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL_IN_A_CHECKPOINT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(compiled), "torch.Size([2,", "8,", "24,", "24])"]
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,7 @@ def test_compiled_depthwise_needs_a_depthwise_model_the_fused_kernels_and_float3
     assert not resolve_fast_paths(TrainConfig(), dense, cpu).compiled_depthwise
     assert not resolve_fast_paths(TrainConfig(fused_kernels="off"), model, cpu).compiled_depthwise
     assert not resolve_fast_paths(TrainConfig(cpu_bf16=True), model, cpu).compiled_depthwise  # autocast: bf16
+    assert resolve_fast_paths(TrainConfig(recompute_activations=True), model, cpu).compiled_depthwise
     set_depthwise("reference")
     assert not resolve_fast_paths(TrainConfig(), model, cpu).compiled_depthwise
 

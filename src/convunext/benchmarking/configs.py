@@ -127,7 +127,7 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
             add("training", "convunext", "trainer", "train", args.train_batch_size, args.train_size,
                 repeats=args.train_repeats, env=REFERENCE_DEPTHWISE_ENV, env_label="reference depthwise")  # fmt: skip
         if args.recompute_size:
-            for model, path in (("convunext", "channels_last"), ("convunext", "fused"), ("resunet", "eager")):
+            for model, path in (("convunext", "trainer"), ("unet", "trainer")):
                 for recompute in (False, True):
                     add("recompute", model, path, "train", args.recompute_batch_size, args.recompute_size,
                         recompute=recompute, repeats=args.recompute_repeats, warmup=1)  # fmt: skip
@@ -136,5 +136,8 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
             if path != "compile":
                 add("sliding window", "convunext", path, "window", 1, (2336, 3504), repeats=args.hrf_repeats, warmup=1,
                     tile=args.tile_size)  # fmt: skip
+    wanted = {"window": "sliding window"}
+    sections = {wanted.get(name, name) for name in getattr(args, "sections", "").split(",") if name}
+    configs = [c for c in configs if not sections or c.section in sections]
     configs.sort(key=lambda c: SECTIONS.index(c.section))
     return configs

@@ -43,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
     return run_suite(finalize_args(args))
 
 
+def _sections(text: str) -> str:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ("inference", "training", "recompute", "window")]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {unknown[0]!r}; choose from inference, training, recompute, window"
+        )
+    return ",".join(names)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats, in-process (CI smoke test)")
@@ -61,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="warm-up calls, the first included (default 2)",
     )
     parser.add_argument("--no-train", action="store_true", help="skip the training-step and recomputation sections")
+    parser.add_argument(
+        "--sections",
+        default="",
+        type=_sections,
+        help="run only these sections, comma-separated: inference, training, recompute, window (default: all)",
+    )
     parser.add_argument("--train-size", type=_side, default=256, help="training crop side (default 256)")
     parser.add_argument("--train-batch-size", type=_batch, default=4, help="training batch size (default 4)")
     parser.add_argument("--train-repeats", type=_count, default=10, help="timed training steps (default 10)")
@@ -70,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=480,
         help="side for the recomputation section; 0 = skip",
     )
-    parser.add_argument("--recompute-batch-size", type=_batch, default=2, help="batch size there (default 2)")
+    parser.add_argument("--recompute-batch-size", type=_batch, default=4, help="batch size there (default 4)")
     parser.add_argument("--recompute-repeats", type=_count, default=2, help="timed steps there (default 2)")
     parser.add_argument("--hrf", action="store_true", help="also predict a full 3504x2336 HRF-sized image")
     parser.add_argument("--hrf-repeats", type=_count, default=2, help="timed full-image predictions (default 2)")

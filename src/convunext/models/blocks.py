@@ -168,9 +168,7 @@ class ConvNeXtBlock(nn.Module):
         return maybe_recompute(self, self._forward, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        # not under activation recomputation: the compiled kernel's OpenMP region deadlocks when the checkpoint re-runs
-        # this forward inside backward (seen at 160x160 and 480x480 with 2 threads); PyTorch's convolution there
-        y = self.norm1(self.dwconv(x, compiled=self.fused_training and not self.grad_checkpointing))
+        y = self.norm1(self.dwconv(x, compiled=self.fused_training))
         kind = activation_kind(self.act)
         if self.fused_training and kind is not None and rows_eligible(self.pwconv1.weight.dtype, y):
             y = from_rows(banded_mlp(flat(y), *self._mlp_matrices(), kind, band_elements=self.band_elements), y)

@@ -87,15 +87,7 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
         channels_last = True
     fused = train.fused_kernels == "on" or (train.fused_kernels == "auto" and cpu and fused_capable and channels_last)
     tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and runs_on_glibc())
-    # not with activation recomputation: the kernel's OpenMP region deadlocks when a checkpoint re-runs the block
-    depthwise = (
-        fused
-        and cpu
-        and not train.cpu_bf16
-        and not train.recompute_activations
-        and has_compiled_depthwise(model)
-        and compiled_in_use()
-    )
+    depthwise = fused and cpu and not train.cpu_bf16 and has_compiled_depthwise(model) and compiled_in_use()
     return FastPaths(channels_last, fused, tune, train.fast_validation != "off", depthwise)
 
 

@@ -558,17 +558,38 @@ def _load() -> _Kernel:
 
 def _self_check(kernel: _Kernel) -> None:
     """``RuntimeError`` unless the kernel's forward and gradients match the reference on a small input that
-    covers its vector and scalar channel paths, edges and register tiles."""
+    covers its vector and scalar channel paths, edges and register tiles.
+
+    The check runs in a thread of its own: the first call may come from inside a checkpointed forward pass
+    (activation recomputation), whose saved-tensor hooks are thread-local state. On the caller's thread they would
+    capture the check's own graph, and its ``backward`` would re-run that checkpoint, which calls this kernel again
+    while :data:`_lock` is held: a deadlock. A new thread also starts outside inference mode, no-grad and autocast.
+    """
+    failure: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            _compare_with_reference(kernel)
+        except BaseException as error:  # re-raised on the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=check, name="convunext-depthwise-check")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _compare_with_reference(kernel: _Kernel) -> None:
     generator = torch.Generator().manual_seed(0)
     c = kernel.lanes + 3
     x = torch.randn(2, c, 5, 21, generator=generator).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(c, 1, 7, 7, generator=generator), torch.randn(c, generator=generator)
     grad = torch.randn(x.shape, generator=generator)
-    with torch.inference_mode(False), torch.enable_grad():  # the first call may come from inference code
-        leaves = [[t.clone().requires_grad_(True) for t in (x, weight, bias)] for _ in range(2)]
-        outputs = [depthwise_reference(*leaves[0], 3), _CompiledDepthwise.apply(*leaves[1], 3, kernel)]
-        for output in outputs:
-            output.backward(grad)
+    leaves = [[t.clone().requires_grad_(True) for t in (x, weight, bias)] for _ in range(2)]
+    outputs = [depthwise_reference(*leaves[0], 3), _CompiledDepthwise.apply(*leaves[1], 3, kernel)]
+    for output in outputs:
+        output.backward(grad)
     pairs = [(outputs[1], outputs[0])] + [(b.grad, a.grad) for a, b in zip(*leaves)]
     for got, expected in pairs:
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
