@@ -95,6 +95,7 @@ class SliceVolumeDice:
         self.counts[case, :, 2] += torch.bincount(truth, minlength=classes)[:classes].double()
 
     def dice(self) -> float:
+        """The mean over volumes of the mean over foreground classes of each class's whole-volume Dice."""
         overlap, predicted, true = self.counts[:, 1:].unbind(-1)
         total = predicted + true
         per_class = torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total))
