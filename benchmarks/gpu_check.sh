@@ -13,8 +13,9 @@
 # 3. ConvUNeXt on DRIVE with the paper's recipe (configs/drive.yaml: crop 480) for 150 of its 300
 #    epochs on the GPU with AMP, then the test split evaluated: the GPU path learns, ~3 min.
 #
-# Everything goes to benchmarks/results/gpu-check-<date>/ (tests.txt, benchmark.md/.json, drive/, SUMMARY.md); each
-# step has a time limit, and a step that fails is reported in SUMMARY.md while the others still run.
+# Everything goes to benchmarks/results/gpu-check-<date>/ (a .log per step, benchmark.md/.json, drive/, SUMMARY.md);
+# each step has a time limit; a step that fails is reported in SUMMARY.md while the others still run, and the script
+# then exits 1.
 set -uo pipefail
 
 python - <<'EOF' 2>/dev/null || { echo "gpu_check: no CUDA GPU here (or no torch in this Python); run it on a machine with one, convunext installed" >&2; exit 2; }
@@ -31,6 +32,7 @@ OUT="benchmarks/results/gpu-check-$(date +%Y%m%d-%H%M)"
 mkdir -p "$OUT"
 GPU="$(python -c 'import torch; print(torch.cuda.get_device_name(0))')"
 STATUS=()
+FAILED=0
 
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log it, record how it ended
     local name="$1" limit="$2"
@@ -40,6 +42,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log it, rec
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     local code=${PIPESTATUS[0]}
     STATUS+=("| $name | $([ "$code" = 0 ] && echo ok || echo "failed (exit $code)") | $((SECONDS - start)) s |")
+    [ "$code" = 0 ] || FAILED=1
 }
 
 step tests 150 python -m pytest -q -m cuda tests -p no:cacheprovider
@@ -71,7 +74,8 @@ if summary.is_file():
 if test.is_file():
     metrics = json.loads(test.read_text())["metrics"]
     print(f"- DRIVE test: Dice {metrics['dice_fg_mean']:.4f}, mIoU {metrics['miou_cm']:.4f}")
-print("- benchmark tables: benchmark.md; test log: tests.log")
+print("- benchmark tables: benchmark.md; logs: tests.log, benchmark.log, drive-train.log, drive-test.log")
 EOF
 } >"$OUT/SUMMARY.md"
 cat "$OUT/SUMMARY.md"
+exit "$FAILED"

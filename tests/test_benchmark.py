@@ -74,6 +74,8 @@ def test_sections_select_the_rows(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["benchmark", "--sections", "training,speed"])
     assert "unknown section 'speed'; choose from inference, training, recompute, window" in capsys.readouterr().err
+    assert main(["benchmark", "--sections", "window"]) == 2  # no --hrf: nothing to measure
+    assert "--sections window: nothing to measure" in capsys.readouterr().err
 
 
 def test_one_configuration_in_a_fresh_process() -> None:

@@ -14,6 +14,7 @@ import pytest
 from convunext.checkpoint import load_checkpoint
 from convunext.cli.main import main
 from convunext.data.volumes import VolumeSettings, read_volume, synthetic_ct_root, write_dicom_series
+from convunext.training import trainer as trainer_module
 
 TINY = ["model.kwargs.width=8", "data.options.cases=5", "train.progress_bar=false"]
 
@@ -136,3 +137,23 @@ def test_a_dataset_with_a_bad_volume_is_refused_in_one_line_before_training(
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "case_001.nii.gz: 4D volume (shape 8x8x4x2) where a 3D volume is expected" in err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_run_saved_when_volumes_were_chosen_per_slice_chooses_anew_on_resume(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "synthetic_ct", "--epochs", "1", "--output-dir", str(tmp_path)]
+    assert main([*argv, *_sets(*TINY, "train.run_name=old")]) == 0
+    load = trainer_module.load_training_state
+
+    def per_slice_era(run_dir: Path) -> dict:
+        state = load(run_dir)
+        state["best"]["metrics"].pop("volume_dice_fg_mean")  # as a version before whole-volume selection saved it
+        return state
+
+    monkeypatch.setattr(trainer_module, "load_training_state", per_slice_era)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "old"), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen on the per-slice Dice; choosing anew on whole volumes" in out
+    assert json.loads((tmp_path / "old" / "best.json").read_text())["epoch"] == 2  # the only whole-volume choice

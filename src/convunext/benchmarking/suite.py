@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import runtime
+from ..errors import ConvUNeXtError
 from .configs import INFERENCE_PATHS, build_configs
 from .machine import machine_description, matmul_peak_gflops
 from .measure import measure, measure_in_subprocess
@@ -46,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_description(args.device)
     peak = matmul_peak_gflops(8 if args.quick else 1)
     configs = build_configs(args)
+    if not configs:
+        raise ConvUNeXtError(
+            f"--sections {args.sections}: nothing to measure with these options (window needs --hrf; training and "
+            "recompute need no --no-train, recompute a --recompute-size)"
+        )
     results = []
     for i, config in enumerate(configs, 1):
         print(

@@ -25,6 +25,7 @@ from ..training.experiment import (
 )
 from ..training.launch import launch_training
 from ..training.trainer import TrainResult
+from ..training.validation import selection_dice
 from .options import THREADS_HELP, positive_threads
 
 
@@ -162,12 +163,17 @@ def _config_source(args: argparse.Namespace) -> str | Path:
     return args.data if args.data in list_presets() else "synthetic"
 
 
+def _dice(metrics: dict[str, float]) -> float:
+    """The validation Dice that chose the checkpoint (:func:`~convunext.training.validation.selection_dice`)."""
+    return selection_dice(metrics) if "dice_fg_mean" in metrics else float("nan")
+
+
 def _summary(results: dict[int, TrainResult], config: ExperimentConfig) -> str:
     lines = ["", "=" * 72, "convunext train: done"]
     for seed, result in results.items():
         metrics = result.best_metrics
         lines.append(
-            f"  seed {seed}: best validation Dice {metrics.get('dice_fg_mean', float('nan')):.4f}, "
+            f"  seed {seed}: best validation Dice {_dice(metrics):.4f}, "
             f"mIoU {metrics.get('miou_cm', float('nan')):.4f} at epoch {result.best_epoch}/{result.epochs_run} "
             f"({result.seconds / 60:.1f} min)"
         )
@@ -177,7 +183,7 @@ def _summary(results: dict[int, TrainResult], config: ExperimentConfig) -> str:
                 f"min, took {result.seconds / 60:.1f} min"
             )
     if len(results) > 1:
-        dice = [r.best_metrics.get("dice_fg_mean", float("nan")) for r in results.values()]
+        dice = [_dice(r.best_metrics) for r in results.values()]
         miou = [r.best_metrics.get("miou_cm", float("nan")) for r in results.values()]
         lines.append(
             f"  over {len(results)} seeds: Dice {statistics.mean(dice):.4f} ± {statistics.stdev(dice):.4f}, "
@@ -185,7 +191,8 @@ def _summary(results: dict[int, TrainResult], config: ExperimentConfig) -> str:
         )
     run = next(iter(results.values())).run_dir
     lines += [
-        "  (Dice = mean per-image foreground Dice; mIoU = mean over classes incl. background; validation split)",
+        "  (Dice = mean per-image foreground Dice, for volumes the Dice of whole volumes; mIoU = mean over classes "
+        "incl. background; validation split)",
         f"  run folder: {run}  (metrics.csv, progress.png, best.safetensors + best.json, last checkpoint)",
         "  next:",
         f"    convunext evaluate {run} {config.data.root or config.data.name}      # test-split metrics table",

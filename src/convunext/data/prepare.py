@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import ConvUNeXtError
+from ..errors import ConvUNeXtError, error_text
 from ..utils.io import sha256_file
 from .base import DatasetInfo, FileDataset, Record
 from .folder import INCOMPLETE_MARKER, load_dataset_json
@@ -69,7 +69,7 @@ def safe_extract(archive: Path, destination: Path) -> Path:
     try:
         handle = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as error:
-        raise ConvUNeXtError(f"{archive}: cannot open zip ({error})") from None
+        raise ConvUNeXtError(f"{archive}: cannot open zip ({error_text(error)})") from None
     with handle:
         members = handle.infolist()
         base = destination.resolve()
@@ -91,7 +91,7 @@ def safe_extract(archive: Path, destination: Path) -> Path:
                 with handle.open(info) as source, open(target, "wb") as sink:
                     shutil.copyfileobj(source, sink)
         except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise ConvUNeXtError(f"{archive}: cannot extract ({error})") from None
+            raise ConvUNeXtError(f"{archive}: cannot extract ({error_text(error)})") from None
     return destination
 
 
@@ -100,26 +100,28 @@ def safe_extract_tar(archive: Path, destination: Path) -> Path:
     Segmentation Decathlon's downloads are tars): only regular files and folders, none outside ``destination``.
 
     Raises:
-        ConvUNeXtError: not a readable tar, a truncated one, or an unsafe member (a link, a device, an absolute or
-            ``..`` path), named in the message, before anything is written.
+        ConvUNeXtError: not a readable tar, a truncated one, an unsafe member (a link, a sparse file, a device, an
+            absolute or ``..`` path), named in the message, or more bytes than the disk has free, before anything
+            is written.
     """
     archive, destination = Path(archive), Path(destination)
     try:
         with tarfile.open(archive) as handle:
             _extract_tar_members(archive, handle, destination)
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise ConvUNeXtError(f"{archive}: cannot extract tar ({error})") from None
+        raise ConvUNeXtError(f"{archive}: cannot extract tar ({error_text(error)})") from None
     return destination
 
 
 def _extract_tar_members(archive: Path, handle: tarfile.TarFile, destination: Path) -> None:
     members = handle.getmembers()
     base = destination.resolve()
+    names = []
     for member in members:
         name = member.name.replace("\\", "/")
         reason = None
-        if not (member.isfile() or member.isdir()):
-            reason = "link or special file"
+        if not (member.isfile() or member.isdir()) or member.issparse():
+            reason = "link, sparse or special file"
         elif name.startswith("/") or ".." in PurePosixPath(name).parts:
             reason = "absolute path or '..'"
         else:
@@ -128,9 +130,13 @@ def _extract_tar_members(archive: Path, handle: tarfile.TarFile, destination: Pa
                 reason = "path outside the output folder"
         if reason:
             raise ConvUNeXtError(f"{archive}: refusing member {member.name!r} ({reason})")
+        names.append(name)
     destination.mkdir(parents=True, exist_ok=True)
-    for member in members:
-        target = base / member.name
+    needed, free = sum(member.size for member in members), shutil.disk_usage(destination).free
+    if needed > free:
+        raise ConvUNeXtError(f"{archive}: needs {needed / 2**30:.1f} GiB to extract, {free / 2**30:.1f} GiB are free")
+    for member, name in zip(members, names):
+        target = base / name
         if member.isdir():
             target.mkdir(parents=True, exist_ok=True)
             continue

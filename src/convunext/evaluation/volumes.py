@@ -73,7 +73,7 @@ class SliceVolumeDice:
         num_classes: ``K``.
         ignore_index: truth value of pixels that count nowhere.
 
-    :meth:`update` counts each slice's per-class overlap; :meth:`counts` is the ``cases x K x 3`` tensor
+    :meth:`update` counts each slice's per-class overlap; :attr:`counts` is the ``cases x K x 3`` tensor
     (overlap, predicted, true voxels), summable across processes; :meth:`dice` is the mean over volumes of the mean
     over foreground classes of each class's Dice over the whole volume (:func:`volume_dice`: 1.0 for a class absent
     from both).

@@ -306,6 +306,14 @@ class Trainer:
         """Continue from the run's ``last`` state."""
         saved = load_training_state(self.run_dir)
         state.load_state_dict(saved, self.model)
+        best_metrics = state.best.get("metrics") or {}
+        if self.info.volume and best_metrics and "volume_dice_fg_mean" not in best_metrics:
+            # saved by a version that chose volume runs on the per-slice Dice: not comparable with whole volumes
+            state.best = {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0}
+            if self.dist.is_main:
+                print(
+                    "note: the best checkpoint so far was chosen on the per-slice Dice; choosing anew on whole volumes"
+                )
         saved_world = int(saved.get("world_size", 1))
         if saved_world != self.dist.world_size and self.dist.is_main:
             print(

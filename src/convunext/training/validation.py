@@ -89,13 +89,15 @@ class Validation:
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Metrics of ``model`` on the validation split, as it is (its BatchNorm statistics untouched); for a
         binary model also the Dice-optimal ``threshold`` on these images and the ``dice_at_threshold``
-        (:class:`~convunext.evaluation.threshold.ThresholdSearch`, from the same probabilities)."""
+        (:class:`~convunext.evaluation.threshold.ThresholdSearch`, from the same probabilities) — not for the
+        slices of volumes, whose ``volume_dice_fg_mean`` is the Dice of whole volumes at the argmax."""
         self.dist.broadcast_buffers(model)  # every shard is evaluated with the model rank 0 checkpoints
         info = self.info
-        search = ThresholdSearch(ignore_index=info.ignore_index) if info.num_classes == 2 else None
         volumes = None
         if self.case_names is not None:
             volumes = SliceVolumeDice(self.case_names, info.num_classes, info.ignore_index)
+        # the threshold search scores images one by one: on the slices of volumes, the empty ones would bias it
+        search = ThresholdSearch(ignore_index=info.ignore_index) if info.num_classes == 2 and volumes is None else None
 
         def on_image(sample: dict[str, Any], probs: Tensor) -> None:
             if search is not None:
@@ -117,7 +119,8 @@ class Validation:
             metrics.gather_across_processes()
         results = metrics.compute()
         if volumes is not None:
-            volumes.counts = self.dist.reduce(volumes.counts.to(self.device)).cpu()
+            if self.dist.enabled:
+                volumes.counts = self.dist.reduce(volumes.counts.to(self.device)).cpu()
             results["volume_dice_fg_mean"] = volumes.dice()
         if search is not None:
             if self.dist.enabled:

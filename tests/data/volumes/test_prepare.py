@@ -173,3 +173,52 @@ def test_cli_prepare_volumes(decathlon: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["data", "prepare", "volumes", str(tmp_path / "empty"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "empty: no volume dataset found" in err and err.count("\n") == 1
+
+
+def test_an_archive_that_is_not_one_or_is_truncated_is_one_line(decathlon: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "Task.tar"
+    fake.write_bytes(b"not an archive at all" * 40)
+    with pytest.raises(ConvUNeXtError, match=r"Task.tar: not a folder, a .zip or a .tar file$"):
+        prepare_dataset("volumes", fake, tmp_path / "out", progress=False)
+    packed = tmp_path / "Task99.tar.gz"
+    with tarfile.open(packed, "w:gz") as handle:
+        handle.add(decathlon, arcname=decathlon.name)
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    with pytest.raises(ConvUNeXtError) as caught:
+        prepare_dataset("volumes", truncated, tmp_path / "out", progress=False)
+    assert str(caught.value).startswith(f"{truncated}: ") and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    meta = prepare_dataset("volumes", packed, tmp_path / "from-gz", progress=False)  # the whole one works
+    assert meta["numTraining"] == 6
+
+
+def test_a_tar_made_on_windows_unpacks_into_folders(decathlon: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "windows.tar"
+    with tarfile.open(archive, "w") as handle:
+        for path in sorted(decathlon.rglob("*")):
+            if path.is_file():
+                handle.add(path, arcname="Task99_Phantom\\" + "\\".join(path.relative_to(decathlon).parts))
+    meta = prepare_dataset("volumes", archive, tmp_path / "out", progress=False)
+    assert meta["numTraining"] == 6 and meta["source_layout"] == "decathlon"
+
+
+def test_an_nnunet_folder_prepares_as_it_is_and_two_datasets_are_refused(decathlon: Path, tmp_path: Path) -> None:
+    source = tmp_path / "raw" / "Dataset099_Phantom"
+    (source / "imagesTr").mkdir(parents=True)
+    (source / "labelsTr").mkdir()
+    for case in read_layout(decathlon).cases:
+        for channel in range(2):
+            shutil.copy(case.images[0], source / "imagesTr" / f"{case.name}_{channel:04d}.nii.gz")
+        shutil.copy(case.label, source / "labelsTr" / f"{case.name}.nii.gz")
+    labels = {"background": 0, "organ": 1, "lesion": 2}
+    meta = {"channel_names": {"0": "CT", "1": "T2"}, "labels": labels, "file_ending": ".nii.gz", "numTraining": 6}
+    (source / "dataset.json").write_text(json.dumps(meta))
+    prepared = prepare_dataset("volumes", tmp_path / "raw", tmp_path / "out", progress=False)  # found one level down
+    assert prepared["source_layout"] == "nnunet" and prepared["channel_names"] == {"0": "CT", "1": "T2"}
+    assert filecmp.cmp(
+        source / "imagesTr" / "case_000_0001.nii.gz", tmp_path / "out" / "imagesTr" / "case_000_0001.nii.gz"
+    )
+    shutil.copytree(decathlon, tmp_path / "raw" / "Task99_Phantom")
+    with pytest.raises(ConvUNeXtError, match=r"raw: holds several volume datasets \(Dataset099_Phantom, Task99_Phan"):
+        prepare_dataset("volumes", tmp_path / "raw", tmp_path / "out2", progress=False)

@@ -194,3 +194,23 @@ def test_opening_reads_image_headers_only_and_validate_decodes_the_voxels(
     assert decoded and set(decoded) == {"labelsTr"}  # the labels, never an image, to list the slices
     with pytest.raises(ConvUNeXtError, match=r"case_003.nii.gz: image holds NaN"):
         dataset.validate()
+
+
+def test_a_channel_of_another_shape_is_found_from_the_headers_when_the_dataset_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_phantom_dataset(tmp_path / "mr", cases=5, test_cases=0, seed=2, modality="MR")
+    image_path = root / "imagesTr" / "case_001.nii.gz"
+    image = read_volume(image_path)
+    write_nifti(image_path, image.array[:, :-2], Volume(image.array[:, :-2], image.affine), dtype=np.float32)
+    monkeypatch.setattr(volume_cases, "read_volume", _labels_only(volume_cases.read_volume))
+    with pytest.raises(ConvUNeXtError, match=r"case_001.nii.gz: shape 48x48x24 does not match its image case_001"):
+        open_dataset("volumes", root, "trainval")
+
+
+def _labels_only(read):
+    def read_labels(path, **kwargs):
+        assert Path(path).parent.name == "labelsTr", f"{path}: an image was decoded"
+        return read(path, **kwargs)
+
+    return read_labels

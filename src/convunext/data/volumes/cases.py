@@ -14,7 +14,7 @@ from .layout import VolumeCase
 from .nifti import is_nifti_path, nifti_geometry
 from .volume import Volume, read_volume, same_affine
 
-__all__ = ["check_label_values", "read_case", "read_case_label"]
+__all__ = ["check_label_values", "check_matches", "read_case", "read_case_label"]
 
 
 def check_label_values(label: Volume, num_classes: int) -> np.ndarray:
@@ -32,7 +32,7 @@ def check_label_values(label: Volume, num_classes: int) -> np.ndarray:
     return label.array.astype(np.uint8)
 
 
-def _check_matches(
+def check_matches(
     source: Any,
     shape: tuple[int, ...],
     affine: np.ndarray,
@@ -40,7 +40,11 @@ def _check_matches(
     image_shape: tuple[int, ...],
     image_affine: Any,
 ) -> None:
-    """Refuse a channel or label (``source``) whose shape or affine differs from its case's first image's."""
+    """Refuse a channel or label (``source``) whose shape or affine differs from its case's first image's.
+
+    Raises:
+        ConvUNeXtError: naming ``source``, the shapes or the image.
+    """
     if tuple(shape) != tuple(image_shape):
         raise ConvUNeXtError(
             f"{source}: shape {'x'.join(map(str, shape))} does not match its image {image.name} "
@@ -61,7 +65,7 @@ def read_case(case: VolumeCase, num_classes: int | None) -> tuple[list[Volume], 
     label = read_volume(case.label, label=True) if case.label is not None else None
     first = images[0]
     for other in [*images[1:], *([label] if label is not None else [])]:
-        _check_matches(other.source, other.shape, other.affine, case.images[0], first.shape, first.affine)
+        check_matches(other.source, other.shape, other.affine, case.images[0], first.shape, first.affine)
     if label is not None and num_classes is not None:
         label = label.with_array(check_label_values(label, num_classes))
     return images, label
@@ -81,7 +85,7 @@ def read_case_label(case: VolumeCase, num_classes: int) -> Volume:
         return label
     image_shape, image_affine = nifti_geometry(case.images[0])
     for path in case.images[1:]:
-        _check_matches(path, *nifti_geometry(path), case.images[0], image_shape, image_affine)
+        check_matches(path, *nifti_geometry(path), case.images[0], image_shape, image_affine)
     label = read_volume(case.label, label=True)
-    _check_matches(case.label, label.shape, label.affine, case.images[0], image_shape, image_affine)
+    check_matches(case.label, label.shape, label.affine, case.images[0], image_shape, image_affine)
     return label.with_array(check_label_values(label, num_classes))

@@ -93,17 +93,13 @@ def _nifti_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if is_nifti_path(path) and not path.name.startswith("."))
 
 
-def _holds_nifti(folder: Path) -> bool:
-    return bool(_nifti_files(folder))
-
-
 def is_volume_root(path: Path) -> bool:
     """Whether ``path`` holds a volume dataset: a ``dataset.json`` beside ``imagesTr/``, or ``images/`` holding
     NIfTI files beside ``labels/`` or ``masks/``."""
     path = Path(path)
     if (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
         return True
-    return _label_folder(path) is not None and _holds_nifti(path / "images")
+    return _label_folder(path) is not None and bool(_nifti_files(path / "images"))
 
 
 def _class_names(path: Path, labels: Any) -> tuple[str, ...]:

@@ -37,9 +37,10 @@ from tqdm import tqdm
 from ...errors import ConvUNeXtError, error_text
 from ..folder import folder_splits
 from ..prepare import FORMAT_VERSION, created_by, file_digests
-from .cases import read_case
+from .cases import check_label_values, check_matches, read_case
 from .layout import VolumeCase, VolumeLayout, is_volume_root, read_layout
 from .nifti import NIFTI_READ_ERRORS, encode_nifti
+from .volume import read_volume
 
 __all__ = ["locate_volume_root", "prepare_volumes"]
 
@@ -85,9 +86,10 @@ def _copy_gzipped(source: Path, target: Path) -> None:
         shutil.copyfileobj(raw, sink)
 
 
-def _split_packed(source: Path, channels: int, targets: list[Path]) -> None:
+def _split_packed(source: Path, channels: int, targets: list[Path]) -> tuple[tuple[int, ...], np.ndarray]:
     """Write the channels of a 4D Decathlon image (``I x J x K x channels``) as 3D files ``targets``, each with the
-    source's affine and header (the values as stored, scaled to float32 where the file sets a scale)."""
+    source's affine and header (the values as stored, scaled to float32 where the file sets a scale); return the
+    image's 3D shape and affine."""
     try:
         image = nib.load(source)
         shape = image.shape
@@ -96,24 +98,30 @@ def _split_packed(source: Path, channels: int, targets: list[Path]) -> None:
                 f"{source}: shape {'x'.join(map(str, shape))}; dataset.json names {channels} modalities, expected "
                 f"I x J x K x {channels}"
             )
+        data = np.asanyarray(image.dataobj)  # decompressed once, not once per channel
         for channel, target in enumerate(targets):
-            array = np.asanyarray(image.dataobj[..., channel])
+            array = data[..., channel]
             if not np.isfinite(array).all():
                 raise ConvUNeXtError(f"{source}: channel {channel} holds NaN or infinite voxels")
             target.write_bytes(encode_nifti(array, image.affine, image.header, dtype=array.dtype))
     except NIFTI_READ_ERRORS as error:
         raise ConvUNeXtError(f"{source}: cannot read NIfTI file ({error_text(error)})") from None
+    return tuple(shape[:3]), image.affine
 
 
 def _write_case(
     layout: VolumeLayout, case: VolumeCase, images: Path, labels: Path | None, num_classes: int | None
 ) -> None:
     """Check ``case`` (:func:`~convunext.data.volumes.read_case`: readable, geometry, label values) and write its
-    channel files into ``images`` and its label into ``labels``."""
+    channel files into ``images`` and its label into ``labels``; errors name the source's files."""
     targets = [images / f"{case.name}_{channel:04d}{FILE_ENDING}" for channel in range(len(layout.modalities))]
     if layout.packed_channels:
-        _split_packed(case.images[0], len(layout.modalities), targets)
-        read_case(VolumeCase(case.name, tuple(targets), case.label), num_classes)
+        shape, affine = _split_packed(case.images[0], len(layout.modalities), targets)
+        if case.label is not None:
+            label = read_volume(case.label, label=True)
+            check_matches(case.label, label.shape, label.affine, case.images[0], shape, affine)
+            if num_classes is not None:
+                check_label_values(label, num_classes)
     else:
         read_case(case, num_classes)
         for source, target in zip(case.images, targets):
