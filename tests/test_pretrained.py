@@ -20,8 +20,15 @@ from convunext.cli.main import main
 from convunext.data import open_dataset
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_checkpoint
-from convunext.pretrained import PretrainedCard, from_pretrained, list_pretrained, publish_pretrained
+from convunext.pretrained import (
+    PretrainedCard,
+    checkpoint_reference,
+    from_pretrained,
+    list_pretrained,
+    publish_pretrained,
+)
 from convunext.pretrained.card import CardTest
+from convunext.pretrained.store import PRETRAINED_DIR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,3 +271,9 @@ def test_a_card_of_convunext_0_1_with_one_test_is_read_as_that_test(tmp_path: Pa
     reference = {"name": "01_test", "dice_fg": 0.82}
     assert card.tests == (CardTest("drive", {"dice_fg_mean": 0.81}, meta["pretrained"]["test_evaluation"], reference),)
     assert PretrainedCard.from_meta(tmp_path / "old-vessels.json", {**meta, "pretrained": card.to_meta()}) == card
+
+
+def test_reports_name_a_shipped_model_by_its_name_not_a_path_of_this_machine(tmp_path: Path) -> None:
+    assert checkpoint_reference(PRETRAINED_DIR / "drive-vessels.json") == "drive-vessels"
+    assert checkpoint_reference("runs/mine/best.json") == "runs/mine/best.json"
+    assert checkpoint_reference(tmp_path / "drive-vessels.json") == str(tmp_path / "drive-vessels.json")

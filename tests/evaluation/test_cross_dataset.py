@@ -20,7 +20,13 @@ from convunext.cli.main import main
 from convunext.data.base import load_split_file
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation import cross_dataset
-from convunext.evaluation.cross_dataset import CrossDatasetResult, checkpoint_labels, cross_evaluate
+from convunext.evaluation.cross_dataset import (
+    CrossCheckpoint,
+    CrossDatasetResult,
+    CrossPair,
+    checkpoint_labels,
+    cross_evaluate,
+)
 from convunext.inference.sliding_window import Inferer
 from convunext.models import create_model
 from convunext.pretrained.store import PRETRAINED_DIR
@@ -292,3 +298,12 @@ def test_the_command_passes_skip_unannotated_to_hrf(
     assert f"{report['metrics']['dice_fg_mean']:.4f}" in printed and "cross-dataset.md" in printed
     assert main([*command, "--datasets", "nope"]) == 2
     assert "unknown vessel dataset 'nope'" in capsys.readouterr().err
+
+
+def test_a_model_trained_on_several_datasets_is_in_domain_on_each() -> None:
+    meta = {"data": {"name": "mixed", "options": {"datasets": ["drive", "stare", "hrf"]}}}
+    entry = CrossCheckpoint("retina", Path("retina.json"), meta)
+    assert entry.row_title() == "retina (trained on DRIVE + STARE + HRF)" and entry.trained_on == "drive+stare+hrf"
+    in_domain = {name: CrossPair(entry, name, "auto", None, False, None).in_domain for name in ("stare", "chase_db1")}
+    assert in_domain == {"stare": True, "chase_db1": False}
+    assert CrossCheckpoint("x", Path("x.json"), {}).row_title() == "x (training data unknown)"

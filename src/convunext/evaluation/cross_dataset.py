@@ -31,7 +31,8 @@ from ..data.registry import dataset_spec, list_datasets
 from ..errors import ConvUNeXtError
 from ..inference.sliding_window import Inferer
 from ..inference.threshold import resolve_threshold
-from ..pretrained import resolve_checkpoint, shipped_name
+from ..pretrained import checkpoint_reference, resolve_checkpoint, shipped_name
+from ..pretrained.publish import trained_datasets
 from ..utils.device import device_description
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
@@ -89,8 +90,9 @@ class CrossCheckpoint:
 
     @property
     def trained_on(self) -> str | None:
-        """The dataset it was trained on (``meta["data"]["name"]``), or None if it does not say."""
-        return self.meta.get("data", {}).get("name")
+        """The datasets it was trained on, ``"+"``-joined (``"drive"``; ``"drive+stare+hrf"`` for a ``mixed`` run,
+        :func:`~convunext.pretrained.publish.trained_datasets`), or None if it does not say."""
+        return "+".join(trained_datasets(self.meta)) or None
 
     @property
     def threshold(self) -> float | None:
@@ -99,8 +101,10 @@ class CrossCheckpoint:
 
     def row_title(self) -> str:
         """``LABEL (trained on DRIVE)``."""
-        trained = self.trained_on
-        return f"{self.label} (trained on {_title(trained)})" if trained else f"{self.label} (training data unknown)"
+        names = trained_datasets(self.meta)
+        if not names:
+            return f"{self.label} (training data unknown)"
+        return f"{self.label} (trained on {' + '.join(_title(name) for name in names)})"
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,8 @@ class CrossPair:
 
     @property
     def in_domain(self) -> bool:
-        """Whether the checkpoint was trained on this dataset."""
-        return self.checkpoint.trained_on == self.dataset
+        """Whether the checkpoint was trained on this dataset (one of them, for a ``mixed`` run)."""
+        return self.dataset in trained_datasets(self.checkpoint.meta)
 
     def metric(self, key: str) -> float | None:
         """A dataset-level metric of the report (None when absent or not a number)."""
@@ -480,7 +484,7 @@ def _write_report(result: CrossDatasetResult, folder: Path, inferer: Inferer, co
             "checkpoints": [
                 {
                     "label": entry.label,
-                    "checkpoint": str(entry.path),
+                    "checkpoint": checkpoint_reference(entry.path),
                     "model": entry.meta["model"]["name"],
                     "trained_on": entry.trained_on,
                     "weights_sha256": entry.meta["weights"]["sha256"],

@@ -30,7 +30,7 @@ from ..errors import ConvUNeXtError
 from ..inference.scale import ScalePolicy, ScaleSetting
 from ..inference.sliding_window import DEFAULT_OVERLAP, Inferer
 from ..inference.threshold import ThresholdSetting, resolve_threshold
-from ..pretrained import shipped_name
+from ..pretrained import checkpoint_reference, shipped_name
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .html_report import ReportGallery, write_html_report
@@ -427,7 +427,7 @@ def evaluate_to_report(
             topology=topology,
         )
         context = {
-            "checkpoint": str(checkpoint.path),
+            "checkpoint": checkpoint_reference(checkpoint.path),
             "weights_sha256": checkpoint.meta["weights"]["sha256"],
             "model": checkpoint.meta["model"]["name"],
             "dataset": name,

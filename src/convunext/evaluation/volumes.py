@@ -39,6 +39,7 @@ from ..inference.predictor import PALETTE
 from ..inference.sliding_window import Inferer
 from ..inference.threshold import ThresholdSetting
 from ..inference.volume import VolumePredictor, slice_montage
+from ..pretrained import checkpoint_reference
 from ..utils.io import atomic_write_json
 from .report_folder import EVALUATION_REPORT, ReportFolder
 from .surface import surface_metrics
@@ -397,7 +398,7 @@ def evaluate_volumes_to_report(
         start = time.perf_counter()
         evaluation = evaluate_volumes(predictor, dataset, tolerance, progress, on_volume=gallery)
         context = {
-            "checkpoint": str(checkpoint.path),
+            "checkpoint": checkpoint_reference(checkpoint.path),
             "weights_sha256": checkpoint.meta["weights"]["sha256"],
             "model": checkpoint.meta["model"]["name"],
             "dataset": layout.name,

@@ -20,6 +20,7 @@ from .card import DATASET_TERMS, PretrainedCard
 from .publish import publish_pretrained
 from .store import (
     available_names,
+    checkpoint_reference,
     from_pretrained,
     list_pretrained,
     push_to_hub,
@@ -32,6 +33,7 @@ __all__ = [
     "DATASET_TERMS",
     "PretrainedCard",
     "available_names",
+    "checkpoint_reference",
     "from_pretrained",
     "list_pretrained",
     "publish_pretrained",

@@ -38,6 +38,7 @@ __all__ = [
     "available_names",
     "check_destination",
     "check_name",
+    "checkpoint_reference",
     "from_pretrained",
     "list_pretrained",
     "pretrained_json",
@@ -88,6 +89,12 @@ def shipped_name(checkpoint_path: str | Path) -> str | None:
     """The name of the shipped model whose checkpoint JSON ``checkpoint_path`` is, or None for any other path."""
     path = Path(checkpoint_path)
     return path.stem if path.parent.resolve() == PRETRAINED_DIR.resolve() else None
+
+
+def checkpoint_reference(checkpoint_path: str | Path) -> str:
+    """How a report names a checkpoint: a shipped model by its name (``"drive-vessels"``, not a path inside this
+    machine's installation), any other by its path as given."""
+    return shipped_name(checkpoint_path) or str(checkpoint_path)
 
 
 def _is_run_folder(folder: Path) -> bool:
