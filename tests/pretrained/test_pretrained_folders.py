@@ -143,8 +143,8 @@ def test_what_is_no_pretrained_model_is_refused_in_one_line(
         str(two): "not a pretrained model folder (expected one NAME.json, found extra.json, two.json)",
         str(tmp_path / "plain"): "model.json: not a pretrained model (its JSON has no 'pretrained' card)",
         str(two / "README.md"): "README.md: not a checkpoint; give a run folder, its CHECKPOINT.json or",
-        "drive-vessel": "no such folder, shipped pretrained model (available: drive-vessels, hrf-vessels) or Hugging "
-        "Face Hub",
+        "drive-vessel": "no such folder, shipped pretrained model (available: drive-vessels, hrf-vessels, "
+        "retina-vessels) or Hugging Face Hub",
     }
     for argument, problem in cases.items():
         with pytest.raises(ConvUNeXtError) as refused:
