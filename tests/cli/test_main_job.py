@@ -37,6 +37,7 @@ def test_train_prints_a_summary_with_next_commands(run_dir: Path, capsys: pytest
     assert main(["train", "--epochs", "1", "--output-dir", str(out), *_sets(*TINY, "train.run_name=again")]) == 0
     text = capsys.readouterr().out
     assert "best validation Dice" in text and "mIoU" in text
+    assert "(Dice = mean per-image foreground Dice;" in text  # 2D images; volumes say "the Dice of whole volumes"
     assert f"run folder: {out / 'again'}" in text
     assert "convunext evaluate" in text and "convunext predict" in text
 

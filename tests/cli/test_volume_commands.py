@@ -156,4 +156,5 @@ def test_a_run_saved_when_volumes_were_chosen_per_slice_chooses_anew_on_resume(
     assert main(["train", "--resume", str(tmp_path / "old"), "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "chosen on the per-slice Dice; choosing anew on whole volumes" in out
+    assert "(Dice = the Dice of whole volumes;" in out
     assert json.loads((tmp_path / "old" / "best.json").read_text())["epoch"] == 2  # the only whole-volume choice

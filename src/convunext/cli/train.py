@@ -190,9 +190,11 @@ def _summary(results: dict[int, TrainResult], config: ExperimentConfig) -> str:
             f"mIoU {statistics.mean(miou):.4f} ± {statistics.stdev(miou):.4f}"
         )
     run = next(iter(results.values())).run_dir
+    volumes = any("volume_dice_fg_mean" in result.best_metrics for result in results.values())
     lines += [
-        "  (Dice = mean per-image foreground Dice, for volumes the Dice of whole volumes; mIoU = mean over classes "
-        "incl. background; validation split)",
+        "  (Dice = "
+        + ("the Dice of whole volumes" if volumes else "mean per-image foreground Dice")
+        + "; mIoU = mean over classes incl. background; validation split)",
         f"  run folder: {run}  (metrics.csv, progress.png, best.safetensors + best.json, last checkpoint)",
         "  next:",
         f"    convunext evaluate {run} {config.data.root or config.data.name}      # test-split metrics table",
