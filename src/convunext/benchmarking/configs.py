@@ -8,7 +8,7 @@ from typing import Any
 
 from ..runtime import DEPTHWISE_ENV, FUSED_PARALLELISM_ENV
 
-__all__ = ["INFERENCE_PATHS", "REGISTRY_MODELS", "SECTIONS", "Config", "build_configs"]
+__all__ = ["INFERENCE_PATHS", "REGISTRY_MODELS", "SECTIONS", "SECTION_OPTIONS", "Config", "build_configs"]
 
 REGISTRY_MODELS = ("convunext", "unet", "attention_unet", "unet_plus_plus", "resunet")
 INFERENCE_PATHS = ("authors", "eager", "channels_last", "fast", "compile", "onnx")
@@ -22,6 +22,13 @@ REFERENCE_DEPTHWISE_ENV = {DEPTHWISE_ENV: "reference"}
 (:mod:`convunext.models.layers.depthwise`)."""
 SECTIONS = ("inference", "training", "recompute", "sliding window")
 """The report's sections, in table order."""
+SECTION_OPTIONS = {
+    "inference": "inference",
+    "training": "training",
+    "recompute": "recompute",
+    "window": "sliding window",
+}
+"""``--sections`` names of the sections."""
 
 
 @dataclass
@@ -136,8 +143,7 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
             if path != "compile":
                 add("sliding window", "convunext", path, "window", 1, (2336, 3504), repeats=args.hrf_repeats, warmup=1,
                     tile=args.tile_size)  # fmt: skip
-    wanted = {"window": "sliding window"}
-    sections = {wanted.get(name, name) for name in getattr(args, "sections", "").split(",") if name}
+    sections = {SECTION_OPTIONS[name] for name in getattr(args, "sections", "").split(",") if name}
     configs = [c for c in configs if not sections or c.section in sections]
     configs.sort(key=lambda c: SECTIONS.index(c.section))
     return configs

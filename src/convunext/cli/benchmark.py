@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..benchmarking.configs import INFERENCE_PATHS
+from ..benchmarking.configs import INFERENCE_PATHS, SECTION_OPTIONS
 from .options import (
     add_batch_size_argument,
     add_device_argument,
@@ -45,11 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _sections(text: str) -> str:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ("inference", "training", "recompute", "window")]
+    unknown = [name for name in names if name not in SECTION_OPTIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown section {unknown[0]!r}; choose from inference, training, recompute, window"
-        )
+        raise argparse.ArgumentTypeError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTION_OPTIONS)}")
     return ",".join(names)
 
 
@@ -75,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sections",
         default="",
         type=_sections,
-        help="run only these sections, comma-separated: inference, training, recompute, window (default: all)",
+        help=f"run only these sections, comma-separated: {', '.join(SECTION_OPTIONS)} (default: all)",
     )
     parser.add_argument("--train-size", type=_side, default=256, help="training crop side (default 256)")
     parser.add_argument("--train-batch-size", type=_batch, default=4, help="training batch size (default 4)")

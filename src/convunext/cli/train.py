@@ -163,17 +163,12 @@ def _config_source(args: argparse.Namespace) -> str | Path:
     return args.data if args.data in list_presets() else "synthetic"
 
 
-def _dice(metrics: dict[str, float]) -> float:
-    """The validation Dice that chose the checkpoint (:func:`~convunext.training.validation.selection_dice`)."""
-    return selection_dice(metrics) if "dice_fg_mean" in metrics else float("nan")
-
-
 def _summary(results: dict[int, TrainResult], config: ExperimentConfig) -> str:
     lines = ["", "=" * 72, "convunext train: done"]
     for seed, result in results.items():
         metrics = result.best_metrics
         lines.append(
-            f"  seed {seed}: best validation Dice {_dice(metrics):.4f}, "
+            f"  seed {seed}: best validation Dice {selection_dice(metrics):.4f}, "
             f"mIoU {metrics.get('miou_cm', float('nan')):.4f} at epoch {result.best_epoch}/{result.epochs_run} "
             f"({result.seconds / 60:.1f} min)"
         )
@@ -183,7 +178,7 @@ def _summary(results: dict[int, TrainResult], config: ExperimentConfig) -> str:
                 f"min, took {result.seconds / 60:.1f} min"
             )
     if len(results) > 1:
-        dice = [_dice(r.best_metrics) for r in results.values()]
+        dice = [selection_dice(r.best_metrics) for r in results.values()]
         miou = [r.best_metrics.get("miou_cm", float("nan")) for r in results.values()]
         lines.append(
             f"  over {len(results)} seeds: Dice {statistics.mean(dice):.4f} ± {statistics.stdev(dice):.4f}, "

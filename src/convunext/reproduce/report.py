@@ -93,8 +93,7 @@ def collect_row(spec: RunSpec, test_metrics: Mapping[str, Any], report_dir: str 
             if key.startswith(VOLUME_METRIC_PREFIXES) and key not in TEST_METRICS:
                 row[f"test_{key}"] = math.nan if value is None else float(value)
     row["best_val_epoch"] = summary["best_epoch"]
-    best = summary["best_val_metrics"]
-    row["best_val_dice"] = selection_dice(best) if "dice_fg_mean" in best else math.nan
+    row["best_val_dice"] = selection_dice(summary["best_val_metrics"])
     row["epochs_run"] = summary["epochs_run"]
     row["train_seconds"] = _training_seconds(spec.run_dir)
     row["device"] = summary.get("device", "not recorded")  # summaries before 2026-12-03 did not name it

@@ -15,7 +15,12 @@ from ..data import TransformedDataset
 from .ema import ModelEma
 from .run_log import RunLog
 
-__all__ = ["TrainingState"]
+__all__ = ["TrainingState", "no_best_yet"]
+
+
+def no_best_yet() -> dict[str, Any]:
+    """:attr:`TrainingState.best` before any validation: every Dice beats it."""
+    return {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0}
 
 
 @dataclass
@@ -32,7 +37,7 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     log: RunLog
     epoch: int = 0  # the last epoch trained
-    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0})
+    best: dict[str, Any] = field(default_factory=no_best_yet)
     best_ema: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "dice": -math.inf})
     history: list[dict[str, float]] = field(default_factory=list)
     ema: ModelEma | None = None

@@ -53,7 +53,7 @@ from .resume import check_resume
 from .run_folder import default_run_name, open_run_dir
 from .run_log import RunLog
 from .schedule import build_scheduler, compress_schedule
-from .state import TrainingState
+from .state import TrainingState, no_best_yet
 from .step import TrainingStep
 from .time_budget import RunCosts, plan_epochs, too_few_steps_warning
 from .validation import Validation, selection_dice, threshold_record
@@ -309,7 +309,7 @@ class Trainer:
         best_metrics = state.best.get("metrics") or {}
         if self.info.volume and best_metrics and "volume_dice_fg_mean" not in best_metrics:
             # saved by a version that chose volume runs on the per-slice Dice: not comparable with whole volumes
-            state.best = {"epoch": 0, "dice": -math.inf, "metrics": {}, "stale": 0}
+            state.best = no_best_yet()
             if self.dist.is_main:
                 print(
                     "note: the best checkpoint so far was chosen on the per-slice Dice; choosing anew on whole volumes"
@@ -394,8 +394,9 @@ class Trainer:
             metrics, running_bn_dice, ema_metrics = self._validation.point(
                 self.model, state.ema, state.augmented, epoch
             )
-            if selection_dice(metrics) > state.best["dice"]:
-                state.best = {"epoch": epoch, "dice": selection_dice(metrics), "metrics": metrics, "stale": 0}
+            dice = selection_dice(metrics)
+            if dice > state.best["dice"]:
+                state.best = {"epoch": epoch, "dice": dice, "metrics": metrics, "stale": 0}
             else:
                 state.best["stale"] += 1
             if state.ema is not None and ema_metrics:
@@ -408,7 +409,7 @@ class Trainer:
             "step": epoch * len(state.loader),
             "lr": state.scheduler.get_last_lr()[0],
             "train_loss": train_loss,
-            "val_dice": selection_dice(metrics) if metrics else math.nan,
+            "val_dice": selection_dice(metrics),
             "val_miou": metrics.get("miou_cm", math.nan),
             "val_accuracy": metrics.get("pixel_accuracy", math.nan),
             "val_dice_running_bn": running_bn_dice,

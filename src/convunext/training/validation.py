@@ -32,8 +32,9 @@ __all__ = ["Validation", "ValidationPoint", "selection_dice", "threshold_record"
 
 
 def selection_dice(metrics: dict[str, float]) -> float:
-    """The validation Dice that selects the best checkpoint (see the module docstring)."""
-    return metrics.get("volume_dice_fg_mean", metrics["dice_fg_mean"])
+    """The validation Dice that selects the best checkpoint (see the module docstring); NaN for no metrics (an epoch
+    without validation)."""
+    return metrics.get("volume_dice_fg_mean", metrics.get("dice_fg_mean", math.nan))
 
 
 class ValidationPoint(NamedTuple):

@@ -14,7 +14,7 @@ from .layout import VolumeCase
 from .nifti import is_nifti_path, nifti_geometry
 from .volume import Volume, read_volume, same_affine
 
-__all__ = ["check_label_values", "check_matches", "read_case", "read_case_label"]
+__all__ = ["check_label_values", "check_matches", "read_case", "read_case_label", "read_label_on"]
 
 
 def check_label_values(label: Volume, num_classes: int) -> np.ndarray:
@@ -86,6 +86,18 @@ def read_case_label(case: VolumeCase, num_classes: int) -> Volume:
     image_shape, image_affine = nifti_geometry(case.images[0])
     for path in case.images[1:]:
         check_matches(path, *nifti_geometry(path), case.images[0], image_shape, image_affine)
-    label = read_volume(case.label, label=True)
-    check_matches(case.label, label.shape, label.affine, case.images[0], image_shape, image_affine)
-    return label.with_array(check_label_values(label, num_classes))
+    return read_label_on(case.label, case.images[0], image_shape, image_affine, num_classes)
+
+
+def read_label_on(
+    path: Path, image: Path, image_shape: tuple[int, ...], image_affine: np.ndarray, num_classes: int | None
+) -> Volume:
+    """The label volume ``path``, which must lie on its image's grid (``image_shape``, ``image_affine``; ``image``
+    names it in errors) and, with ``num_classes``, hold class ids ``0 .. num_classes - 1`` (as uint8).
+
+    Raises:
+        ConvUNeXtError: as :func:`read_case`, naming ``path``.
+    """
+    label = read_volume(path, label=True)
+    check_matches(path, label.shape, label.affine, image, image_shape, image_affine)
+    return label if num_classes is None else label.with_array(check_label_values(label, num_classes))

@@ -58,14 +58,20 @@ def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
         image = nib.load(path)
     except NIFTI_READ_ERRORS as error:
         raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({error_text(error)})") from None
-    shape = tuple(int(size) for size in image.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
+    return _three_d(path, image.shape), image.affine
+
+
+def _three_d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``shape`` without its trailing axes of length 1 (``I x J x K x 1``, as some tools save 3D volumes), which
+    must leave 3 axes; else a one-line error naming ``path``."""
+    kept = tuple(int(size) for size in shape)
+    while len(kept) > 3 and kept[-1] == 1:
+        kept = kept[:-1]
+    if len(kept) != 3:
         raise ConvUNeXtError(
-            f"{path}: {len(shape)}D volume (shape {'x'.join(map(str, image.shape))}) where a 3D volume is expected"
+            f"{path}: {len(kept)}D volume (shape {'x'.join(map(str, shape))}) where a 3D volume is expected"
         )
-    return shape, image.affine  # type: ignore[return-value]
+    return kept  # type: ignore[return-value]
 
 
 def nifti_spacing(path: Path) -> tuple[float, float, float]:
@@ -102,14 +108,11 @@ def load_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, np.ndarr
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ConvUNeXtError(f"{path}: not a NIfTI file (nibabel reads it as {type(image).__name__})")
+        shape = _three_d(path, image.shape)  # from the header: a 4D file is refused before it is decoded
         data = np.asanyarray(image.dataobj) if label else image.get_fdata(dtype=np.float32)
     except NIFTI_READ_ERRORS as error:
         raise ConvUNeXtError(f"{path}: cannot read NIfTI file ({error_text(error)})") from None
-    shape = "x".join(str(size) for size in data.shape)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ConvUNeXtError(f"{path}: {data.ndim}D volume (shape {shape}) where a 3D volume is expected")
+    data = data.reshape(shape)
     if not label and not np.isfinite(data).all():
         raise ConvUNeXtError(f"{path}: image holds NaN or infinite voxels")
     return np.ascontiguousarray(data), image.affine, image.header.copy()

@@ -37,10 +37,9 @@ from tqdm import tqdm
 from ...errors import ConvUNeXtError, error_text
 from ..folder import folder_splits
 from ..prepare import FORMAT_VERSION, created_by, file_digests
-from .cases import check_label_values, check_matches, read_case
+from .cases import read_case, read_label_on
 from .layout import VolumeCase, VolumeLayout, is_volume_root, read_layout
 from .nifti import NIFTI_READ_ERRORS, encode_nifti
-from .volume import read_volume
 
 __all__ = ["locate_volume_root", "prepare_volumes"]
 
@@ -118,10 +117,7 @@ def _write_case(
     if layout.packed_channels:
         shape, affine = _split_packed(case.images[0], len(layout.modalities), targets)
         if case.label is not None:
-            label = read_volume(case.label, label=True)
-            check_matches(case.label, label.shape, label.affine, case.images[0], shape, affine)
-            if num_classes is not None:
-                check_label_values(label, num_classes)
+            read_label_on(case.label, case.images[0], shape, affine, num_classes)
     else:
         read_case(case, num_classes)
         for source, target in zip(case.images, targets):
