@@ -237,7 +237,7 @@ def test_cpu_budget_gives_every_dataset_the_same_steps_of_the_chosen_recipe(
     assert training_images == images
     config = ExperimentConfig.from_yaml(dataset, BUDGETS["cpu"].overrides_for(dataset))
     steps = config.train.epochs * (training_images // 4)
-    assert budget_steps <= steps < budget_steps + training_images // 4
+    assert config.train.steps == budget_steps and budget_steps <= steps < budget_steps + training_images // 4
     # HRF's fewer steps of larger crops see about as many pixels as the others' 1,200 of 256x256
     assert steps * config.data.crop_size**2 == pytest.approx(CPU_STEPS * 256**2, rel=0.15)
     assert (config.optim.lr, config.optim.decay, config.optim.weight_decay) == (1.5e-3, "poly", 1e-4)
@@ -246,8 +246,8 @@ def test_cpu_budget_gives_every_dataset_the_same_steps_of_the_chosen_recipe(
 
 
 def test_step_budget_rounds_up_to_whole_epochs() -> None:
-    assert step_budget(1200, 16) == ("train.epochs=300", "optim.warmup_epochs=1.000000")
-    assert step_budget(10, 9, batch_size=2) == ("train.epochs=3", "optim.warmup_epochs=0.010000")
+    assert step_budget(1200, 16) == ("train.steps=1200", "train.epochs=300", "optim.warmup_epochs=1.000000")
+    assert step_budget(10, 9, batch_size=2) == ("train.steps=10", "train.epochs=3", "optim.warmup_epochs=0.010000")
 
 
 def test_cli_dry_run_and_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

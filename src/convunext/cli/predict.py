@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConvUNeXtError
 from ..inference.prediction_folder import PredictionFolder, expand_inputs
-from ..inference.predictor import PREDICT_TILE_SIZE, Predictor
+from ..inference.predictor import FOV_SETTINGS, PREDICT_TILE_SIZE, Predictor
 from ..inference.volume import VolumePredictionFolder, VolumePredictor, expand_volume_inputs, is_volume_input
 from .options import add_checkpoint_argument, add_inference_arguments, apply_threads, inferer_from_args
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         )
     files = expand_inputs(args.inputs)
     folder = PredictionFolder(args.out, checkpoint, files, probabilities=args.probabilities, overlay=args.overlay)
-    predictor = Predictor.from_checkpoint(checkpoint, inferer_from_args(args), args.threshold, args.scale)
+    predictor = Predictor.from_checkpoint(checkpoint, inferer_from_args(args), args.threshold, args.scale, fov=args.fov)
     with folder:
         start = time.perf_counter()
         for path in tqdm(files, desc="predict", unit="image", disable=args.quiet):
@@ -91,6 +91,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write NAME_prob.npy (K x H x W float16; volumes: NAME_prob.nii.gz, I x J x K x classes)",
     )
     parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png (mask over the image)")
+    parser.add_argument(
+        "--fov",
+        choices=FOV_SETTINGS,
+        default="auto",
+        help="auto (default): for a model trained within fields of view (fundus models), everything outside the "
+        "field of view found in each image is background; off: keep the model's output everywhere",
+    )
     add_inference_arguments(parser, tile_size=PREDICT_TILE_SIZE)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -54,10 +54,11 @@ no images to segment), and only the checkpoint named in the file writes into it 
 MARKER_FORMAT = "convunext-predictions"
 PREDICTIONS_TABLE = "predictions.csv"
 """One row per image predicted into the folder (the latest prediction of each): ``name``, ``image`` (the input file),
-``scale``, ``fov_diameter``, ``scale_reason`` and ``threshold`` (empty: the argmax). Written when predict ends (and
-every :data:`TABLE_EVERY` images), atomically."""
+``scale``, ``fov_diameter``, ``scale_reason``, ``threshold`` (empty: the argmax) and ``outside_fov`` (``background``:
+the pixels outside the image's field of view were made background; empty: the model's output kept). Written when
+predict ends (and every :data:`TABLE_EVERY` images), atomically."""
 TABLE_EVERY = 50
-TABLE_COLUMNS = ("name", "image", "scale", "fov_diameter", "scale_reason", "threshold")
+TABLE_COLUMNS = ("name", "image", "scale", "fov_diameter", "scale_reason", "threshold", "outside_fov")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -296,6 +297,7 @@ class PredictionFolder:
             "image": str(path),
             **{key: scale.get(key) for key in ("scale", "fov_diameter", "scale_reason")},
             "threshold": prediction.threshold,
+            "outside_fov": prediction.outside_fov,
         }
         self._unwritten += 1
         if self._unwritten >= TABLE_EVERY:

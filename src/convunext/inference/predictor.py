@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,11 +24,11 @@ from torch import nn
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.io import read_image
 from ..errors import ConvUNeXtError
-from .scale import ScaleMatch, ScalePolicy, ScaleSetting
+from .scale import ScaleMatch, ScalePolicy, ScaleSetting, find_fov
 from .sliding_window import Inferer
 from .threshold import ThresholdSetting, predicted_labels, resolve_threshold
 
-__all__ = ["PREDICT_TILE_SIZE", "Prediction", "Predictor", "overlay"]
+__all__ = ["FOV_SETTINGS", "PREDICT_TILE_SIZE", "FovSetting", "Prediction", "Predictor", "check_fov_setting", "overlay"]
 
 # Overlay colours for classes 1..K-1 (class 0, background, is not tinted); green first: it stands out on both
 # fundus (red/orange) and H&E (pink/purple) images.
@@ -42,13 +43,15 @@ bounded memory."""
 @dataclass
 class Prediction:
     """One image's result: ``probabilities`` ``K x H x W`` float32 (softmax), ``mask`` ``H x W`` uint8 class ids
-    (the argmax, or foreground where its probability is above ``threshold``) and how the image was resized for the
-    model (``scale``; None when the predictor matches no scale)."""
+    (the argmax, or foreground where its probability is above ``threshold``), how the image was resized for the
+    model (``scale``; None when the predictor matches no scale) and what became of the pixels outside its field of
+    view (``outside_fov``: ``"background"``, ``"kept: no field of view found"``, or None when not asked)."""
 
     probabilities: np.ndarray
     mask: np.ndarray
     scale: ScaleMatch | None = None
     threshold: float | None = None
+    outside_fov: str | None = None
 
 
 class Predictor:
@@ -66,6 +69,10 @@ class Predictor:
         threshold: a binary model's foreground threshold (None: the argmax;
             :mod:`~convunext.evaluation.threshold`).
         scale: how each image is resized for the model (:mod:`~convunext.inference.scale`; None: as it is).
+        background_outside_fov: make every pixel outside the image's field of view (derived from the image,
+            :func:`~convunext.inference.scale.find_fov`) background, probabilities included — for a model trained
+            within fields of view, which learned nothing about the dark frame around them (its output there is
+            noise: specks and arcs along the rim). An image without a field of view to trust is left whole.
 
     Attributes:
         model: the module that runs (the fast, compiled or ONNX Runtime form of ``model``, or ``model`` itself).
@@ -81,9 +88,11 @@ class Predictor:
         class_names: Sequence[str] | None = None,
         threshold: float | None = None,
         scale: ScalePolicy | None = None,
+        background_outside_fov: bool = False,
     ) -> None:
         self.inferer = inferer or Inferer(tile_size=PREDICT_TILE_SIZE)
         self.threshold, self.scale = threshold, scale
+        self.background_outside_fov = background_outside_fov
         self.model = self.inferer.prepare(model)
         self.in_channels = len(mean)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -97,15 +106,19 @@ class Predictor:
         inferer: Inferer | None = None,
         threshold: ThresholdSetting = "auto",
         scale: ScaleSetting = "auto",
+        fov: FovSetting = "auto",
     ) -> Predictor:
         """A predictor of a checkpoint (run folder, ``.json`` or ``.safetensors``) alone: its model, normalisation
         and classes, run by ``inferer`` (default as :class:`Predictor`'s; a ``tile_size`` of ``None`` means the
         checkpoint's own, :meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`), at ``threshold``
-        (``auto``: the one chosen on validation, stored with the checkpoint) and ``scale`` (``auto``: each image
-        resized to the checkpoint's training scale, :mod:`~convunext.inference.scale`).
+        (``auto``: the one chosen on validation, stored with the checkpoint), ``scale`` (``auto``: each image
+        resized to the checkpoint's training scale, :mod:`~convunext.inference.scale`) and ``fov`` (``auto``:
+        background outside each image's field of view when the checkpoint was trained within fields of view;
+        ``off``: the model's output everywhere).
 
         Raises:
-            ConvUNeXtError: a threshold or scale setting that is not valid (a threshold for a multi-class model).
+            ConvUNeXtError: a threshold, scale or fov setting that is not valid (a threshold for a multi-class
+                model).
         """
         checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
         inferer = (inferer or Inferer(tile_size=PREDICT_TILE_SIZE)).for_checkpoint(checkpoint.meta)
@@ -117,6 +130,8 @@ class Predictor:
             checkpoint.class_names,
             threshold=resolve_threshold(threshold, checkpoint.meta),
             scale=ScalePolicy.for_checkpoint(scale, checkpoint.meta),
+            background_outside_fov=check_fov_setting(fov) == "auto"
+            and bool(checkpoint.meta.get("data", {}).get("has_fov")),
         )
 
     def _to_tensor(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -155,17 +170,41 @@ class Predictor:
         """:meth:`predict`, naming ``source`` when the output is not finite: its argmax would be a plausible
         all-background mask, and its probabilities NaN."""
         tensor = self._to_tensor(image)
-        match = None
-        if self.scale is not None:
-            match = self.scale.match(image=(tensor * self.std + self.mean).permute(1, 2, 0).numpy())
+        pixels = (tensor * self.std + self.mean).permute(1, 2, 0).numpy()
+        fov = find_fov(pixels) if self.background_outside_fov else None
+        match = None if self.scale is None else self.scale.match(image=pixels, fov=fov)
         probabilities = self.inferer(self.model, tensor, scale=1.0 if match is None else match.factor)
         if not torch.isfinite(probabilities).all():
             raise ConvUNeXtError(
                 f"{source}: the model's output holds NaN or Inf (an input holding them, or weights that overflow "
                 "on it); nothing was written for it"
             )
+        outside_fov = None
+        if self.background_outside_fov:
+            outside_fov = "kept: no field of view found" if fov is None else "background"
+            if fov is not None:
+                outside = torch.from_numpy(~fov)
+                probabilities[:, outside] = 0.0
+                probabilities[0, outside] = 1.0
         mask = predicted_labels(probabilities, self.threshold)
-        return Prediction(probabilities.numpy(), mask.to(torch.uint8).numpy(), match, self.threshold)
+        return Prediction(probabilities.numpy(), mask.to(torch.uint8).numpy(), match, self.threshold, outside_fov)
+
+
+FovSetting = Literal["auto", "off"]
+"""What :meth:`Predictor.from_checkpoint` does outside each image's field of view: ``auto``: background for a model
+trained within fields of view; ``off``: keep the model's output."""
+FOV_SETTINGS = ("auto", "off")
+
+
+def check_fov_setting(setting: str) -> FovSetting:
+    """``setting`` if it is one of :data:`FOV_SETTINGS`.
+
+    Raises:
+        ConvUNeXtError: any other value, naming the valid ones.
+    """
+    if setting not in FOV_SETTINGS:
+        raise ConvUNeXtError(f"fov={setting!r} is not valid; choose one of {', '.join(FOV_SETTINGS)}")
+    return setting  # type: ignore[return-value]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:

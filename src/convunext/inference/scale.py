@@ -40,6 +40,7 @@ __all__ = [
     "ScalePolicy",
     "ScaleSetting",
     "check_scale_setting",
+    "find_fov",
     "match_scale",
     "model_fov_diameter",
     "parse_scale",
@@ -92,6 +93,16 @@ def model_fov_diameter(meta: Mapping[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+def find_fov(image: np.ndarray) -> np.ndarray | None:
+    """The field of view derived from ``image`` (``H x W x C``, :func:`~convunext.data.fov.derive_fov`), or None
+    when it holds none to trust (no bright region, or one under :data:`MIN_FOV_FRACTION` of the image)."""
+    try:
+        fov = derive_fov(image)
+    except ConvUNeXtError:
+        return None
+    return fov if fov.mean() >= MIN_FOV_FRACTION else None
+
+
 @dataclass(frozen=True)
 class ScaleMatch:
     """How one image is run: resized by ``factor`` before the model (1: as it is), and why.
@@ -138,11 +149,8 @@ def match_scale(
     if fov is None:
         if image is None:
             raise ValueError("scale matching needs the image or its field of view")
-        try:
-            fov = derive_fov(image)
-        except ConvUNeXtError:
-            return ScaleMatch(1.0, None, model_diameter, "auto: no field of view found in the image; run as it is")
-        if fov.mean() < MIN_FOV_FRACTION:
+        fov = find_fov(image)
+        if fov is None:
             return ScaleMatch(1.0, None, model_diameter, "auto: no field of view found in the image; run as it is")
     diameter = fov_diameter(fov)
     ratio = model_diameter / diameter

@@ -23,7 +23,9 @@ Budgets (:data:`BUDGETS`) change only the length and size of training, the same 
 * ``cpu`` — the short CPU recipe chosen on DRIVE's validation split (``reports/drive-recipe-sweep``): the reference
   code's recipe (AdamW lr 1.5e-3, weight decay 1e-4, 1/300 of the run warm-up, poly decay) for the same
   :data:`CPU_STEPS` = 1,200 optimiser steps of batch 4 for every model and dataset (:func:`step_budget`: DRIVE 300
-  epochs of 4 steps, GlaS 67 of 18; HRF :data:`HRF_CPU_STEPS` = 600 steps of larger crops, 120 epochs of 5),
+  epochs of 4 steps, GlaS 67 of 18; HRF :data:`HRF_CPU_STEPS` = 600 steps of larger crops, 120 epochs of 5 —
+  150 of 4 when ``data.options.skip_unannotated`` leaves one of its training images out: ``train.steps`` fixes the
+  epochs once the training data is known),
   crop 256 (HRF 384), BatchNorm statistics recomputed on 4 batches
   before each validation. One DRIVE training step takes ConvUNeXt about 1.9 s and UNet 1.1 s (trainer defaults) on
   a 2-core Xeon with AVX-512, 4.3 s and 3.5 s on a 2-core EPYC with AVX2 only: DRIVE takes ConvUNeXt 50 to 95

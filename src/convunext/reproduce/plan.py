@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,21 +63,46 @@ class RunSpec:
 
     def check_recipe(self) -> None:
         """Refuse to continue a run folder that was made with another recipe (e.g. another budget), naming the
-        fields that differ."""
+        fields that differ. A run given in ``train.steps`` is compared at the length it resolved to: the epochs
+        its ``metrics.csv`` shows were needed for those steps (a folder from before ``train.steps`` existed
+        matches when it trained that many steps)."""
         from ..training.config import EXECUTION_FIELDS, ExperimentConfig
+        from ..training.schedule import steps_epochs, with_length
 
-        saved = self.run_dir / "config.yaml"
-        if not saved.is_file():
+        saved_file = self.run_dir / "config.yaml"
+        if not saved_file.is_file():
             return
-        planned = _PLANNED_BY_TIME_BUDGET if self.config.train.time_budget_minutes else ()
-        ignored = (*EXECUTION_FIELDS, *_NOT_RECIPE, *planned)
-        changed = [key for key, _, _ in ExperimentConfig.from_yaml(saved).differences(self.config, ignored)]
+        saved, planned = ExperimentConfig.from_yaml(saved_file), self.config
+        changed = []
+        if planned.train.steps is not None:
+            steps_per_epoch = _steps_per_epoch(self.run_dir / "metrics.csv")
+            if steps_per_epoch is not None:
+                same_length = saved.train.epochs == steps_epochs(planned.train.steps, steps_per_epoch)
+            else:  # nothing trained yet: its recorded request is all there is
+                same_length = saved.train.steps == planned.train.steps
+            changed = [] if same_length else ["train.steps"]
+            planned = with_length(planned, saved.train.epochs)
+        budgeted = _PLANNED_BY_TIME_BUDGET if planned.train.time_budget_minutes else ()
+        ignored = (*EXECUTION_FIELDS, *_NOT_RECIPE, *budgeted, "train.steps")
+        changed += [key for key, _, _ in saved.differences(planned, ignored)]
         if changed:
             shown = ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
             raise ConvUNeXtError(
                 f"{self.run_dir}: this run folder was trained with another recipe ({shown} differ: budget or --set "
                 "changed); use another --out folder, or delete the folder to start this run again"
             )
+
+
+def _steps_per_epoch(metrics_csv: Path) -> int | None:
+    """The optimiser steps per epoch of a run, from its ``metrics.csv`` (``step`` / ``epoch`` of its last row);
+    None when it has no epoch yet."""
+    if not metrics_csv.is_file():
+        return None
+    with metrics_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    return int(rows[-1]["step"]) // int(rows[-1]["epoch"])
 
 
 def locate_dataset(name: str, data_root: str | Path) -> Path:

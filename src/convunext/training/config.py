@@ -114,9 +114,13 @@ class TrainConfig:
     The speed switches (``channels_last``, ``fused_kernels``, ``tune_malloc``, ``fast_validation``) change how
     the work is computed, never the result; ``auto`` is resolved when training starts and the resolved value is
     what the run's ``config.yaml`` records. ``threads`` None uses PyTorch's default (the cores this process may
-    use). ``time_budget_minutes`` fixes ``epochs`` from the measured cost of a step and a validation, and
-    compresses the schedule to that length (:mod:`convunext.training.time_budget`); the resolved length and the
-    measurements are recorded in ``time_budget_plan`` (set: never measured again, e.g. on resume).
+    use). ``steps`` (optimiser steps) fixes ``epochs`` once the training data is known: the fewest whole epochs
+    that make at least that many steps, the schedule fitted to them in proportion (the warm-up keeps its fraction
+    of the run); ``epochs`` is then the nominal length the schedule was written for, and the resolved one is
+    what the run's ``config.yaml`` records. ``time_budget_minutes`` fixes ``epochs`` from the measured cost of a
+    step and a validation, and compresses the schedule to that length (:mod:`convunext.training.time_budget`);
+    the resolved length and the measurements are recorded in ``time_budget_plan`` (set: never measured again,
+    e.g. on resume).
     ``precise_bn_batches`` > 0 (default 4) recomputes the BatchNorm statistics on that many batches of training
     crops before each validation, so the checkpoint saved after it carries them
     (:mod:`convunext.training.batchnorm_stats`); ``validate_running_bn`` also validates with the running
@@ -128,6 +132,7 @@ class TrainConfig:
     """
 
     epochs: int = 300
+    steps: int | None = None
     eval_every: int = 1
     early_stopping_patience: int | None = None
     seed: int = 0
@@ -172,6 +177,10 @@ class ExperimentConfig:
             value = getattr(getattr(self, section), name)
             if value is not None and not valid(value):
                 raise ConvUNeXtError(f"{source}: {key}={_shown(_plain(value))} is not valid; expected {expected}")
+        if self.train.steps is not None and self.train.time_budget_minutes is not None:
+            raise ConvUNeXtError(
+                f"{source}: train.steps and train.time_budget_minutes both fix the run's length; set one of them"
+            )
         if self.train.loss_ce_weight == 0 and self.train.loss_dice_weight == 0:
             raise ConvUNeXtError(
                 f"{source}: train.loss_ce_weight and train.loss_dice_weight are both 0; the loss would be 0"
@@ -273,6 +282,7 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.decay_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1] (a decay)"),
     "optim.poly_power": _POSITIVE,
     "train.epochs": _POSITIVE_INTEGER,
+    "train.steps": _POSITIVE_INTEGER,
     "train.seed": (lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295"),
     "train.threads": _POSITIVE_INTEGER,
     "train.time_budget_minutes": _POSITIVE,

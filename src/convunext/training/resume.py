@@ -9,16 +9,17 @@ the run's ``config.yaml`` and next states record it:
 
 * where the run is written, how it is shown and how its work is computed (:data:`~.config.EXECUTION_FIELDS`: the
   device, threads, data-loading workers, progress bar, TensorBoard and the speed switches);
-* its length: ``train.epochs`` (a finished run is extended, and the learning-rate schedule follows the new length
-  from the next step on — ``metrics.csv`` logs the rate of every epoch) and ``train.early_stopping_patience``.
+* its length: ``train.epochs``, or ``train.steps`` for a run given in steps (a finished run is extended, and the
+  learning-rate schedule follows the new length from the next step on — ``metrics.csv`` logs the rate of every
+  epoch) and ``train.early_stopping_patience``.
 
 A time-budgeted run is given its recorded plan when the resume names the same budget without one (a preset and
-``--time-budget`` again: "the same launch, plus --resume"), so it keeps its measured length and schedule.
+``--time-budget`` again: "the same launch, plus --resume"), so it keeps its measured length and schedule; a run
+given as ``train.steps`` keeps the length those steps resolved to.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ from ..checkpoint import STATE_FILE, load_training_state
 from ..errors import ConvUNeXtError
 from .config import EXECUTION_FIELDS, ExperimentConfig
 from .run_folder import check_resumable
-from .schedule import compress_schedule
+from .schedule import with_length
 
-CHANGEABLE_ON_RESUME = (*EXECUTION_FIELDS, "train.epochs", "train.early_stopping_patience")
+CHANGEABLE_ON_RESUME = (*EXECUTION_FIELDS, "train.epochs", "train.steps", "train.early_stopping_patience")
 """The fields a resumed run may change (see the module docstring)."""
 
 
@@ -84,16 +85,19 @@ def check_resume(run_dir: Path, given: ExperimentConfig) -> tuple[ExperimentConf
 
 
 def _with_recorded_plan(given: ExperimentConfig, recorded: ExperimentConfig) -> ExperimentConfig:
-    """``given`` with ``recorded``'s time-budget plan — its length, and ``given``'s schedule compressed to it —
-    when both name the same budget and ``given`` has no plan of its own; else ``given``."""
+    """``given`` with ``recorded``'s resolved length — ``given``'s schedule compressed to it — when that length was
+    resolved from what ``given`` asks for too: the same ``train.steps`` (resolved on the same training data), or
+    the same time budget and ``given`` has no plan of its own (the recorded plan comes along); else ``given``."""
     plan = recorded.train.time_budget_plan
     budget = given.train.time_budget_minutes
-    if plan is None or given.train.time_budget_plan is not None or budget != recorded.train.time_budget_minutes:
+    same_budget = plan is not None and given.train.time_budget_plan is None
+    same_budget = same_budget and budget == recorded.train.time_budget_minutes
+    same_steps = given.train.steps is not None and given.train.steps == recorded.train.steps
+    if not (same_budget or same_steps):
         return given
-    planned = copy.deepcopy(given)
-    planned.optim = compress_schedule(given.optim, given.train.epochs, plan["epochs"])
-    planned.train.epochs = plan["epochs"]
-    planned.train.time_budget_plan = plan
+    planned = with_length(given, plan["epochs"] if same_budget else recorded.train.epochs)  # type: ignore[index]
+    if same_budget:
+        planned.train.time_budget_plan = plan
     return planned
 
 

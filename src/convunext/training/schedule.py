@@ -9,12 +9,13 @@ length with the same proportions (what ``train.time_budget_minutes`` and the ``c
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
 import torch
 
-from .config import OptimConfig
+from .config import ExperimentConfig, OptimConfig
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, optim: OptimConfig) -> float:
@@ -42,6 +43,19 @@ def compress_schedule(optim: OptimConfig, from_epochs: int, to_epochs: int) -> O
     if optim.decay == "exponential" and to_epochs > warmup:
         gamma = gamma ** (max(0.0, from_epochs - optim.warmup_epochs) / (to_epochs - warmup))
     return dataclasses.replace(optim, warmup_epochs=round(warmup, 6), decay_gamma=round(gamma, 8))
+
+
+def with_length(config: ExperimentConfig, epochs: int) -> ExperimentConfig:
+    """A copy of ``config`` that trains ``epochs`` epochs, its schedule fitted to them (:func:`compress_schedule`)."""
+    fitted = copy.deepcopy(config)
+    fitted.optim = compress_schedule(config.optim, config.train.epochs, epochs)
+    fitted.train.epochs = epochs
+    return fitted
+
+
+def steps_epochs(steps: int, steps_per_epoch: int) -> int:
+    """The fewest whole epochs of ``steps_per_epoch`` optimiser steps that make ``steps``."""
+    return math.ceil(steps / steps_per_epoch)
 
 
 def build_scheduler(

@@ -52,7 +52,7 @@ from .memory import check_crop_size, check_step_memory, estimate_step_memory
 from .resume import check_resume
 from .run_folder import default_run_name, open_run_dir
 from .run_log import RunLog
-from .schedule import build_scheduler, compress_schedule
+from .schedule import build_scheduler, compress_schedule, steps_epochs, with_length
 from .state import TrainingState, no_best_yet
 from .step import TrainingStep
 from .time_budget import RunCosts, plan_epochs, too_few_steps_warning
@@ -253,10 +253,13 @@ class Trainer:
 
     def _prepare(self, start_time: float) -> TrainingState:
         """The augmented, sharded training data and the optimiser, schedule and gradient scaler of a fresh run
-        (its length first fitted to ``train.time_budget_minutes``, when that is set and not yet planned)."""
+        (its length first fitted to ``train.steps``, or to ``train.time_budget_minutes`` when that is set and not
+        yet planned)."""
         cfg = self.config
         augmented, sampler, loader = training_batches(cfg, self.train_set, self.info, self.dist, self.device)
         ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        if cfg.train.steps is not None:
+            self._fit_to_steps(cfg.train.steps, len(loader))
         if cfg.train.time_budget_minutes and cfg.train.time_budget_plan is None and not self.resume:
             self._plan_time_budget(self._measure_costs(augmented, loader), start_time)
         optimizer = self.step.optimizer(self.model)
@@ -274,6 +277,20 @@ class Trainer:
     def _measure_costs(self, augmented: TransformedDataset, loader: DataLoader) -> RunCosts:
         save_near = self.run_dir if self.dist.is_main else None
         return measure_run_costs(self.model, self.step, self._validation, augmented, loader, save_near)
+
+    def _fit_to_steps(self, steps: int, steps_per_epoch: int) -> None:
+        """Fix ``train.epochs`` to the fewest whole epochs of ``steps_per_epoch`` that make ``steps`` optimiser
+        steps, the schedule fitted to that length in proportion (a resumed run resolves to its recorded length)."""
+        epochs = steps_epochs(steps, steps_per_epoch)
+        if epochs == self.config.train.epochs:
+            return
+        if self.dist.is_main:
+            print(
+                f"train.steps={steps}: {epochs} epochs of {steps_per_epoch} steps; schedule fitted from "
+                f"{self.config.train.epochs} epochs"
+            )
+        fitted = with_length(self.config, epochs)  # in place: the step and validation hold this config
+        self.config.optim, self.config.train.epochs = fitted.optim, epochs
 
     def _plan_time_budget(self, costs: RunCosts, start_time: float) -> None:
         """Fix ``train.epochs`` from the measured ``costs`` and compress the schedule to fit
@@ -325,7 +342,8 @@ class Trainer:
         """Whether the loaded run has nothing left to train (all its epochs, or stopped early); says so."""
         epochs, patience = self.config.train.epochs, self.config.train.early_stopping_patience
         if state.epoch >= epochs:
-            reason = f"finished (epoch {state.epoch} of {epochs}); nothing to train (a larger train.epochs extends it)"
+            longer = "train.steps" if self.config.train.steps is not None else "train.epochs"
+            reason = f"finished (epoch {state.epoch} of {epochs}); nothing to train (a larger {longer} extends it)"
         elif patience is not None and state.best["stale"] >= patience:
             reason = (
                 f"stopped early at epoch {state.epoch} (no validation Dice gain for {patience} evaluations); nothing "
