@@ -44,17 +44,22 @@ FORMAT_VERSION = 1
 _EXTRACT_DIR = ".source"
 
 
-# ------------------------------------------------------------------------------------------------ zip safety
-def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
-    """Why extracting this member could write outside the destination (None when it is safe)."""
-    name = info.filename.replace("\\", "/")
+# -------------------------------------------------------------------------------------------- archive safety
+def _member_refusal(name: str, base: Path, special: str | None) -> str | None:
+    """Why an archive member may not be extracted into ``base`` (the resolved output folder), None when it may:
+    ``special`` (the archive's own reason: a link, a special file), then an absolute path (``/``, a drive letter),
+    a ``..`` component, or any path that resolves outside ``base``. Backslashes count as separators (archives made
+    on Windows)."""
+    name = name.replace("\\", "/")
+    if special is not None:
+        return special
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "absolute path"
     if ".." in PurePosixPath(name).parts:
         return "path with '..'"
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
+    target = (base / name).resolve()
+    if target != base and base not in target.parents:
+        return "path outside the output folder"
     return None
 
 
@@ -74,10 +79,9 @@ def safe_extract(archive: Path, destination: Path) -> Path:
         members = handle.infolist()
         base = destination.resolve()
         for info in members:
-            reason = _unsafe_reason(info)
-            target = (base / info.filename.replace("\\", "/")).resolve()
-            if reason is None and target != base and base not in target.parents:
-                reason = "path outside the output folder"
+            reason = _member_refusal(
+                info.filename, base, "symbolic link" if stat.S_ISLNK(info.external_attr >> 16) else None
+            )
             if reason:
                 raise ConvUNeXtError(f"{archive}: refusing member {info.filename!r} ({reason})")
         destination.mkdir(parents=True, exist_ok=True)
@@ -118,19 +122,11 @@ def _extract_tar_members(archive: Path, handle: tarfile.TarFile, destination: Pa
     base = destination.resolve()
     names = []
     for member in members:
-        name = member.name.replace("\\", "/")
-        reason = None
-        if not (member.isfile() or member.isdir()) or member.issparse():
-            reason = "link, sparse or special file"
-        elif name.startswith("/") or ".." in PurePosixPath(name).parts:
-            reason = "absolute path or '..'"
-        else:
-            target = (base / name).resolve()
-            if target != base and base not in target.parents:
-                reason = "path outside the output folder"
+        regular = (member.isfile() or member.isdir()) and not member.issparse()
+        reason = _member_refusal(member.name, base, None if regular else "link, sparse or special file")
         if reason:
             raise ConvUNeXtError(f"{archive}: refusing member {member.name!r} ({reason})")
-        names.append(name)
+        names.append(member.name.replace("\\", "/"))
     destination.mkdir(parents=True, exist_ok=True)
     needed, free = sum(member.size for member in members), shutil.disk_usage(destination).free
     if needed > free:
