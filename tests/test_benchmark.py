@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from convunext import create_model
 from convunext.benchmarking import AuthorsConvUNeXt, authors_from_convunext
 from convunext.benchmarking.configs import Config, build_configs
-from convunext.benchmarking.measure import measure_in_subprocess
+from convunext.benchmarking.measure import measure_in_subprocess, peak_heap_mb
 from convunext.benchmarking.suite import finalize_args
 from convunext.cli.main import build_parser, main
 
@@ -60,8 +61,11 @@ def test_full_run_plan_covers_the_issue() -> None:
     train = [c for c in configs if c.section == "training" and not c.env]
     assert {(c.batch, c.size) for c in train} == {(4, (256, 256))}
     # the memory target: both models' trainer defaults at batch 4, 480x480, with and without recomputation
-    recompute = {(c.model, c.path, c.recompute, c.batch) for c in configs if c.section == "recompute"}
-    assert recompute == {(m, "trainer", r, 4) for m in ("convunext", "unet") for r in (False, True)}
+    # ... each with the trainer's malloc tuning and without it (what the work needs, what the allocator keeps)
+    recompute = [(c.model, c.path, c.recompute, c.batch, c.tune_malloc) for c in configs if c.section == "recompute"]
+    assert sorted(recompute) == sorted(
+        (m, "trainer", r, 4, t) for m in ("convunext", "unet") for r in (False, True) for t in (True, False)
+    )
     assert all(c.size == (480, 480) for c in configs if c.section == "recompute")
     assert any(c.mode == "window" and c.size == (2336, 3504) for c in configs)
     assert any("GLIBC_TUNABLES" in c.env for c in configs)
@@ -83,6 +87,28 @@ def test_one_configuration_in_a_fresh_process() -> None:
     result = measure_in_subprocess(config, timeout=300)
     assert not result.error, result.error
     assert len(result.times) == 2 and result.peak_rss_mb > 50 and result.max_abs_diff < 1e-4
+
+
+def test_peak_heap_counts_what_a_call_holds_at_once_not_what_it_allocates_in_all() -> None:
+    def hold_256_mb_then_64_mb_four_times() -> None:
+        block = torch.ones(64, 2**20)  # 256 MiB, held while the smaller ones come and go
+        for _ in range(4):
+            passing = torch.ones(16, 2**20)  # 64 MiB, held for a few of the sampler's milliseconds
+            time.sleep(0.005)
+            del passing
+        del block
+
+    before = peak_heap_mb(lambda: None)
+    peak = peak_heap_mb(hold_256_mb_then_64_mb_four_times)
+    assert 256 + 64 <= peak - before + 8 < 256 + 2 * 64
+
+
+def test_the_untuned_trainer_row_is_named_and_runs() -> None:
+    config = Config("recompute", "unet", "trainer", "train", 2, (64, 64), repeats=1, warmup=1, tune_malloc=False)
+    assert config.label == "unet trainer default [malloc untuned]"
+    result = measure_in_subprocess(config, timeout=300)
+    assert not result.error, result.error
+    assert 0 < result.peak_heap_mb < result.peak_rss_mb
 
 
 def test_benchmark_is_a_cli_command() -> None:

@@ -35,7 +35,8 @@ SECTION_OPTIONS = {
 class Config:
     """One measurement: ``model`` (registry name) run by ``path`` in ``mode`` (``"infer"``, ``"train"`` or
     ``"window"``: sliding-window prediction of one ``size`` image with tiles of ``tile``) on ``batch`` images of
-    ``channels x size``; ``env`` adds environment variables (allocator variants) to the worker process."""
+    ``channels x size``; ``env`` adds environment variables (allocator variants) to the worker process;
+    ``tune_malloc=False`` runs the ``trainer`` path without its glibc malloc tuning (``train.tune_malloc=off``)."""
 
     section: str
     model: str
@@ -53,6 +54,7 @@ class Config:
     env_label: str = ""
     device: str = "cpu"
     amp: str = "none"
+    tune_malloc: bool = True
 
     @property
     def label(self) -> str:
@@ -69,6 +71,8 @@ class Config:
         text = f"{self.model} {path}"
         if self.recompute:
             text += " + recompute"
+        if not self.tune_malloc:
+            text += " [malloc untuned]"
         if self.env_label:
             text += f" [{self.env_label}]"
         return text
@@ -134,10 +138,12 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
             add("training", "convunext", "trainer", "train", args.train_batch_size, args.train_size,
                 repeats=args.train_repeats, env=REFERENCE_DEPTHWISE_ENV, env_label="reference depthwise")  # fmt: skip
         if args.recompute_size:
-            for model, path in (("convunext", "trainer"), ("unet", "trainer")):
-                for recompute in (False, True):
-                    add("recompute", model, path, "train", args.recompute_batch_size, args.recompute_size,
-                        recompute=recompute, repeats=args.recompute_repeats, warmup=1)  # fmt: skip
+            for tune_malloc in (True, False):
+                for model in ("convunext", "unet"):
+                    for recompute in (False, True):
+                        add("recompute", model, "trainer", "train", args.recompute_batch_size, args.recompute_size,
+                            recompute=recompute, repeats=args.recompute_repeats, warmup=1,
+                            tune_malloc=tune_malloc)  # fmt: skip
     if args.hrf:
         for path in [p for p in args.hrf_paths.split(",") if p]:
             if path != "compile":

@@ -19,7 +19,7 @@ Paths (``Config.path``):
 * ``trainer`` (training): what ``convunext train`` runs by default — every ``auto`` speed switch resolved for the
   model and device (:func:`~convunext.training.fast_paths.resolve_fast_paths`; on CPU channels-last, the fused
   kernels where the model has them, and the glibc malloc tuning, applied by :func:`convunext.runtime.configure` as
-  the trainer does);
+  the trainer does; ``Config.tune_malloc=False``: without it, as ``train.tune_malloc=off``);
 * ``fused`` (training): channels-last plus the fused training kernels
   (:meth:`~convunext.models.base.SegmentationModel.set_fused_training`).
 
@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -54,14 +57,23 @@ from ..models.base import SegmentationModel
 from ..models.cost import model_cost
 from .configs import INFERENCE_PATHS, Config
 
-__all__ = ["Result", "current_rss_mb", "measure", "measure_in_subprocess", "peak_rss_mb", "reset_peak_rss"]
+__all__ = [
+    "Result",
+    "current_rss_mb",
+    "measure",
+    "measure_in_subprocess",
+    "peak_heap_mb",
+    "peak_rss_mb",
+    "reset_peak_rss",
+]
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
 
 
 @dataclass
 class Result:
-    """What a worker measured (times in seconds, memory in MB; ``gflops``: one image's forward pass)."""
+    """What a worker measured (times in seconds, memory in MB; ``gflops``: one image's forward pass;
+    ``peak_heap_mb``: the most memory allocated at once, :func:`peak_heap_mb`)."""
 
     config: Config
     params: int = 0
@@ -70,6 +82,7 @@ class Result:
     setup_s: float = 0.0
     first_call_s: float = 0.0
     peak_rss_mb: float = float("nan")
+    peak_heap_mb: float = float("nan")
     rss_before_mb: float = float("nan")
     peak_gpu_mb: float = float("nan")
     rss_reset: bool = False
@@ -109,6 +122,57 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")
+    ]  # fmt: skip
+
+
+def _heap_in_use() -> Callable[[], int] | None:
+    """glibc's bytes allocated and not freed (``mallinfo2``: heap chunks in use plus mapped ones), or None on
+    another C library."""
+    if not runtime.runs_on_glibc():
+        return None
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # glibc before 2.33
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+def peak_heap_mb(call: Callable[[], Any], interval: float = 0.001) -> float:
+    """The most memory ``call()`` has allocated at once (MB, all threads, sampled every ``interval`` seconds by a
+    thread; NaN off glibc). Unlike the peak RSS it does not count what the allocator keeps of freed memory: it is
+    what the work needs, whatever the allocator."""
+    in_use = _heap_in_use()
+    if in_use is None:
+        call()
+        return float("nan")
+    peak, done = [in_use()], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], in_use())
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        call()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], in_use()) / 2**20
 
 
 def current_rss_mb() -> float:
@@ -155,7 +219,7 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
         runner = copy.deepcopy(source)
         paths = resolve_fast_paths(TrainConfig(), runner, device)
         runner = enable_fast_paths(runner, paths)
-        runtime.configure(tune_malloc=paths.tune_malloc)
+        runtime.configure(tune_malloc=paths.tune_malloc and config.tune_malloc)
     elif config.path == "fast":
         runner = optimize_for_inference(source)
     elif config.path == "compile":
@@ -232,6 +296,8 @@ def measure(config: Config) -> Result:
         result.peak_rss_mb = peak_rss_mb()
         if device.type == "cuda":
             result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:  # one more, untimed call: the sampling thread would take time from the timed ones
+            result.peak_heap_mb = peak_heap_mb(lambda: (step(), _synchronize(config.device)))
     except Exception as error:  # a failing configuration is reported in its row, the suite goes on
         result.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
     return result

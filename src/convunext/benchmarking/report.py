@@ -40,7 +40,7 @@ def _section_rows(results: Sequence[Result], peak: float) -> list[list[str]]:
         c = result.config
         shape = f"{c.batch}x{c.channels}x{c.size[0]}x{c.size[1]}"
         if result.error:
-            rows.append([c.label, shape, f"{result.params:,}", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+            rows.append([c.label, shape, f"{result.params:,}", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
                          f"error: {result.error}"])  # fmt: skip
             continue
         median = result.median
@@ -74,6 +74,7 @@ def _section_rows(results: Sequence[Result], peak: float) -> list[list[str]]:
                 _fmt(achieved, 1),
                 _fmt(100 * achieved / peak, 0) if peak else "-",
                 _fmt(memory, 0),
+                _fmt(result.peak_heap_mb, 0),
                 f"{authors / median:.2f}x" if authors == authors else "-",
                 f"{unet / median:.2f}x" if unet == unet else "-",
                 "; ".join(notes),
@@ -94,6 +95,7 @@ HEADERS = [
     "GFLOP/s",
     "% peak",
     "peak RSS MB",
+    "peak in use MB",
     "speed-up vs authors",
     "speed-up vs UNet",
     "notes",
