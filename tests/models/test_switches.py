@@ -57,8 +57,8 @@ def test_a_deep_copy_keeps_the_switch_and_uses_its_own_weights(switch: str) -> N
 
 def test_switches_count_changes_and_switch_off() -> None:
     model = create_model("convunext", width=4)
-    assert model.set_grad_checkpointing() == 11 and model.set_grad_checkpointing() == 0
-    assert model.set_grad_checkpointing(False) == 11
+    assert model.set_grad_checkpointing() == 9 + 11 and model.set_grad_checkpointing() == 0  # stages, blocks
+    assert model.set_grad_checkpointing(False) == 20
     assert model.set_fused_training() == 15 and model.set_exportable() == 12 + 4  # reflect convs, decoder stages
     assert create_model("unet", width=4).set_grad_checkpointing() == 9
     assert create_model("unet", width=4).set_fused_training() == 0

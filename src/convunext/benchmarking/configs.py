@@ -36,7 +36,8 @@ class Config:
     """One measurement: ``model`` (registry name) run by ``path`` in ``mode`` (``"infer"``, ``"train"`` or
     ``"window"``: sliding-window prediction of one ``size`` image with tiles of ``tile``) on ``batch`` images of
     ``channels x size``; ``env`` adds environment variables (allocator variants) to the worker process;
-    ``tune_malloc=False`` runs the ``trainer`` path without its glibc malloc tuning (``train.tune_malloc=off``)."""
+    ``tune_malloc`` True / False runs the ``trainer`` path with / without its glibc malloc tuning
+    (``train.tune_malloc`` on / off; None: ``auto``, as the trainer resolves it)."""
 
     section: str
     model: str
@@ -54,7 +55,7 @@ class Config:
     env_label: str = ""
     device: str = "cpu"
     amp: str = "none"
-    tune_malloc: bool = True
+    tune_malloc: bool | None = None
 
     @property
     def label(self) -> str:
@@ -71,8 +72,8 @@ class Config:
         text = f"{self.model} {path}"
         if self.recompute:
             text += " + recompute"
-        if not self.tune_malloc:
-            text += " [malloc untuned]"
+        if self.tune_malloc is not None:
+            text += " [malloc tuned]" if self.tune_malloc else " [malloc untuned]"
         if self.env_label:
             text += f" [{self.env_label}]"
         return text
@@ -137,10 +138,10 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
         if not args.in_process:  # the trainer's default without the compiled depthwise convolution, in the same run
             add("training", "convunext", "trainer", "train", args.train_batch_size, args.train_size,
                 repeats=args.train_repeats, env=REFERENCE_DEPTHWISE_ENV, env_label="reference depthwise")  # fmt: skip
-        if args.recompute_size:
-            for tune_malloc in (True, False):
-                for model in ("convunext", "unet"):
-                    for recompute in (False, True):
+        if args.recompute_size:  # each as the trainer runs it, then with the other malloc setting
+            for model in ("convunext", "unet"):
+                for recompute, other_malloc in ((False, False), (True, True)):
+                    for tune_malloc in (None, other_malloc):
                         add("recompute", model, "trainer", "train", args.recompute_batch_size, args.recompute_size,
                             recompute=recompute, repeats=args.recompute_repeats, warmup=1,
                             tune_malloc=tune_malloc)  # fmt: skip

@@ -19,7 +19,8 @@ Paths (``Config.path``):
 * ``trainer`` (training): what ``convunext train`` runs by default — every ``auto`` speed switch resolved for the
   model and device (:func:`~convunext.training.fast_paths.resolve_fast_paths`; on CPU channels-last, the fused
   kernels where the model has them, and the glibc malloc tuning, applied by :func:`convunext.runtime.configure` as
-  the trainer does; ``Config.tune_malloc=False``: without it, as ``train.tune_malloc=off``);
+  the trainer does — not in a run that recomputes activations; ``Config.tune_malloc`` True / False: with or
+  without it, as ``train.tune_malloc`` on / off);
 * ``fused`` (training): channels-last plus the fused training kernels
   (:meth:`~convunext.models.base.SegmentationModel.set_fused_training`).
 
@@ -217,9 +218,11 @@ def _build_model(config: Config) -> tuple[nn.Module, nn.Module]:
         from ..training.fast_paths import enable_fast_paths, resolve_fast_paths
 
         runner = copy.deepcopy(source)
-        paths = resolve_fast_paths(TrainConfig(), runner, device)
+        tune = {None: "auto", True: "on", False: "off"}[config.tune_malloc]
+        train = TrainConfig(recompute_activations=config.recompute, tune_malloc=tune)  # type: ignore[arg-type]
+        paths = resolve_fast_paths(train, runner, device)
         runner = enable_fast_paths(runner, paths)
-        runtime.configure(tune_malloc=paths.tune_malloc and config.tune_malloc)
+        runtime.configure(tune_malloc=paths.tune_malloc)
     elif config.path == "fast":
         runner = optimize_for_inference(source)
     elif config.path == "compile":

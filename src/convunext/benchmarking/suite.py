@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         + (" — measured in one process (--in-process), so rows are not independent." if args.in_process else "."),
         "peak in use: the most memory allocated at once during one more, untimed call (glibc's mallinfo2, sampled "
         "every millisecond; what the work needs, without what the allocator keeps of freed memory: the difference "
-        "to the peak RSS is the allocator's, plus the libraries' code). [malloc untuned]: the trainer's default "
-        "without its glibc malloc tuning (train.tune_malloc=off).",
+        "to the peak RSS is the allocator's, plus the libraries' code). Trainer rows run as convunext train does: "
+        "glibc malloc tuning on, but off with recomputation; [malloc untuned] / [malloc tuned]: the other way "
+        "(train.tune_malloc=off / on).",
         "The fast path's and exports' outputs are checked against the eager model (notes column).",
     ]
     report = render_report(results, machine, peak, notes)

@@ -224,8 +224,12 @@ class Stem(nn.Module):
         self.norm = make_norm(options.norm, width)
         self.act = make_activation(options.act)
         self.block = ConvNeXtBlock(width, options)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return maybe_recompute(self, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(self.act(self.norm(self.conv(x))))
 
     def fast_form_problem(self) -> str | None:
@@ -268,8 +272,12 @@ class DownStage(nn.Module):
         else:
             self.reduce = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(in_channels, out_channels, 1))
         self.blocks = make_blocks(out_channels, depth, options)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return maybe_recompute(self, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.reduce(self.norm(x)))
 
     def fast_form_problem(self) -> str | None:
@@ -347,9 +355,13 @@ class GatedUpStage(nn.Module):
         self.block = ConvNeXtBlock(out_channels, options)
         self.exportable = False
         self.fused_training = False
+        self.grad_checkpointing = False
         self.band_elements = DEFAULT_BAND_ELEMENTS
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return maybe_recompute(self, self._forward, x1, x2)
+
+    def _forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x1 = upsample_to(self.norm(x1), x2, self.exportable)
         if self.fused_training and rows_eligible(self.fuse.weight.dtype, x1, x2):
             z = from_rows(banded_gate(flat(x1), flat(x2), self.gate_weights(), self.band_elements), x2)

@@ -16,8 +16,12 @@ channels-last                 3.86 s -> 2.51 s                       1.58 s -> 1
 ============================  =====================================  =============================
 
 On CUDA ``auto`` leaves all three off (the fused kernels are sized for CPU caches; channels-last was not measured
-there); the fast validation path is on everywhere. The malloc tuning is the process's, not the model's: it is
-resolved here and applied by the trainer's :func:`convunext.runtime.configure` call.
+there); the fast validation path is on everywhere. ``auto`` also leaves the malloc tuning off in a run that
+recomputes its activations (``train.recompute_activations``, the switch for less memory): the tuning keeps every
+freed block mapped, and the recomputation's short-lived temporaries fragment the heap it keeps, so such a run
+would hold far more than it uses (ConvUNeXt, batch 4 at 480x480: 1,467 MB in use at the peak, a peak RSS of
+4,302 MB tuned and 2,421 MB untuned; ``benchmarks/results/``). The malloc tuning is the process's, not the
+model's: it is resolved here and applied by the trainer's :func:`convunext.runtime.configure` call.
 
 The fused kernels include ConvUNeXt's compiled depthwise convolution (:mod:`convunext.models.layers.depthwise`),
 which the ``depthwise`` setting of :mod:`convunext.runtime` (``CONVUNEXT_DEPTHWISE``) can turn back to PyTorch's;
@@ -86,7 +90,8 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
             raise ConvUNeXtError("train.fused_kernels=on needs train.channels_last on or auto (NHWC tensors)")
         channels_last = True
     fused = train.fused_kernels == "on" or (train.fused_kernels == "auto" and cpu and fused_capable and channels_last)
-    tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and runs_on_glibc())
+    lean = train.recompute_activations  # asked for memory: the tuning would keep what recomputation frees
+    tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and runs_on_glibc() and not lean)
     depthwise = fused and cpu and not train.cpu_bf16 and has_compiled_depthwise(model) and compiled_in_use()
     return FastPaths(channels_last, fused, tune, train.fast_validation != "off", depthwise)
 
