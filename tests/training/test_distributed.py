@@ -229,11 +229,12 @@ def test_devices_option_launches_torchrun(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "convunext", "train", "--devices", "2"]
     command += [a for s in sets for a in ("--set", s)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "torch.distributed.run" in done.stdout and "global batch 4" in done.stdout
-    assert done.stdout.count("convunext train: done") == 1  # only rank 0 prints the summary
+    shown = f"stdout: ...{done.stdout[-2000:]}\nstderr: ...{done.stderr[-2000:]}"  # a failure says what happened
+    assert done.returncode == 0, shown
+    assert "torch.distributed.run" in done.stdout and "global batch 4" in done.stdout, shown
+    assert done.stdout.count("convunext train: done") == 1, shown  # only rank 0 prints the summary
     runs = list(tmp_path.iterdir())
-    assert len(runs) == 1, runs  # both ranks agreed on the (timestamped) run folder
+    assert len(runs) == 1, (runs, shown)  # both ranks agreed on the (timestamped) run folder
     assert (runs[0] / "last.safetensors").is_file() and (runs[0] / "best.json").is_file()
 
 

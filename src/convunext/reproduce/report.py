@@ -217,10 +217,13 @@ def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[Run
         "",
     ]
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
-        config = next(spec.config for spec in specs if spec.dataset == dataset)
+        config = _as_trained(next(spec for spec in specs if spec.dataset == dataset))
         optim, train, data = config.optim, config.train, config.data
+        length = f"{train.epochs} epoch(s)"
+        if train.steps is not None:
+            length = f"{train.steps} optimiser steps ({train.epochs} epochs)"
         lines.append(
-            f"- {DATASET_TITLES[dataset]}: {train.epochs} epoch(s), crop {data.crop_size}, batch {optim.batch_size} "
+            f"- {DATASET_TITLES[dataset]}: {length}, crop {data.crop_size}, batch {optim.batch_size} "
             f"(per process), AdamW lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {optim.recipe} schedule "
             f"(warm-up {optim.warmup_epochs:g} epoch(s), "
             + (f"decay x{optim.decay_gamma:g} per epoch" if optim.decay == "exponential" else "poly decay")
@@ -228,6 +231,15 @@ def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[Run
             + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
         )
     return [*lines, ""]
+
+
+def _as_trained(spec: RunSpec) -> Any:
+    """The configuration ``spec``'s run trained with: its ``config.yaml`` (a length given in ``train.steps`` resolved
+    to whole epochs of its data), or the planned one before it has trained."""
+    from ..training.config import ExperimentConfig
+
+    saved = spec.run_dir / "config.yaml"
+    return ExperimentConfig.from_yaml(saved) if saved.is_file() else spec.config
 
 
 def seed_averaged_scores(runs: Sequence[RunSpec]) -> dict[str, float]:
