@@ -35,7 +35,7 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from .errors import ConvUNeXtError
 
@@ -49,6 +49,7 @@ __all__ = [
     "OMP_WAIT_POLICY",
     "Settings",
     "configure",
+    "glibc_function",
     "runs_on_glibc",
     "settings",
 ]
@@ -193,13 +194,21 @@ def runs_on_glibc() -> bool:
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
+def glibc_function(name: str) -> Any:
+    """glibc's function ``name`` (a ctypes function, its types to set), or None in a process whose C library is not
+    glibc, or whose glibc lacks it (``mallinfo2`` came with 2.33)."""
+    if not runs_on_glibc():
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def _tune_glibc_malloc() -> bool:
     """glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` set with ``mallopt``; whether both were accepted."""
-    if not runs_on_glibc():
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = glibc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

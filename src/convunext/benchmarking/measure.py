@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
-import ctypes.util
 import json
 import os
 import statistics
@@ -136,11 +135,8 @@ class _MallInfo2(ctypes.Structure):
 def _heap_in_use() -> Callable[[], int] | None:
     """glibc's bytes allocated and not freed (``mallinfo2``: heap chunks in use plus mapped ones), or None on
     another C library."""
-    if not runtime.runs_on_glibc():
-        return None
-    try:
-        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):  # glibc before 2.33
+    mallinfo2 = runtime.glibc_function("mallinfo2")
+    if mallinfo2 is None:
         return None
     mallinfo2.restype = _MallInfo2
 

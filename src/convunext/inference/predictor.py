@@ -170,8 +170,10 @@ class Predictor:
         """:meth:`predict`, naming ``source`` when the output is not finite: its argmax would be a plausible
         all-background mask, and its probabilities NaN."""
         tensor = self._to_tensor(image)
-        pixels = (tensor * self.std + self.mean).permute(1, 2, 0).numpy()
-        fov = find_fov(pixels) if self.background_outside_fov else None
+        pixels = None
+        if self.scale is not None or self.background_outside_fov:  # the image as read, for its field of view
+            pixels = (tensor * self.std + self.mean).permute(1, 2, 0).numpy()
+        fov = find_fov(pixels) if self.background_outside_fov else None  # type: ignore[arg-type]
         match = None if self.scale is None else self.scale.match(image=pixels, fov=fov)
         probabilities = self.inferer(self.model, tensor, scale=1.0 if match is None else match.factor)
         if not torch.isfinite(probabilities).all():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..data.base import load_split_file
+from ..training.schedule import steps_epochs
 from ..training.time_budget import SHORT_BUDGET_RECIPE, short_budget_crop
 
 CPU_STEPS = 1200
@@ -40,7 +40,7 @@ def step_budget(steps: int, training_images: int, batch_size: int = 4) -> tuple[
     recipe (1 of 300 epochs). The epochs written are those of the dataset's shipped split, ``training_images //
     batch_size`` steps each (the trainer drops the last partial batch); a run on fewer images (HRF without its
     unannotated ones) trains more epochs, the same steps."""
-    epochs = math.ceil(steps / (training_images // batch_size))
+    epochs = steps_epochs(steps, training_images // batch_size)
     return f"train.steps={steps}", f"train.epochs={epochs}", f"optim.warmup_epochs={epochs / 300:.6f}"
 
 

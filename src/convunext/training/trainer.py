@@ -52,7 +52,7 @@ from .memory import check_crop_size, check_step_memory, estimate_step_memory
 from .resume import check_resume
 from .run_folder import default_run_name, open_run_dir
 from .run_log import RunLog
-from .schedule import build_scheduler, compress_schedule, steps_epochs, with_length
+from .schedule import build_scheduler, steps_epochs, with_length
 from .state import TrainingState, no_best_yet
 from .step import TrainingStep
 from .time_budget import RunCosts, plan_epochs, too_few_steps_warning
@@ -289,8 +289,13 @@ class Trainer:
                 f"train.steps={steps}: {epochs} epochs of {steps_per_epoch} steps; schedule fitted from "
                 f"{self.config.train.epochs} epochs"
             )
-        fitted = with_length(self.config, epochs)  # in place: the step and validation hold this config
-        self.config.optim, self.config.train.epochs = fitted.optim, epochs
+        self._set_length(epochs)
+
+    def _set_length(self, epochs: int) -> None:
+        """Train ``epochs`` epochs, the schedule fitted to them (:func:`~.schedule.with_length`), in this run's own
+        config object: the training step and the validation hold it."""
+        self.config.optim = with_length(self.config, epochs).optim
+        self.config.train.epochs = epochs
 
     def _plan_time_budget(self, costs: RunCosts, start_time: float) -> None:
         """Fix ``train.epochs`` from the measured ``costs`` and compress the schedule to fit
@@ -304,8 +309,7 @@ class Trainer:
             time.perf_counter() - start_time,
         )
         plan = self.dist.broadcast_object(plan)  # every rank trains as long as rank 0 planned
-        cfg.optim = compress_schedule(cfg.optim, cfg.train.epochs, plan.epochs)
-        cfg.train.epochs = plan.epochs
+        self._set_length(plan.epochs)
         cfg.train.time_budget_plan = plan.to_dict()
         self.planned_seconds = plan.planned_seconds
         if self.dist.is_main:
