@@ -20,6 +20,7 @@ from convunext.cli.main import main
 from convunext.data import open_dataset
 from convunext.errors import ConvUNeXtError
 from convunext.evaluation.evaluate import evaluate_checkpoint
+from convunext.inference.predictor import Predictor
 from convunext.pretrained import (
     PretrainedCard,
     checkpoint_reference,
@@ -121,6 +122,10 @@ def test_names_work_wherever_a_checkpoint_does(shipped: Path, tmp_path: Path, ca
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
     assert main(["predict", "tiny-vessels", str(image), "--out", str(tmp_path / "out")]) == 0
     assert Image.open(tmp_path / "out" / "eye_mask.png").size == (90, 70)
+    # the library's predictors take the name as the command line does
+    by_name = Predictor.from_checkpoint("tiny-vessels").predict_file(image)[1]
+    loaded = Predictor.from_checkpoint(from_pretrained("tiny-vessels")).predict_file(image)[1]
+    assert np.array_equal(by_name.probabilities, loaded.probabilities) and by_name.probabilities.shape[-2:] == (70, 90)
     assert main(["models", "--pretrained"]) == 0
     listing = capsys.readouterr().out
     assert "| tiny-vessels" in listing and "dice_fg_mean" in listing and "terms of use" in listing

@@ -24,6 +24,7 @@ from torch import nn
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.io import read_image
 from ..errors import ConvUNeXtError
+from ..pretrained import resolve_checkpoint
 from .scale import ScaleMatch, ScalePolicy, ScaleSetting, find_fov
 from .sliding_window import Inferer
 from .threshold import ThresholdSetting, predicted_labels, resolve_threshold
@@ -108,19 +109,20 @@ class Predictor:
         scale: ScaleSetting = "auto",
         fov: FovSetting = "auto",
     ) -> Predictor:
-        """A predictor of a checkpoint (run folder, ``.json`` or ``.safetensors``) alone: its model, normalisation
-        and classes, run by ``inferer`` (default as :class:`Predictor`'s; a ``tile_size`` of ``None`` means the
-        checkpoint's own, :meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`), at ``threshold``
-        (``auto``: the one chosen on validation, stored with the checkpoint), ``scale`` (``auto``: each image
-        resized to the checkpoint's training scale, :mod:`~convunext.inference.scale`) and ``fov`` (``auto``:
-        background outside each image's field of view when the checkpoint was trained within fields of view;
-        ``off``: the model's output everywhere).
+        """A predictor of a checkpoint alone (anything :func:`open_checkpoint` opens: a run folder, ``.json`` or
+        ``.safetensors``, or a shipped model's name): its model, normalisation and classes, run by ``inferer``
+        (default as :class:`Predictor`'s; a ``tile_size`` of ``None`` means the checkpoint's own,
+        :meth:`~convunext.inference.sliding_window.Inferer.for_checkpoint`), at ``threshold`` (``auto``: the one
+        chosen on validation, stored with the checkpoint), ``scale`` (``auto``: each image resized to the
+        checkpoint's training scale, :mod:`~convunext.inference.scale`) and ``fov`` (``auto``: background outside
+        each image's field of view when the checkpoint was trained within fields of view; ``off``: the model's
+        output everywhere).
 
         Raises:
-            ConvUNeXtError: a threshold, scale or fov setting that is not valid (a threshold for a multi-class
-                model).
+            ConvUNeXtError: a checkpoint that does not load (named), or a threshold, scale or fov setting that is
+                not valid (a threshold for a multi-class model).
         """
-        checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+        checkpoint = open_checkpoint(path)
         inferer = (inferer or Inferer(tile_size=PREDICT_TILE_SIZE)).for_checkpoint(checkpoint.meta)
         return cls(
             checkpoint.model,
@@ -196,6 +198,12 @@ FovSetting = Literal["auto", "off"]
 """What :meth:`Predictor.from_checkpoint` does outside each image's field of view: ``auto``: background for a model
 trained within fields of view; ``off``: keep the model's output."""
 FOV_SETTINGS = ("auto", "off")
+
+
+def open_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
+    """``path`` as a loaded checkpoint: a run folder, a ``.json`` or ``.safetensors``, a pretrained folder or the
+    name of a shipped model (``drive-vessels``), resolved as the CLI resolves its checkpoint argument."""
+    return path if isinstance(path, Checkpoint) else load_checkpoint(resolve_checkpoint(str(path)))
 
 
 def check_fov_setting(setting: str) -> FovSetting:

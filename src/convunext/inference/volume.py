@@ -22,13 +22,13 @@ import numpy as np
 import pydicom.misc
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import Checkpoint
 from ..data.volumes import Volume, VolumeSettings, is_nifti_path, nifti_bytes, nifti_stem, read_volume
 from ..data.volumes.slicing import context_stack, from_slices, to_slices
 from ..errors import ConvUNeXtError
 from ..utils.io import atomic_write_files
 from .prediction_folder import PREDICTIONS_MARKER, PredictionFolder, distinct_names, png_bytes
-from .predictor import PREDICT_TILE_SIZE, Predictor, overlay
+from .predictor import PREDICT_TILE_SIZE, Predictor, open_checkpoint, overlay
 from .sliding_window import Inferer
 from .threshold import ThresholdSetting, predicted_labels
 
@@ -101,7 +101,7 @@ class VolumePredictor:
         Raises:
             ConvUNeXtError: the checkpoint was trained on 2D images (it has no volume settings).
         """
-        checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+        checkpoint = open_checkpoint(path)
         if checkpoint.volume is None:
             raise ConvUNeXtError(
                 f"{checkpoint.path}: trained on 2D images, not on slices of volumes; it cannot segment a volume"
