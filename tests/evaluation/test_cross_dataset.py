@@ -235,7 +235,8 @@ def test_checkpoint_labels() -> None:
         "drive-vessels",
     ]
     assert checkpoint_labels(paths, [meta] * len(paths)) == labels
-    assert checkpoint_labels(paths[:1], [meta]) == ["seed0-convunext"]
+    assert checkpoint_labels(paths[:1], [meta]) == ["hrf-convunext-seed0"]  # a reproduce run, alone too
+    assert checkpoint_labels([Path("/x/seed0/best.json")], [meta]) == ["seed0-convunext"]
     with pytest.raises(
         ConvUNeXtError, match="^/x/a/best.json and /x/a/a.json would share the label 'x-a-convunext'; rename a folder$"
     ):

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import platform
+import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -297,15 +298,21 @@ def _checkpoints(checkpoints: Sequence[str | Path]) -> list[CrossCheckpoint]:
     return [CrossCheckpoint(label, path, meta) for label, path, (meta, _) in zip(labels, paths, described)]
 
 
+def _is_reproduce_run(folder: Path, model: str) -> bool:
+    """Whether ``folder`` is laid out as ``convunext reproduce`` writes a run: ``DATASET/MODEL/seedN``."""
+    return re.fullmatch(r"seed\d+", folder.name) is not None and folder.parent.name == model and len(folder.parts) > 3
+
+
 def checkpoint_labels(paths: Sequence[Path], metas: Sequence[Mapping[str, Any]]) -> list[str]:
     """The label of each checkpoint (absolute JSON ``paths``, described by ``metas``): a shipped model's name, else
-    its run folder's name (with the checkpoint's tag when it is not ``best``) and its model, ``seed0-convunext``.
-    Labels that would coincide take more of their folders' parents until they differ (``hrf-convunext-seed0``).
+    its run folder's name (with the checkpoint's tag when it is not ``best``) and its model, ``my-run-convunext``;
+    a run of ``convunext reproduce`` (``DATASET/MODEL/seedN``) by all three, ``hrf-convunext-seed0``. Labels that
+    would coincide take more of their folders' parents until they differ.
 
     Raises:
         ConvUNeXtError: two checkpoints that no folder name tells apart.
     """
-    depths = [1] * len(paths)
+    depths = [3 if _is_reproduce_run(path.parent, meta["model"]["name"]) else 1 for path, meta in zip(paths, metas)]
 
     def label(index: int) -> str:
         path = paths[index]
