@@ -218,6 +218,17 @@ def test_an_interrupted_run_continues_and_other_settings_are_evaluated_anew(
     assert _report(tmp_path, "stare", "off")["tile_size"] == 16
 
 
+def test_the_reports_name_a_checkpoint_by_the_path_given_not_a_path_of_this_machine(
+    mini_root: Path, run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(run.parent)
+    result = cross_evaluate([run.name], mini_root, ["drive"], ["off"], tmp_path, CPU, progress=False, log=print)
+    expected = str(Path(run.name) / "best.json")
+    assert json.loads((tmp_path / "cross-dataset.json").read_text())["checkpoints"][0]["checkpoint"] == expected
+    assert _report(result.out_dir, "drive", "off")["checkpoint"] == expected
+    assert str(run.parent) not in (tmp_path / "runs" / LABEL / "drive-off" / "metrics.md").read_text()
+
+
 def test_checkpoint_labels() -> None:
     meta = {"model": {"name": "convunext"}}
     paths = [

@@ -290,12 +290,13 @@ def _checkpoints(checkpoints: Sequence[str | Path]) -> list[CrossCheckpoint]:
     if not checkpoints:
         raise ConvUNeXtError("cross-evaluate needs at least one checkpoint")
     described = [read_checkpoint_meta(resolve_checkpoint(str(checkpoint))) for checkpoint in checkpoints]
-    paths = [path.resolve() for _, path in described]
-    repeated = next((checkpoints[i] for i, path in enumerate(paths) if path in paths[:i]), None)
+    resolved = [path.resolve() for _, path in described]
+    repeated = next((checkpoints[i] for i, path in enumerate(resolved) if path in resolved[:i]), None)
     if repeated is not None:
         raise ConvUNeXtError(f"{repeated}: the same checkpoint is named twice")
-    labels = checkpoint_labels(paths, [meta for meta, _ in described])
-    return [CrossCheckpoint(label, path, meta) for label, path, (meta, _) in zip(labels, paths, described)]
+    labels = checkpoint_labels(resolved, [meta for meta, _ in described])
+    # each keeps its path as given: the reports name it so, not by a path of this machine
+    return [CrossCheckpoint(label, path, meta) for label, (meta, path) in zip(labels, described)]
 
 
 def _is_reproduce_run(folder: Path, model: str) -> bool:
