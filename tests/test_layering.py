@@ -14,14 +14,14 @@ LAYERS = {
     "models": 3,
     "data": 3,
     "checkpoint": 4,
-    "inference": 5,
     "pretrained": 5,
-    "evaluation": 6,
-    "training": 7,
-    "benchmarking": 8,
-    "reproduce": 8,
-    "cli": 9,
-    "__main__": 10,
+    "inference": 6,
+    "evaluation": 7,
+    "training": 8,
+    "benchmarking": 9,
+    "reproduce": 9,
+    "cli": 10,
+    "__main__": 11,
 }
 """Layer of each top-level module or subpackage; a module may import only from lower layers and its own part."""
 
