@@ -44,6 +44,14 @@ class RunSpec:
     def test_dir(self) -> Path:
         return self.run_dir / "test"
 
+    def recorded_config(self) -> Any:
+        """The ``ExperimentConfig`` its run folder records (``config.yaml``: a length given in ``train.steps``
+        resolved to whole epochs of its data), or None before the run has started."""
+        from ..training.config import ExperimentConfig
+
+        saved_file = self.run_dir / "config.yaml"
+        return ExperimentConfig.from_yaml(saved_file) if saved_file.is_file() else None
+
     def status(self) -> str:
         """``done`` (trained and tested), ``evaluate`` (trained, test pending), ``resume`` or ``new``."""
         if (self.run_dir / "summary.json").is_file():
@@ -66,13 +74,12 @@ class RunSpec:
         fields that differ. A run given in ``train.steps`` is compared at the length it resolved to: the epochs
         its ``metrics.csv`` shows were needed for those steps (a folder from before ``train.steps`` existed
         matches when it trained that many steps)."""
-        from ..training.config import EXECUTION_FIELDS, ExperimentConfig
+        from ..training.config import EXECUTION_FIELDS
         from ..training.schedule import steps_epochs, with_length
 
-        saved_file = self.run_dir / "config.yaml"
-        if not saved_file.is_file():
+        saved, planned = self.recorded_config(), self.config
+        if saved is None:
             return
-        saved, planned = ExperimentConfig.from_yaml(saved_file), self.config
         changed = []
         if planned.train.steps is not None:
             steps_per_epoch = _steps_per_epoch(self.run_dir / "metrics.csv")

@@ -217,7 +217,8 @@ def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[Run
         "",
     ]
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
-        config = _as_trained(next(spec for spec in specs if spec.dataset == dataset))
+        first = next(spec for spec in specs if spec.dataset == dataset)
+        config = first.recorded_config() or first.config  # as trained: a length in steps resolved to epochs
         optim, train, data = config.optim, config.train, config.data
         length = f"{train.epochs} epoch(s)"
         if train.steps is not None:
@@ -231,15 +232,6 @@ def runs_and_recipe_lines(rows: Sequence[Mapping[str, Any]], specs: Sequence[Run
             + (f", model kwargs {config.model.kwargs}" if config.model.kwargs else "")
         )
     return [*lines, ""]
-
-
-def _as_trained(spec: RunSpec) -> Any:
-    """The configuration ``spec``'s run trained with: its ``config.yaml`` (a length given in ``train.steps`` resolved
-    to whole epochs of its data), or the planned one before it has trained."""
-    from ..training.config import ExperimentConfig
-
-    saved = spec.run_dir / "config.yaml"
-    return ExperimentConfig.from_yaml(saved) if saved.is_file() else spec.config
 
 
 def seed_averaged_scores(runs: Sequence[RunSpec]) -> dict[str, float]:
