@@ -22,6 +22,7 @@ from convunext.inference.predictor import Predictor
 from convunext.inference.scale import (
     MAX_SCALE,
     ScalePolicy,
+    ScaleSetting,
     check_scale_setting,
     match_scale,
     model_fov_diameter,
@@ -157,3 +158,16 @@ def test_drive_upscaled_1_7x_scores_within_0_02_dice_of_drive(drive_root: Path, 
     assert all(0.58 < row["scale"] < 0.6 for row in upscaled.per_image())  # 540 px over ~920 px
     dice, dice_upscaled = original.compute()["dice_fg_mean"], upscaled.compute()["dice_fg_mean"]
     assert abs(dice_upscaled - dice) <= 0.02, (dice, dice_upscaled)
+
+
+@pytest.mark.parametrize(
+    ("setting", "model_diameter", "measures"),
+    [("auto", 540.0, True), ("auto", None, False), ("off", 540.0, False), (1.5, 540.0, False)],
+)
+def test_only_auto_with_a_training_scale_looks_at_the_images(
+    setting: ScaleSetting, model_diameter: float | None, measures: bool
+) -> None:
+    policy = ScalePolicy(setting, model_diameter)
+    assert policy.measures_images is measures
+    if not measures:  # it decides without the image
+        assert policy.match() == policy.match(image=np.zeros((8, 8, 3), np.float32))

@@ -173,7 +173,7 @@ class Predictor:
         all-background mask, and its probabilities NaN."""
         tensor = self._to_tensor(image)
         pixels = None
-        if self.scale is not None or self.background_outside_fov:  # the image as read, for its field of view
+        if self.background_outside_fov or (self.scale is not None and self.scale.measures_images):  # its FOV
             pixels = (tensor * self.std + self.mean).permute(1, 2, 0).numpy()
         fov = find_fov(pixels) if self.background_outside_fov else None  # type: ignore[arg-type]
         match = None if self.scale is None else self.scale.match(image=pixels, fov=fov)

@@ -180,6 +180,12 @@ class ScalePolicy:
         """``setting`` for the checkpoint described by ``meta`` (its recorded training scale)."""
         return cls(setting, model_fov_diameter(meta))
 
+    @property
+    def measures_images(self) -> bool:
+        """Whether :meth:`match` looks at each image (``auto`` with a training scale to match): else it decides
+        without one."""
+        return self.setting == "auto" and self.model_diameter is not None
+
     def match(self, image: np.ndarray | None = None, fov: np.ndarray | None = None) -> ScaleMatch:
         """:func:`match_scale` of one image (``H x W x C``) or of its field of view (bool ``H x W``)."""
         return match_scale(self.setting, self.model_diameter, image, fov)
