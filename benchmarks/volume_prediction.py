@@ -25,8 +25,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -44,14 +42,14 @@ import numpy as np
 import torch
 
 from convunext import create_model, runtime
-from convunext.benchmarking import machine_description
+from convunext.benchmarking import machine_description, machine_short_name
 from convunext.benchmarking.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
 from convunext.data.volumes import IntensityNormalization, Volume, VolumeSettings
 from convunext.inference import Inferer
 from convunext.inference.optimize import BACKENDS
 from convunext.inference.predictor import PREDICT_TILE_SIZE, Predictor
 from convunext.inference.volume import SLICE_BATCH, VolumePredictor
-from convunext.utils.device import device_description, processor_name
+from convunext.utils.device import device_description
 from convunext.utils.table import markdown_table
 
 RESULT_PREFIX = "VOLUME-PREDICTION-RESULT "
@@ -151,14 +149,6 @@ def measure_in_subprocess(case: Case, timeout: float) -> Outcome:
             return Outcome(**json.loads(line[len(RESULT_PREFIX) :]))
     tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
     return Outcome(error=f"worker failed (exit {completed.returncode}): {tail}")
-
-
-def machine_short_name() -> str:
-    """The CPU family and logical core count for a results file name, e.g. ``epyc-2core``, ``xeon-8core``."""
-    words = re.sub(r"\((r|tm)\)", " ", processor_name().lower()).split()
-    skip = {"amd", "intel", "genuineintel", "authenticamd", "cpu", "processor", "apple"}
-    family = next((re.sub(r"[^a-z0-9]", "", w) for w in words if w not in skip), "") or platform.machine()
-    return f"{family}-{os.cpu_count()}core"
 
 
 def _ratio(value: float, reference: float) -> str:

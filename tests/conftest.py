@@ -9,7 +9,7 @@ everything else passes without ``../shared``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -120,3 +120,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def set_kernels() -> Iterator[Callable[[str], object]]:
+    """``set_kernels(mode)``: the ``kernels`` setting of :mod:`convunext.runtime` (``auto``, ``compiled`` or
+    ``reference``), restored afterwards."""
+    from convunext import runtime
+
+    before = runtime.settings().kernels
+    yield lambda mode: runtime.configure(kernels=mode)  # type: ignore[arg-type]
+    runtime.configure(kernels=before)

@@ -24,7 +24,7 @@ from convunext.utils.threads import run_tasks
 SETTINGS_ENVIRONMENT = (
     runtime.FUSED_PARALLELISM_ENV,
     runtime.MAX_IMAGE_PIXELS_ENV,
-    runtime.DEPTHWISE_ENV,
+    runtime.KERNELS_ENV,
     "OMP_WAIT_POLICY",
 )
 
@@ -49,7 +49,7 @@ def restored_settings() -> Iterator[None]:
     runtime.configure(
         fused_parallelism=settings.fused_parallelism,
         max_image_pixels=settings.max_image_pixels,
-        depthwise=settings.depthwise,
+        kernels=settings.kernels,
     )
     Image.MAX_IMAGE_PIXELS = pillow_guard
     torch.set_num_threads(threads)
@@ -131,14 +131,14 @@ def test_settings_are_read_from_the_environment_once() -> None:
 
         first = runtime.settings()
         os.environ["{runtime.MAX_IMAGE_PIXELS_ENV}"] = "7"
-        os.environ["{runtime.DEPTHWISE_ENV}"] = "compiled"
+        os.environ["{runtime.KERNELS_ENV}"] = "compiled"
         unchanged = runtime.settings() == first
-        print(json.dumps([first.fused_parallelism, first.max_image_pixels, first.depthwise, unchanged]))
+        print(json.dumps([first.fused_parallelism, first.max_image_pixels, first.kernels, unchanged]))
         """,
         **{
             runtime.FUSED_PARALLELISM_ENV: " OpenMP",
             runtime.MAX_IMAGE_PIXELS_ENV: "1_000",
-            runtime.DEPTHWISE_ENV: " Reference",
+            runtime.KERNELS_ENV: " Reference",
         },
     )
     assert seen == ["openmp", 1000, "reference", True]
@@ -162,7 +162,7 @@ PIXELS_EXPECTED = "expected a whole number of pixels (0 = no limit)"
         (runtime.MAX_IMAGE_PIXELS_ENV, "lots", f"CONVUNEXT_MAX_IMAGE_PIXELS='lots': {PIXELS_EXPECTED}"),
         (runtime.MAX_IMAGE_PIXELS_ENV, "-1", f"CONVUNEXT_MAX_IMAGE_PIXELS='-1': {PIXELS_EXPECTED}"),
         (runtime.FUSED_PARALLELISM_ENV, "fast", "CONVUNEXT_FUSED_PARALLELISM='fast' is not valid; use pool or openmp"),
-        (runtime.DEPTHWISE_ENV, "fast", "CONVUNEXT_DEPTHWISE='fast' is not valid; use auto, compiled or reference"),
+        (runtime.KERNELS_ENV, "fast", "CONVUNEXT_KERNELS='fast' is not valid; use auto, compiled or reference"),
     ],
 )
 def test_an_invalid_variable_stops_the_command_in_one_line(variable: str, value: str, message: str) -> None:
@@ -178,7 +178,7 @@ def test_configure_refuses_bad_arguments_and_changes_nothing(restored_settings: 
     for arguments, message in [
         ({"fused_parallelism": "threads"}, "fused_parallelism='threads' is not valid; use 'pool' or 'openmp'"),
         ({"max_image_pixels": -1}, r"max_image_pixels=-1 is not valid; use pixels >= 0 \(0 = no limit\)"),
-        ({"depthwise": "fast"}, "depthwise='fast' is not valid; use 'auto', 'compiled' or 'reference'"),
+        ({"kernels": "fast"}, "kernels='fast' is not valid; use 'auto', 'compiled' or 'reference'"),
         ({"threads": 0, "fused_parallelism": "openmp"}, "threads=0 is not valid; use a positive integer"),
     ]:
         with pytest.raises(ValueError, match=message):

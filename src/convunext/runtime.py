@@ -12,10 +12,10 @@ a setting is first needed; :func:`configure` changes them (it never writes ``os.
   has several intra-op threads) or ``openmp`` (:mod:`convunext.utils.threads`);
 * ``max_image_pixels`` (``CONVUNEXT_MAX_IMAGE_PIXELS``): the largest image convunext reads, checked on the file's
   header before anything is decoded (default :data:`DEFAULT_MAX_IMAGE_PIXELS`; ``0`` = no limit);
-* ``depthwise`` (``CONVUNEXT_DEPTHWISE``): which depthwise convolution ConvUNeXt's training steps run
-  (:mod:`convunext.models.layers.depthwise`), ``auto`` (default: the compiled kernel where it loads, else PyTorch's
-  convolution after one notice), ``compiled`` (an error where the kernel cannot be loaded) or ``reference``
-  (PyTorch's convolution).
+* ``kernels`` (``CONVUNEXT_KERNELS``): whether ConvUNeXt's training steps run the compiled CPU kernels
+  (:mod:`convunext.models.layers.compiled`: the depthwise convolution and the block MLP), ``auto`` (default: each
+  kernel where it loads, else its PyTorch reference after one notice), ``compiled`` (an error where a kernel cannot be
+  loaded) or ``reference`` (PyTorch's operators only).
 
 **Process tuning** (:func:`configure`): the intra-op thread count, glibc's ``malloc`` thresholds and Pillow's own
 decompression-bomb guard. These are the process's, not convunext's, so nothing changes them unless asked.
@@ -41,10 +41,10 @@ from .errors import ConvUNeXtError
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
-    "DEPTHWISE_ENV",
-    "DepthwiseMode",
     "FUSED_PARALLELISM_ENV",
     "FusedParallelism",
+    "KERNELS_ENV",
+    "KernelMode",
     "MAX_IMAGE_PIXELS_ENV",
     "OMP_WAIT_POLICY",
     "Settings",
@@ -59,9 +59,9 @@ FusedParallelism = Literal["pool", "openmp"]
 the other in the calling thread, every operator parallelised by PyTorch's OpenMP threads."""
 FUSED_PARALLELISM_ENV = "CONVUNEXT_FUSED_PARALLELISM"
 MAX_IMAGE_PIXELS_ENV = "CONVUNEXT_MAX_IMAGE_PIXELS"
-DepthwiseMode = Literal["auto", "compiled", "reference"]
-"""The depthwise convolution's path: the compiled kernel where it loads, the compiled kernel or an error, PyTorch's."""
-DEPTHWISE_ENV = "CONVUNEXT_DEPTHWISE"
+KernelMode = Literal["auto", "compiled", "reference"]
+"""The compiled kernels' use: each where it loads, each or an error, none (PyTorch's operators)."""
+KERNELS_ENV = "CONVUNEXT_KERNELS"
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
 """Pillow's own default limit: it warns above 89,478,485 pixels and refuses above twice that."""
 OMP_WAIT_POLICY = "PASSIVE"
@@ -81,7 +81,7 @@ class Settings:
 
     fused_parallelism: FusedParallelism = "pool"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    depthwise: DepthwiseMode = "auto"
+    kernels: KernelMode = "auto"
     malloc_tuned: bool = False
 
 
@@ -113,19 +113,17 @@ def _from_environment(environ: Mapping[str, str]) -> Settings:
         limit = -1
     if limit < 0:
         raise ConvUNeXtError(f"{MAX_IMAGE_PIXELS_ENV}={pixels!r}: expected a whole number of pixels (0 = no limit)")
-    depthwise = environ.get(DEPTHWISE_ENV, "").strip().lower() or "auto"
-    if depthwise not in get_args(DepthwiseMode):
-        raise ConvUNeXtError(
-            f"{DEPTHWISE_ENV}={environ[DEPTHWISE_ENV]!r} is not valid; use auto, compiled or reference"
-        )
-    return Settings(fused_parallelism=parallelism, max_image_pixels=limit, depthwise=depthwise)  # type: ignore[arg-type]
+    kernels = environ.get(KERNELS_ENV, "").strip().lower() or "auto"
+    if kernels not in get_args(KernelMode):
+        raise ConvUNeXtError(f"{KERNELS_ENV}={environ[KERNELS_ENV]!r} is not valid; use auto, compiled or reference")
+    return Settings(fused_parallelism=parallelism, max_image_pixels=limit, kernels=kernels)  # type: ignore[arg-type]
 
 
 def configure(
     *,
     fused_parallelism: FusedParallelism | None = None,
     max_image_pixels: int | None = None,
-    depthwise: DepthwiseMode | None = None,
+    kernels: KernelMode | None = None,
     threads: int | None = None,
     tune_malloc: bool = False,
 ) -> Settings:
@@ -140,8 +138,8 @@ def configure(
     Args:
         fused_parallelism: ``"pool"`` or ``"openmp"`` (see the module docstring).
         max_image_pixels: the largest image convunext reads, in pixels; ``0`` = no limit.
-        depthwise: ``"auto"``, ``"compiled"`` or ``"reference"`` (see the module docstring); read at each
-            depthwise convolution, so it takes effect at once.
+        kernels: ``"auto"``, ``"compiled"`` or ``"reference"`` (see the module docstring); read at each call of
+            a compiled kernel's operator, so it takes effect at once.
         threads: PyTorch's intra-op thread count (``torch.set_num_threads``).
         tune_malloc: raise glibc's ``mmap`` and trim thresholds (to :data:`MMAP_THRESHOLD` and 2 GiB), so that the
             large temporaries of a training step are reused from the heap instead of being mapped, zero-filled
@@ -164,10 +162,10 @@ def configure(
         if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 0:
             raise ValueError(f"max_image_pixels={max_image_pixels!r} is not valid; use pixels >= 0 (0 = no limit)")
         changes["max_image_pixels"] = max_image_pixels
-    if depthwise is not None:
-        if depthwise not in get_args(DepthwiseMode):
-            raise ValueError(f"depthwise={depthwise!r} is not valid; use 'auto', 'compiled' or 'reference'")
-        changes["depthwise"] = depthwise
+    if kernels is not None:
+        if kernels not in get_args(KernelMode):
+            raise ValueError(f"kernels={kernels!r} is not valid; use 'auto', 'compiled' or 'reference'")
+        changes["kernels"] = kernels
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r} is not valid; use a positive integer")
     if tune_malloc and not settings().malloc_tuned:

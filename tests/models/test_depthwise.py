@@ -1,23 +1,17 @@
-"""The compiled depthwise convolution equals PyTorch's (outputs and every gradient, odd sizes, one and two threads),
-and falls back to it where it cannot be built or loaded: one notice, same results.
+"""The compiled depthwise convolution equals PyTorch's (outputs and every gradient, odd sizes, one and two threads).
+Its loading and fallback (shared with the other compiled kernels) are tested in tests/models/test_compiled.py.
 
 Where a C++ compiler is found (always in CI) the compiled kernel must load, so these tests exercise it; on a machine
 without one they test the fallback."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from convunext import runtime
-from convunext.errors import ConvUNeXtError
 from convunext.models.layers import depthwise
 from convunext.models.layers.depthwise import depthwise_conv7, depthwise_reference
 
@@ -32,45 +26,18 @@ def threads(request: pytest.FixtureRequest):
     torch.set_num_threads(before)
 
 
-def compiler_found() -> bool:
-    try:
-        depthwise._compiler()
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def compiled() -> bool:
-    """Whether the compiled kernel runs here. It must wherever a compiler is found, and always in CI."""
-    if depthwise.compiled_available():
-        return True
-    if compiler_found() or os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"the compiled depthwise convolution did not load: {depthwise._loaded}")
-    return False
+    """Whether the compiled kernel runs here (it must wherever a compiler is found: tests/models/test_compiled.py)."""
+    return depthwise.compiled_available()
 
 
 @pytest.fixture
-def set_mode() -> Iterator[Callable[[runtime.DepthwiseMode], object]]:
-    """``set_mode(mode)``: the ``depthwise`` setting of :mod:`convunext.runtime` (restored afterwards)."""
-    before = runtime.settings().depthwise
-    yield lambda mode: runtime.configure(depthwise=mode)
-    runtime.configure(depthwise=before)
-
-
-@pytest.fixture
-def path(compiled: bool, set_mode: Callable[[str], object]) -> str:
+def path(compiled: bool, set_kernels: Callable[[str], object]) -> str:
     """The path the tests take: ``compiled`` where it loads (so that a silent fallback fails), else ``auto``."""
     mode = "compiled" if compiled else "auto"
-    set_mode(mode)
+    set_kernels(mode)
     return mode
-
-
-@pytest.fixture
-def unloaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loader as at the start of a process (restored afterwards)."""
-    monkeypatch.setattr(depthwise, "_loaded", None)
-    monkeypatch.setattr(depthwise, "_noticed", False)
 
 
 def channels_last(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -184,37 +151,6 @@ def test_inputs_it_does_not_take_use_the_reference(path: str) -> None:
     assert torch.equal(depthwise_conv7(x, weight), F.conv2d(x, weight, padding=3, groups=3))
 
 
-def test_first_call_in_inference_mode(compiled: bool, unloaded: None, set_mode: Callable[[str], object]) -> None:
-    """The load's self-check runs autograd even when the first call comes from inference code."""
-    set_mode("auto")
-    x, weight = channels_last(1, 3, 8, 8), channels_last(3, 1, 7, 7, seed=2)
-    with torch.inference_mode():
-        y = depthwise_conv7(x, weight)
-    assert_close(y, depthwise_reference(x, weight))
-    assert depthwise.compiled_available() == compiled
-
-
-FIRST_CALL_IN_A_CHECKPOINT = """
-import torch
-from torch.utils.checkpoint import checkpoint
-from convunext.models.layers.depthwise import compiled_available, depthwise_conv7
-x = torch.randn(2, 8, 24, 24).contiguous(memory_format=torch.channels_last).requires_grad_()
-weight = torch.randn(8, 1, 7, 7, requires_grad=True)
-checkpoint(lambda t: depthwise_conv7(t, weight).relu(), x, use_reentrant=False).sum().backward()
-print(compiled_available(), x.grad.shape)
-"""
-
-
-def test_first_call_inside_a_checkpointed_forward(compiled: bool) -> None:
-    """The load's self-check runs in its own thread: on the caller's, a checkpoint's saved-tensor hooks captured the
-    check's graph and its backward re-ran the checkpoint into the loader's lock (a deadlock, so a fresh process)."""
-    done = subprocess.run(
-        [sys.executable, "-c", FIRST_CALL_IN_A_CHECKPOINT], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(compiled), "torch.Size([2,", "8,", "24,", "24])"]
-
-
 @pytest.mark.parametrize(
     ("shapes", "message"),
     [
@@ -233,70 +169,11 @@ def test_invalid_arguments(shapes: tuple, message: str) -> None:
         depthwise_conv7(torch.zeros(x_shape), torch.zeros(w_shape), bias, padding)
 
 
-def test_reference_forced_by_the_setting(monkeypatch: pytest.MonkeyPatch, set_mode: Callable[[str], object]) -> None:
-    set_mode("reference")  # CONVUNEXT_DEPTHWISE=reference: tests/test_runtime.py
+def test_reference_forced_by_the_setting(monkeypatch: pytest.MonkeyPatch, set_kernels: Callable[[str], object]) -> None:
+    set_kernels("reference")  # CONVUNEXT_KERNELS=reference: tests/test_runtime.py
 
     def unexpected(*args: object) -> None:
         raise AssertionError("the compiled path ran")
 
     monkeypatch.setattr(depthwise._CompiledDepthwise, "apply", unexpected)
     check_against_reference(channels_last(2, 5, 9, 9), channels_last(5, 1, 7, 7, seed=2), None, compiled_path=False)
-
-
-def test_load_failure_falls_back_with_one_notice(
-    monkeypatch: pytest.MonkeyPatch, unloaded: None, set_mode: Callable[[str], object]
-) -> None:
-    def failing_load() -> None:
-        raise OSError("no C++ compiler found ('c++'; set CXX)")
-
-    monkeypatch.setattr(depthwise, "_load", failing_load)
-    set_mode("auto")
-    x, weight, bias = channels_last(2, 5, 9, 9), channels_last(5, 1, 7, 7, seed=2), torch.randn(5)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_against_reference(x, weight, bias, compiled_path=False)
-        check_against_reference(x, weight, bias, compiled_path=False)
-        assert not depthwise.compiled_in_use()
-    assert [str(w.message) for w in caught] == [
-        "convunext: the compiled depthwise convolution is unavailable (OSError: no C++ compiler found ('c++'; set "
-        "CXX)); using PyTorch's convolution"
-    ]
-    assert caught[0].category is RuntimeWarning and caught[0].filename == __file__
-    assert not depthwise.compiled_available()
-
-
-def test_compiled_forced_where_it_cannot_load(
-    monkeypatch: pytest.MonkeyPatch, unloaded: None, set_mode: Callable[[str], object]
-) -> None:
-    monkeypatch.setenv("CXX", "convunext-no-such-compiler")
-    set_mode("compiled")
-    message = r"^CONVUNEXT_DEPTHWISE=compiled: .* unavailable \(OSError: no C\+\+ comp"
-    with pytest.raises(ConvUNeXtError, match=message):
-        depthwise_conv7(channels_last(1, 2, 8, 8), channels_last(2, 1, 7, 7))
-    with pytest.raises(ConvUNeXtError, match=message):
-        depthwise.compiled_in_use()
-
-
-def test_in_use_follows_the_setting(compiled: bool, set_mode: Callable[[str], object]) -> None:
-    set_mode("reference")
-    assert not depthwise.compiled_in_use()
-    set_mode("auto")
-    assert depthwise.compiled_in_use() == compiled
-
-
-def test_a_failing_build_falls_back(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, unloaded: None, set_mode: Callable[[str], object]
-) -> None:
-    monkeypatch.setenv("CONVUNEXT_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails without a word
-    set_mode("auto")
-    with pytest.warns(RuntimeWarning, match=r"unavailable \(OSError: false failed \(exit 1\)\); using PyTorch's"):
-        y = depthwise_conv7(channels_last(1, 2, 8, 8), channels_last(2, 1, 7, 7))
-    assert y.shape == (1, 2, 8, 8)
-    assert list((tmp_path / "kernels").iterdir()) == []  # the failed build left nothing behind
-
-
-def test_compiled_kernel_loads_where_a_compiler_exists(compiled: bool) -> None:
-    if not compiled:
-        pytest.skip("no C++ compiler here (set CXX): the fallback is what runs")
-    assert depthwise.compiled_available()

@@ -1,10 +1,12 @@
-"""The fused training kernels (banded MLP and gated fusion, the compiled depthwise convolution) give the plain
-model's loss, gradients and statistics."""
+"""The fused training kernels (banded MLP and gated fusion, the compiled depthwise convolution and MLP) give the
+plain model's loss, gradients and statistics."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 from convunext import create_model, runtime
 from convunext.models.blocks import ConvNeXtBlock
-from convunext.models.layers import depthwise
+from convunext.models.layers import compiled_mlp, depthwise
 
 CHANNELS_LAST = torch.channels_last
 
@@ -89,14 +91,6 @@ def test_fused_training_with_two_threads(mode: runtime.FusedParallelism) -> None
 
 
 @pytest.fixture
-def set_depthwise() -> Iterator[Callable[[runtime.DepthwiseMode], object]]:
-    """``set_depthwise(mode)``: the ``depthwise`` setting of :mod:`convunext.runtime` (restored afterwards)."""
-    before = runtime.settings().depthwise
-    yield lambda mode: runtime.configure(depthwise=mode)
-    runtime.configure(depthwise=before)
-
-
-@pytest.fixture
 def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     """``torch.set_num_threads(request.param)`` for the test (restored afterwards)."""
     before = torch.get_num_threads()
@@ -105,15 +99,24 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(before)
 
 
+KERNELS = {
+    "depthwise": (depthwise.LIBRARY, depthwise._CompiledDepthwise),
+    "mlp": (compiled_mlp.LIBRARY, compiled_mlp._CompiledMLP),
+}
+
+
 @pytest.fixture
-def compiled_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per call of the compiled depthwise kernel (skipped where it does not load: where a compiler is
-    found, and in CI, tests/models/test_depthwise.py fails then)."""
-    if not depthwise.compiled_available():
-        pytest.skip("the compiled depthwise convolution does not load here (no C++ compiler): nothing to compare")
-    runs: list[int] = []
-    apply = depthwise._CompiledDepthwise.apply
-    monkeypatch.setattr(depthwise._CompiledDepthwise, "apply", lambda *args: runs.append(1) or apply(*args))
+def compiled_runs(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Calls of each compiled kernel (``depthwise``, ``mlp``), counted (skipped where they do not load: where a
+    compiler is found, and in CI, tests/models/test_compiled.py fails then)."""
+    runs: Counter[str] = Counter()
+    for name, (library, function) in KERNELS.items():
+        if not library.available():
+            pytest.skip(f"{library.what} does not load here (no C++ compiler): nothing to compare")
+        counted = functools.partial(
+            lambda name, apply, *args: runs.update([name]) or apply(*args), name, function.apply
+        )
+        monkeypatch.setattr(function, "apply", counted)
     return runs
 
 
@@ -135,8 +138,8 @@ def _assert_same_gradients(model: torch.nn.Module, other: torch.nn.Module, rtol:
     [(8, (1, 1)), (8, (3, 5)), (19, (13, 9))],  # 1x1, 3x5: replicate padding; 19 channels: SIMD and scalar
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"dim{v}",
 )
-def test_block_with_compiled_depthwise_matches_reference(
-    threads: int, dim: int, size: tuple[int, int], set_depthwise: Callable, compiled_runs: list[int]
+def test_block_with_compiled_kernels_matches_reference(
+    threads: int, dim: int, size: tuple[int, int], set_kernels: Callable, compiled_runs: Counter[str]
 ) -> None:
     torch.manual_seed(0)
     block = ConvNeXtBlock(dim).train().to(memory_format=CHANNELS_LAST)
@@ -145,12 +148,12 @@ def test_block_with_compiled_depthwise_matches_reference(
     grad = torch.randn(x.shape)
     results = []
     for mode in ("compiled", "reference"):
-        set_depthwise(mode)
+        set_kernels(mode)
         copied, leaf = copy.deepcopy(block), x.clone().requires_grad_(True)
         y = copied(leaf)
         y.backward(grad)
         results.append((copied, y, leaf.grad))
-        assert len(compiled_runs) == 1  # the first mode's one call, none with the reference
+        assert compiled_runs == {"depthwise": 1, "mlp": 1}  # the first mode's calls, none with the reference
     (compiled, *got), (reference, *expected) = results
     for a, b in zip(got, expected):
         assert (a - b).abs().max().item() <= 1e-5 * b.abs().max().item()
@@ -158,8 +161,8 @@ def test_block_with_compiled_depthwise_matches_reference(
 
 
 @pytest.mark.parametrize(("threads", "recompute"), [(1, False), (2, False), (1, True)], indirect=["threads"], ids=str)
-def test_model_step_with_compiled_depthwise_matches_reference(
-    threads: int, recompute: bool, set_depthwise: Callable, compiled_runs: list[int]
+def test_model_step_with_compiled_kernels_matches_reference(
+    threads: int, recompute: bool, set_kernels: Callable, compiled_runs: Counter[str]
 ) -> None:
     torch.manual_seed(0)
     model = create_model("convunext", width=8).train().to(memory_format=CHANNELS_LAST)
@@ -168,23 +171,24 @@ def test_model_step_with_compiled_depthwise_matches_reference(
     x = torch.randn(2, 3, 67, 61).contiguous(memory_format=CHANNELS_LAST)  # odd sizes: padded decoder
     target = torch.randint(0, 2, (2, 67, 61))
     compiled, reference = model, copy.deepcopy(model)
-    set_depthwise("compiled")
+    set_kernels("compiled")
     loss = _step(compiled, x, target)
-    # every block's depthwise conv, and under recomputation again when the checkpoint re-runs each block
-    assert len(compiled_runs) == (22 if recompute else 11)
-    set_depthwise("reference")
-    assert loss == pytest.approx(_step(reference, x, target), rel=1e-6)
-    assert len(compiled_runs) == (22 if recompute else 11)
+    # every block's depthwise conv and MLP, and under recomputation again when the checkpoint re-runs each block
+    calls = 22 if recompute else 11
+    assert compiled_runs == {"depthwise": calls, "mlp": calls}
+    set_kernels("reference")
+    assert loss == pytest.approx(_step(reference, x, target), rel=1e-5)
+    assert compiled_runs == {"depthwise": calls, "mlp": calls}
     _assert_same_gradients(compiled, reference, rtol=1e-4)  # through 11 blocks: the tolerance of the tests above
 
 
 @pytest.mark.parametrize("case", ["no_grad", "exportable", "nchw", "float64", "fused_off"])
-def test_compiled_depthwise_only_in_fused_float32_training(
-    case: str, set_depthwise: Callable, compiled_runs: list[int]
+def test_compiled_kernels_only_in_fused_float32_training(
+    case: str, set_kernels: Callable, compiled_runs: Counter[str]
 ) -> None:
-    """Inference, export, NCHW and float64 models keep PyTorch's convolution (the fused training switch's
-    other kernels aside), with the same output."""
-    set_depthwise("compiled")
+    """Inference, export, NCHW and float64 models keep PyTorch's operators (the fused training switch's banded
+    kernels aside), with the same output."""
+    set_kernels("compiled")
     torch.manual_seed(0)
     model = create_model("convunext", width=4).train()
     x = torch.randn(1, 3, 64, 64)
@@ -201,18 +205,19 @@ def test_compiled_depthwise_only_in_fused_float32_training(
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_model_step_falls_back_where_the_kernel_cannot_load(
-    monkeypatch: pytest.MonkeyPatch, set_depthwise: Callable
+def test_model_step_falls_back_where_the_kernels_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, set_kernels: Callable
 ) -> None:
-    """``auto`` without the kernel: one notice, PyTorch's convolution, the same step."""
+    """``auto`` without the kernels: one notice each, PyTorch's operators, the same step."""
 
     def failing_load() -> None:
         raise OSError("no C++ compiler found ('c++'; set CXX)")
 
-    monkeypatch.setattr(depthwise, "_loaded", None)
-    monkeypatch.setattr(depthwise, "_noticed", False)
-    monkeypatch.setattr(depthwise, "_load", failing_load)
-    set_depthwise("auto")
+    for library, _ in KERNELS.values():
+        monkeypatch.setattr(library, "_loaded", None)
+        monkeypatch.setattr(library, "_noticed", False)
+        monkeypatch.setattr(library, "_load", failing_load)
+    set_kernels("auto")
     torch.manual_seed(0)
     plain = create_model("convunext", width=8).train().to(memory_format=CHANNELS_LAST)
     fused = copy.deepcopy(plain)
@@ -223,9 +228,10 @@ def test_model_step_falls_back_where_the_kernel_cannot_load(
         warnings.simplefilter("always")
         loss = _step(fused, x, target)
         assert not depthwise.compiled_in_use()
+    why = "(OSError: no C++ compiler found ('c++'; set CXX))"
     assert [str(w.message) for w in caught] == [
-        "convunext: the compiled depthwise convolution is unavailable (OSError: no C++ compiler found ('c++'; set "
-        "CXX)); using PyTorch's convolution"
+        f"convunext: the compiled depthwise convolution is unavailable {why}; using PyTorch's convolution",
+        f"convunext: the compiled MLP kernel is unavailable {why}; using PyTorch's matrix products",
     ]
     assert loss == pytest.approx(_step(plain, x, target), rel=1e-5)
     _assert_same_gradients(fused, plain, rtol=1e-4)

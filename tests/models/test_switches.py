@@ -59,7 +59,9 @@ def test_switches_count_changes_and_switch_off() -> None:
     model = create_model("convunext", width=4)
     assert model.set_grad_checkpointing() == 9 + 11 and model.set_grad_checkpointing() == 0  # stages, blocks
     assert model.set_grad_checkpointing(False) == 20
-    assert model.set_fused_training() == 15 and model.set_exportable() == 12 + 4  # reflect convs, decoder stages
+    assert (
+        model.set_fused_training() == 15 and model.set_exportable() == 12 + 4 + 11
+    )  # reflect convs, decoder stages, blocks
     assert create_model("unet", width=4).set_grad_checkpointing() == 9
     assert create_model("unet", width=4).set_fused_training() == 0
 

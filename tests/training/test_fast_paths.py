@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from convunext import runtime
 from convunext.errors import ConvUNeXtError
 from convunext.models import blocks, create_model, list_models
-from convunext.models.layers import depthwise
+from convunext.models.layers import compiled_mlp, depthwise
 from convunext.models.layers.mlp import banded_mlp
 from convunext.training.config import ExperimentConfig, TrainConfig
-from convunext.training.fast_paths import has_compiled_depthwise, resolve_fast_paths, supports_fused_training
+from convunext.training.fast_paths import compiled_kernels, resolve_fast_paths, supports_fused_training
 from convunext.training.trainer import Trainer
 
 SHORT = ("train.epochs=2", "optim.warmup_epochs=0")
@@ -35,8 +34,9 @@ def test_auto_resolves_per_model_and_device(name: str) -> None:
     assert (cuda.channels_last, cuda.fused_kernels, cuda.tune_malloc, cuda.fast_validation) == (False,) * 3 + (True,)
     off = resolve_fast_paths(TrainConfig(channels_last="off"), model, torch.device("cpu"))
     assert not off.channels_last and not off.fused_kernels  # the kernels need channels-last: auto leaves them off
-    assert cpu.compiled_depthwise == (fused and depthwise.compiled_in_use())
-    assert not cuda.compiled_depthwise and not off.compiled_depthwise
+    loaded = depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available()
+    assert cpu.compiled_kernels == (("depthwise", "mlp") if fused and loaded else ())
+    assert cuda.compiled_kernels == off.compiled_kernels == ()
 
 
 def test_impossible_switches_are_refused() -> None:
@@ -114,66 +114,59 @@ def test_fast_validation_equals_eager_validation(
         assert fast[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-@pytest.fixture
-def set_depthwise() -> Iterator[Callable[[runtime.DepthwiseMode], object]]:
-    """``set_depthwise(mode)``: the ``depthwise`` setting of :mod:`convunext.runtime` (restored afterwards)."""
-    before = runtime.settings().depthwise
-    yield lambda mode: runtime.configure(depthwise=mode)
-    runtime.configure(depthwise=before)
-
-
-def test_compiled_depthwise_needs_a_depthwise_model_the_fused_kernels_and_float32(set_depthwise: Callable) -> None:
-    if not depthwise.compiled_in_use():
-        pytest.skip("the compiled depthwise convolution does not load here: tests/models/test_depthwise.py")
+def test_compiled_kernels_need_the_fused_kernels_float32_and_a_model_that_has_them(set_kernels: Callable) -> None:
+    if not (depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available()):
+        pytest.skip("the compiled kernels do not load here: tests/models/test_compiled.py")
     cpu = torch.device("cpu")
     model = create_model("convunext", width=8)
     dense = create_model("convunext", width=8, depthwise=False)
-    assert has_compiled_depthwise(model) and not has_compiled_depthwise(dense)
-    assert not has_compiled_depthwise(create_model("unet", width=8))
-    assert resolve_fast_paths(TrainConfig(), model, cpu).compiled_depthwise
-    assert not resolve_fast_paths(TrainConfig(), dense, cpu).compiled_depthwise
-    assert not resolve_fast_paths(TrainConfig(fused_kernels="off"), model, cpu).compiled_depthwise
-    assert not resolve_fast_paths(TrainConfig(cpu_bf16=True), model, cpu).compiled_depthwise  # autocast: bf16
-    assert resolve_fast_paths(TrainConfig(recompute_activations=True), model, cpu).compiled_depthwise
-    set_depthwise("reference")
-    assert not resolve_fast_paths(TrainConfig(), model, cpu).compiled_depthwise
+    assert compiled_kernels(model) == ("depthwise", "mlp") and compiled_kernels(dense) == ("mlp",)
+    assert compiled_kernels(create_model("unet", width=8)) == ()
+    assert resolve_fast_paths(TrainConfig(), model, cpu).compiled_kernels == ("depthwise", "mlp")
+    assert resolve_fast_paths(TrainConfig(), dense, cpu).compiled_kernels == ("mlp",)
+    assert resolve_fast_paths(TrainConfig(fused_kernels="off"), model, cpu).compiled_kernels == ()
+    assert resolve_fast_paths(TrainConfig(cpu_bf16=True), model, cpu).compiled_kernels == ()  # autocast: bf16
+    assert resolve_fast_paths(TrainConfig(recompute_activations=True), model, cpu).compiled_kernels
+    set_kernels("reference")
+    assert resolve_fast_paths(TrainConfig(), model, cpu).compiled_kernels == ()
 
 
-def test_compiled_depthwise_forced_where_it_cannot_load_stops_the_run(
-    set_depthwise: Callable, monkeypatch: pytest.MonkeyPatch
+def test_compiled_kernels_forced_where_one_cannot_load_stops_the_run(
+    set_kernels: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(depthwise, "_loaded", "OSError: no C++ compiler found ('c++'; set CXX)")
-    set_depthwise("compiled")
+    monkeypatch.setattr(compiled_mlp.LIBRARY, "_loaded", "OSError: no C++ compiler found ('c++'; set CXX)")
+    set_kernels("compiled")
     model, cpu = create_model("convunext", width=8), torch.device("cpu")
-    with pytest.raises(ConvUNeXtError, match=r"^CONVUNEXT_DEPTHWISE=compiled: the compiled depthwise .* unavailable"):
+    with pytest.raises(ConvUNeXtError, match=r"^CONVUNEXT_KERNELS=compiled: the compiled MLP kernel is unavailable"):
         resolve_fast_paths(TrainConfig(), model, cpu)
-    assert not resolve_fast_paths(TrainConfig(fused_kernels="off"), model, cpu).compiled_depthwise  # not needed
+    assert resolve_fast_paths(TrainConfig(fused_kernels="off"), model, cpu).compiled_kernels == ()  # not needed
 
 
 @pytest.mark.parametrize("setting", ["default", "reference", "fused_kernels=off"])
-def test_the_trainers_steps_run_the_compiled_depthwise_convolution_by_default(
+def test_the_trainers_steps_run_the_compiled_kernels_by_default(
     tiny_run: Callable[..., ExperimentConfig],
     setting: str,
     one_thread: None,
-    set_depthwise: Callable,
+    set_kernels: Callable,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The default ``convunext train`` on a CPU runs it in every block; ``CONVUNEXT_DEPTHWISE=reference`` and
-    ``train.fused_kernels=off`` keep PyTorch's convolution. The run records which (``summary.json``'s
+    """The default ``convunext train`` on a CPU runs them in every block; ``CONVUNEXT_KERNELS=reference`` and
+    ``train.fused_kernels=off`` keep PyTorch's operators. The run records which (``summary.json``'s
     ``fast_paths``, :mod:`tests.training.test_trainer`)."""
-    if not depthwise.compiled_in_use():
-        pytest.skip("the compiled depthwise convolution does not load here: tests/models/test_depthwise.py")
-    set_depthwise("reference" if setting == "reference" else "auto")
+    if not (depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available()):
+        pytest.skip("the compiled kernels do not load here: tests/models/test_compiled.py")
+    set_kernels("reference" if setting == "reference" else "auto")
     trainer = Trainer(tiny_run(*SHORT, *(["train.fused_kernels=off"] if setting == "fused_kernels=off" else [])))
     expected = setting == "default"
-    assert trainer.fast_paths.compiled_depthwise == expected
-    assert not hasattr(trainer.config.train, "compiled_depthwise")  # config.yaml holds the switches only
+    assert trainer.fast_paths.compiled_kernels == (("depthwise", "mlp") if expected else ())
+    assert not hasattr(trainer.config.train, "compiled_kernels")  # config.yaml holds the switches only
     runs: list[int] = []
-    apply = depthwise._CompiledDepthwise.apply
-    monkeypatch.setattr(depthwise._CompiledDepthwise, "apply", lambda *args: runs.append(1) or apply(*args))
+    for function in (depthwise._CompiledDepthwise, compiled_mlp._CompiledMLP):
+        apply = function.apply
+        monkeypatch.setattr(function, "apply", lambda *args, apply=apply: runs.append(1) or apply(*args))
     loop = trainer._prepare(time.perf_counter())
     batch = next(iter(loop.loader))
     trainer.train_model.train()
     loss = trainer.step.loss(trainer.train_model, batch["image"], batch["mask"])
     trainer.step.update(trainer.model, loop.optimizer, loss, loop.scaler, loop.scheduler, loop.ema)
-    assert len(runs) == (11 if expected else 0)  # one per block
+    assert len(runs) == (22 if expected else 0)  # one of each per block

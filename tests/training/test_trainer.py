@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from convunext.checkpoint import load_checkpoint
 from convunext.errors import ConvUNeXtError
-from convunext.models.layers.depthwise import compiled_in_use
+from convunext.models.layers import compiled_mlp, depthwise
 from convunext.training import run_log
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
@@ -73,8 +73,9 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     device = summary["device"]
     assert device.startswith("CPU ") and f"({torch.backends.cpu.get_cpu_capability()}, " in device
-    # and the depthwise convolution its steps ran: the compiled kernel wherever it loads
-    assert summary["fast_paths"]["compiled_depthwise"] == compiled_in_use()
+    # and the compiled kernels its steps ran: each wherever it loads
+    loaded = {"depthwise": depthwise.LIBRARY.available(), "mlp": compiled_mlp.LIBRARY.available()}
+    assert summary["fast_paths"]["compiled_kernels"] == [name for name, ok in loaded.items() if ok]
 
 
 def test_the_progress_plot_is_drawn_after_each_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

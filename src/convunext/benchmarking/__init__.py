@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .authors import AuthorsConvUNeXt, authors_from_convunext
 from .configs import Config
-from .machine import machine_description
+from .machine import machine_description, machine_short_name
 from .measure import Result, measure, measure_in_subprocess
 from .report import render_report
 from .suite import run
@@ -23,6 +23,7 @@ __all__ = [
     "Result",
     "authors_from_convunext",
     "machine_description",
+    "machine_short_name",
     "measure",
     "measure_in_subprocess",
     "render_report",

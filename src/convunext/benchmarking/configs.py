@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..runtime import DEPTHWISE_ENV, FUSED_PARALLELISM_ENV
+from ..runtime import FUSED_PARALLELISM_ENV, KERNELS_ENV
 
 __all__ = ["INFERENCE_PATHS", "REGISTRY_MODELS", "SECTIONS", "SECTION_OPTIONS", "Config", "build_configs"]
 
@@ -17,9 +17,8 @@ TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4
 OPENMP_ENV = {FUSED_PARALLELISM_ENV: "openmp"}
 """The fast path with PyTorch's per-operator OpenMP parallelism instead of its worker threads (the worker process
 reads the ``fused_parallelism`` setting of :mod:`convunext.runtime` from its environment)."""
-REFERENCE_DEPTHWISE_ENV = {DEPTHWISE_ENV: "reference"}
-"""Training with PyTorch's depthwise convolution instead of the compiled one
-(:mod:`convunext.models.layers.depthwise`)."""
+REFERENCE_KERNELS_ENV = {KERNELS_ENV: "reference"}
+"""Training with PyTorch's operators instead of the compiled kernels (:mod:`convunext.models.layers.compiled`)."""
 SECTIONS = ("inference", "training", "recompute", "sliding window")
 """The report's sections, in table order."""
 SECTION_OPTIONS = {
@@ -135,9 +134,9 @@ def build_configs(args: argparse.Namespace) -> list[Config]:
         runs += [(model, "trainer") for model in REGISTRY_MODELS]
         for model, path in runs:
             add("training", model, path, "train", args.train_batch_size, args.train_size, repeats=args.train_repeats)
-        if not args.in_process:  # the trainer's default without the compiled depthwise convolution, in the same run
+        if not args.in_process:  # the trainer's default without the compiled kernels, in the same run
             add("training", "convunext", "trainer", "train", args.train_batch_size, args.train_size,
-                repeats=args.train_repeats, env=REFERENCE_DEPTHWISE_ENV, env_label="reference depthwise")  # fmt: skip
+                repeats=args.train_repeats, env=REFERENCE_KERNELS_ENV, env_label="reference kernels")  # fmt: skip
         if args.recompute_size:  # each as the trainer runs it, then with the other malloc setting
             for model in ("convunext", "unet"):
                 for recompute, other_malloc in ((False, False), (True, True)):

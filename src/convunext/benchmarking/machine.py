@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from ..utils.device import processor_name
 
-__all__ = ["allocator_description", "machine_description", "matmul_peak_gflops"]
+__all__ = ["allocator_description", "machine_description", "machine_short_name", "matmul_peak_gflops"]
 
 
 def allocator_description() -> str:
@@ -66,3 +67,11 @@ def machine_description(device: str = "cpu") -> dict[str, str]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["GPU"] = torch.cuda.get_device_name(0)
     return info
+
+
+def machine_short_name() -> str:
+    """The CPU family and logical core count for a results file name, e.g. ``epyc-2core``, ``xeon-8core``."""
+    words = re.sub(r"\((r|tm)\)", " ", processor_name().lower()).split()
+    skip = {"amd", "intel", "genuineintel", "authenticamd", "cpu", "processor", "apple"}
+    family = next((re.sub(r"[^a-z0-9]", "", w) for w in words if w not in skip), "") or platform.machine()
+    return f"{family}-{os.cpu_count()}core"

@@ -143,7 +143,8 @@ class ConvNeXtBlock(nn.Module):
     The 1x1 layers are convolutions, so the block stays NCHW end to end. Switches: ``grad_checkpointing``,
     ``fused_training`` (the MLP through :func:`~convunext.models.layers.mlp.banded_mlp` on channels-last inputs, and
     the depthwise convolution through :func:`~convunext.models.layers.depthwise.depthwise_conv7` on channels-last
-    float32 CPU inputs in training, see :meth:`~convunext.models.layers.padding.ReflectConv2d.takes_compiled`).
+    float32 CPU inputs in training, see :meth:`~convunext.models.layers.padding.ReflectConv2d.takes_compiled`),
+    ``exportable`` (neither: plain operators for graph export).
 
     Shape: ``N x dim x H x W -> N x dim x H x W``.
     """
@@ -162,6 +163,7 @@ class ConvNeXtBlock(nn.Module):
         self.out_act = make_activation(options.act) if options.residual == "resnet" else nn.Identity()
         self.grad_checkpointing = False
         self.fused_training = False
+        self.exportable = False  # see SegmentationModel.set_exportable: plain operators only
         self.band_elements = DEFAULT_BAND_ELEMENTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,8 @@ class ConvNeXtBlock(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(self.dwconv(x, compiled=self.fused_training))
         kind = activation_kind(self.act)
-        if self.fused_training and kind is not None and rows_eligible(self.pwconv1.weight.dtype, y):
+        fused = self.fused_training and not self.exportable and kind is not None
+        if fused and rows_eligible(self.pwconv1.weight.dtype, y):
             y = from_rows(banded_mlp(flat(y), *self._mlp_matrices(), kind, band_elements=self.band_elements), y)
         else:
             y = self.pwconv2(self.act(self.pwconv1(y)))

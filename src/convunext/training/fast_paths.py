@@ -23,10 +23,10 @@ would hold far more than it uses (ConvUNeXt, batch 4 at 480x480: 1,467 MB in use
 4,302 MB tuned and 2,421 MB untuned; ``benchmarks/results/``). The malloc tuning is the process's, not the
 model's: it is resolved here and applied by the trainer's :func:`convunext.runtime.configure` call.
 
-The fused kernels include ConvUNeXt's compiled depthwise convolution (:mod:`convunext.models.layers.depthwise`),
-which the ``depthwise`` setting of :mod:`convunext.runtime` (``CONVUNEXT_DEPTHWISE``) can turn back to PyTorch's;
-:attr:`FastPaths.compiled_depthwise` records whether the run's float32 CPU steps use it (the kernel is built, or
-found, while the switches are resolved).
+The fused kernels include ConvUNeXt's compiled CPU kernels (:mod:`convunext.models.layers.compiled`: the depthwise
+convolution and the block MLP), which the ``kernels`` setting of :mod:`convunext.runtime` (``CONVUNEXT_KERNELS``)
+can turn back to PyTorch's operators; :attr:`FastPaths.compiled_kernels` records which of them the run's float32
+CPU steps use (each is built, or found, while the switches are resolved).
 """
 
 from __future__ import annotations
@@ -38,29 +38,32 @@ from torch import nn
 
 from ..errors import ConvUNeXtError
 from ..models.blocks import ConvNeXtBlock
-from ..models.layers.depthwise import compiled_in_use
+from ..models.layers import compiled_mlp, depthwise
+from ..models.layers.activations import activation_kind
 from ..runtime import runs_on_glibc
 from .config import TrainConfig
 
-__all__ = ["FastPaths", "enable_fast_paths", "has_compiled_depthwise", "resolve_fast_paths", "supports_fused_training"]
+__all__ = ["FastPaths", "compiled_kernels", "enable_fast_paths", "resolve_fast_paths", "supports_fused_training"]
+
+_LIBRARIES = {"depthwise": depthwise.LIBRARY, "mlp": compiled_mlp.LIBRARY}
 
 
 @dataclass(frozen=True)
 class FastPaths:
-    """The resolved switches of one run (each ``True`` = on), and whether its training steps run the compiled
-    depthwise convolution (part of the fused kernels; recorded in the run's ``summary.json`` with the switches)."""
+    """The resolved switches of one run (each ``True`` = on), and the compiled kernels its training steps run
+    (``depthwise``, ``mlp``: part of the fused kernels; recorded in the run's ``summary.json`` with the switches)."""
 
     channels_last: bool
     fused_kernels: bool
     tune_malloc: bool
     fast_validation: bool
-    compiled_depthwise: bool
+    compiled_kernels: tuple[str, ...]
 
     def apply_to(self, train: TrainConfig) -> None:
         """Record the resolved switches in ``train`` (``"on"`` / ``"off"``), as the run's ``config.yaml`` shows
         them."""
         for name, value in asdict(self).items():
-            if name != "compiled_depthwise":  # not a switch of its own: the fused kernels and CONVUNEXT_DEPTHWISE
+            if name != "compiled_kernels":  # not a switch of its own: the fused kernels and CONVUNEXT_KERNELS
                 setattr(train, name, "on" if value else "off")
 
 
@@ -74,8 +77,8 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
 
     Raises:
         ConvUNeXtError: ``fused_kernels: on`` for a model without fused kernels, or with ``channels_last: off``
-            (the kernels only take effect on channels-last tensors); ``CONVUNEXT_DEPTHWISE`` invalid, or
-            ``compiled`` where the compiled depthwise convolution cannot be loaded, for a run that would use it.
+            (the kernels only take effect on channels-last tensors); ``CONVUNEXT_KERNELS`` invalid, or
+            ``compiled`` where a compiled kernel cannot be loaded, for a run that would use it.
     """
     cpu = device.type == "cpu"
     fused_capable = supports_fused_training(model)
@@ -92,14 +95,21 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
     fused = train.fused_kernels == "on" or (train.fused_kernels == "auto" and cpu and fused_capable and channels_last)
     lean = train.recompute_activations  # asked for memory: the tuning would keep what recomputation frees
     tune = train.tune_malloc == "on" or (train.tune_malloc == "auto" and cpu and runs_on_glibc() and not lean)
-    depthwise = fused and cpu and not train.cpu_bf16 and has_compiled_depthwise(model) and compiled_in_use()
-    return FastPaths(channels_last, fused, tune, train.fast_validation != "off", depthwise)
+    kernels: tuple[str, ...] = ()
+    if fused and cpu and not train.cpu_bf16:  # float32 CPU steps: each kernel built or found now
+        kernels = tuple(name for name in compiled_kernels(model) if _LIBRARIES[name].for_call() is not None)
+    return FastPaths(channels_last, fused, tune, train.fast_validation != "off", kernels)
 
 
-def has_compiled_depthwise(model: nn.Module) -> bool:
-    """Whether ``model`` has a convolution that its fused training runs with the compiled depthwise kernel (the
-    depthwise 7x7 of ConvUNeXt's blocks)."""
-    return any(isinstance(module, ConvNeXtBlock) and module.dwconv.compiled_depthwise for module in model.modules())
+def compiled_kernels(model: nn.Module) -> tuple[str, ...]:
+    """The compiled kernels ``model``'s fused float32 CPU training can run: ``depthwise`` (the depthwise ``k x k``
+    convolutions of ConvUNeXt's blocks) and ``mlp`` (their MLPs, with GELU or ReLU), in that order."""
+    blocks = [module for module in model.modules() if isinstance(module, ConvNeXtBlock)]
+    uses = {
+        "depthwise": any(block.dwconv.compiled_depthwise for block in blocks),
+        "mlp": any(activation_kind(block.act) is not None for block in blocks),
+    }
+    return tuple(name for name, used in uses.items() if used)
 
 
 def enable_fast_paths(model: nn.Module, paths: FastPaths) -> nn.Module:

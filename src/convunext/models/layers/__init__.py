@@ -13,6 +13,9 @@ use them):
   :func:`~.gate.banded_gate`, :func:`~.gate.gate_rows_`;
 * :mod:`.depthwise` — the depthwise ``k x k`` convolution as a compiled CPU kernel for training
   (:func:`~.depthwise.depthwise_conv7`), PyTorch's as reference and fallback (:func:`~.depthwise.depthwise_reference`);
+* :mod:`.compiled_mlp` — the block's MLP in training as one compiled CPU kernel (:func:`~.compiled_mlp.compiled_mlp`,
+  which :func:`~.mlp.banded_mlp` tries first); :mod:`.compiled` — building, loading, checking and choosing the
+  compiled kernels (:class:`~.compiled.CompiledLibrary`, the ``kernels`` setting);
 * :mod:`.folding` — BatchNorm folding arithmetic; :mod:`.activations` — the fusable activations;
   :mod:`.banding` — band sizes, pixel-row views, the per-thread workspace; :mod:`.recompute` — recomputing
   one call's activations in backward (activation checkpointing).

@@ -7,7 +7,7 @@ computes the forward, the input gradient and the weight (and bias) gradient with
 on ``N x C x H x W`` tensors in channels-last memory (C innermost), stride 1, zero padding ``p`` (default
 ``k // 2``, "same"), and falls back to ``F.conv2d(..., groups=C)`` (:func:`depthwise_reference`) everywhere else.
 
-**Why a C++ kernel built at first use, loaded with ctypes.** Prototypes timed side by side with oneDNN in one
+**Why a C++ kernel** (built and loaded by :mod:`.compiled`). Prototypes timed side by side with oneDNN in one
 process (batch 4, 7x7, padding 3, one thread, medians of interleaved repeats) on a 2-core AVX-512 CPU busy with
 another job, so only the ratios mean anything (oneDNN's time over the candidate's; above 1 = faster; the C++ rows
 are this module's kernel, median of 3 runs):
@@ -28,27 +28,14 @@ gradient's from 8.5 to 14); two threads gave the same picture.
 
 numba (``@njit(parallel=True, fastmath=True)``) can only vectorise its innermost loop, over the channels: its
 accumulators live in memory, and its forward was not vectorised at all. The C++ kernel holds a tile of 8 outputs
-(or, for the weight gradient, the ``k`` taps of one kernel row) in SIMD registers (GCC/Clang vector types of the
-machine's width, ``-march=native``), and needs no new dependency. It is built as a plain shared library with C
-entry points on raw pointers, so it needs neither PyTorch's headers, ninja nor the Python headers, compiles in
-about two seconds, and is tied to no PyTorch version; ctypes releases the GIL while it runs.
+(or, for the weight gradient, the ``k`` taps of one kernel row) in SIMD registers.
 
-**Building and loading.** At the first call that can use it, the kernel is compiled with ``$CXX`` (default
-``c++``) into ``$CONVUNEXT_CACHE/kernels`` (default ``~/.cache/convunext``), under a name hashing the source, the
-flags and this CPU's model and features (a binary built for one CPU is never loaded on another: ``-march=native``
-code may use instructions other CPUs lack), written to a temporary file and renamed (concurrent processes are
-safe), then checked against the reference on a small input. Where any step fails (no compiler, a build error, a
-read-only cache, a wrong result), the reference is used, after one notice (a ``RuntimeWarning``, once per process).
+**Threads.** The weight gradient sums fixed blocks of 8 output rows in a fixed order, so it does not depend on the
+thread count.
 
-**Threads.** One OpenMP region per call with ``torch.get_num_threads()`` threads (PyTorch's own OpenMP runtime:
-the library links ``libgomp.so.1``, the one PyTorch has loaded); one thread runs no OpenMP at all. The weight
-gradient sums fixed blocks of 8 output rows in a fixed order, so it does not depend on the thread count.
-
-**Choosing the path**: the ``depthwise`` setting of :mod:`convunext.runtime`, read at each call: ``auto`` (default:
-compiled where it loads), ``compiled`` (an error where it cannot be loaded) or ``reference``. It starts from
-``CONVUNEXT_DEPTHWISE`` (read once, checked with the other settings when the process is configured) and
-``convunext.runtime.configure(depthwise=...)`` changes it. Either way, inputs the kernel does not take (not
-float32, not on the CPU, a kernel size other than 3, 5, 7 or 9) use the reference.
+**Choosing the path**: the ``kernels`` setting of :mod:`convunext.runtime` (``CONVUNEXT_KERNELS``, :mod:`.compiled`).
+Either way, inputs the kernel does not take (not float32, not on the CPU, a kernel size other than 3, 5, 7 or 9) use
+the reference.
 
 **Where it runs**: in ConvUNeXt's blocks while fused training is on (``model.set_fused_training()``, which
 ``convunext train`` turns on on CPUs), on channels-last float32 CPU inputs whose gradient is recorded
@@ -58,61 +45,22 @@ float32, not on the CPU, a kernel size other than 3, 5, 7 or 9) use the referenc
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ...errors import ConvUNeXtError
-from ...runtime import DEPTHWISE_ENV, DepthwiseMode, settings
+from .compiled import CompiledLibrary
 
-__all__ = [
-    "DEPTHWISE_ENV",
-    "KERNEL_SIZES",
-    "DepthwiseMode",
-    "compiled_available",
-    "compiled_in_use",
-    "depthwise_conv7",
-    "depthwise_mode",
-    "depthwise_reference",
-]
+__all__ = ["KERNEL_SIZES", "compiled_available", "compiled_in_use", "depthwise_conv7", "depthwise_reference"]
 
 KERNEL_SIZES = (3, 5, 7, 9)
 """The kernel sizes the compiled kernel is built for (each is a template instance)."""
-_FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
-_BUILD_TIMEOUT_S = 300
 
 _SOURCE = r"""
 // Depthwise k x k convolution, stride 1, zero padding p, on N x H x W x C float32 arrays (C innermost).
-#include <algorithm>
-#include <cstdint>
-
-#if defined(__AVX512F__)
-#define LANES 16
-#elif defined(__AVX__)
-#define LANES 8
-#else
-#define LANES 4
-#endif
 #define TILE 8  // outputs per register tile: TILE accumulators + K weights (or K accumulators + TILE gradients)
-
-typedef float vec __attribute__((vector_size(LANES * 4)));
-typedef int64_t i64;
-
-// unaligned loads and stores (a pixel's channels start anywhere when C is not a multiple of LANES)
-template <class T> static inline T ld(const float* p) { T v; __builtin_memcpy(&v, p, sizeof(T)); return v; }
-template <class T> static inline void st(float* p, T v) { __builtin_memcpy(p, &v, sizeof(T)); }
 
 // One output row, channels [c0, c0 + width of T): y[o, c] = b[c] + sum_ij x[ho + i - p, o + j - p, c] * w[i, j, c]
 template <int K, class T>
@@ -283,15 +231,6 @@ void dw_sum_rows(const float* parts, float* out, int64_t rows, int64_t len, int 
 """
 
 
-def depthwise_mode() -> DepthwiseMode:
-    """The ``depthwise`` setting of :mod:`convunext.runtime` now (``CONVUNEXT_DEPTHWISE``, else ``auto``).
-
-    Raises:
-        ConvUNeXtError: ``CONVUNEXT_DEPTHWISE`` holds a value other than ``auto``, ``compiled`` or ``reference``.
-    """
-    return settings().depthwise
-
-
 def depthwise_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | None = None) -> Tensor:
     """The reference: ``F.conv2d(x, weight, bias, padding=padding, groups=C)``, padding ``k // 2`` by default.
 
@@ -308,8 +247,8 @@ def depthwise_conv7(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
     The compiled kernel takes float32 CPU tensors and kernel sizes :data:`KERNEL_SIZES` (7 is ConvUNeXt's); it
     works on channels-last memory, so an input in another layout is copied into it first, and the output (and
     the input gradient) is channels-last. Results equal :func:`depthwise_reference` within float32 rounding;
-    gradients flow to ``x``, ``weight`` and ``bias`` (first order only). ``CONVUNEXT_DEPTHWISE`` chooses the
-    path (module docstring).
+    gradients flow to ``x``, ``weight`` and ``bias`` (first order only). ``CONVUNEXT_KERNELS`` chooses the
+    path (:mod:`.compiled`).
 
     Args:
         x: ``N x C x H x W``.
@@ -322,14 +261,11 @@ def depthwise_conv7(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
 
     Raises:
         ValueError: shapes that do not describe a depthwise convolution, or a padding out of range.
-        ConvUNeXtError: an invalid ``CONVUNEXT_DEPTHWISE``, or ``compiled`` where the kernel cannot be loaded.
+        ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
     """
     k = _check(x, weight, bias, padding)
     p = k // 2 if padding is None else padding
-    mode = depthwise_mode()
-    if mode == "reference" or not _takes(x, weight, bias):
-        return depthwise_reference(x, weight, bias, p)
-    kernel = _kernel(required=mode == "compiled")
+    kernel = LIBRARY.for_call() if _takes(x, weight, bias) else None
     if kernel is None:
         return depthwise_reference(x, weight, bias, p)
     return _CompiledDepthwise.apply(x, weight, bias, p, kernel)
@@ -337,7 +273,7 @@ def depthwise_conv7(x: Tensor, weight: Tensor, bias: Tensor | None = None, paddi
 
 def compiled_available() -> bool:
     """Whether the compiled kernel is loaded, building it now if needed (without the fallback's notice)."""
-    return isinstance(_load_once(), _Kernel)
+    return LIBRARY.available()
 
 
 def compiled_in_use() -> bool:
@@ -345,10 +281,9 @@ def compiled_in_use() -> bool:
     False with the ``reference`` setting, or (``auto``) after the fallback's one notice where it cannot be loaded.
 
     Raises:
-        ConvUNeXtError: an invalid ``CONVUNEXT_DEPTHWISE``, or ``compiled`` where the kernel cannot be loaded.
+        ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
     """
-    mode = depthwise_mode()
-    return mode != "reference" and _kernel(required=mode == "compiled") is not None
+    return LIBRARY.for_call() is not None
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int | None) -> int:
@@ -463,123 +398,6 @@ class _CompiledDepthwise(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
-_lock = threading.Lock()
-_loaded: _Kernel | str | None = None  # the kernel, or why it cannot be loaded; None until the first try
-_noticed = False
-
-
-def _kernel(required: bool) -> _Kernel | None:
-    """The compiled kernel; else (``required``) a ``ConvUNeXtError``, or (not) None after the one-time notice."""
-    global _noticed
-    loaded = _load_once()
-    if isinstance(loaded, _Kernel):
-        return loaded
-    if required:
-        raise ConvUNeXtError(f"{DEPTHWISE_ENV}=compiled: the compiled depthwise convolution is unavailable ({loaded})")
-    with _lock:
-        notice, _noticed = not _noticed, True
-    if notice:
-        warnings.warn(
-            f"convunext: the compiled depthwise convolution is unavailable ({loaded}); using PyTorch's convolution",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return None
-
-
-def _load_once() -> _Kernel | str:
-    global _loaded
-    with _lock:
-        if _loaded is None:
-            try:
-                _loaded = _load()
-            except Exception as error:  # whatever goes wrong, the reference path must still run
-                _loaded = _one_line(f"{type(error).__name__}: {error}")
-        return _loaded
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _compiler() -> list[str]:
-    """The compiler command: ``$CXX`` (may hold arguments) or ``c++``; ``OSError`` where it is not found."""
-    command = shlex.split(os.environ.get("CXX", "")) or ["c++"]
-    found = shutil.which(command[0])
-    if found is None:
-        raise OSError(f"no C++ compiler found ({command[0]!r}; set CXX)")
-    return [found, *command[1:]]
-
-
-def _cpu_signature() -> str:
-    """This CPU's model and feature flags (``/proc/cpuinfo`` on Linux), so that a cached ``-march=native`` build
-    is only loaded on the CPU it was built for."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    keys = ("vendor_id", "cpu family", "model", "model name", "flags", "features", "cpu part")
-    return "\n".join(line for line in lines if line.split(":")[0].strip().lower() in keys)
-
-
-def _library_path(compiler: list[str]) -> Path:
-    cache = Path(os.environ.get("CONVUNEXT_CACHE", "~/.cache/convunext")).expanduser() / "kernels"
-    key = "\0".join([_SOURCE, *_FLAGS, *compiler, platform.machine(), _cpu_signature()])
-    return cache / f"depthwise-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-
-
-def _build(compiler: list[str], target: Path) -> None:
-    """Compile :data:`_SOURCE` into ``target`` (built beside it, then renamed); ``OSError`` with the compiler's
-    first error line on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as folder:
-        source, library = Path(folder) / "depthwise.cpp", Path(folder) / target.name
-        source.write_text(_SOURCE)
-        command = [*compiler, *_FLAGS, str(source), "-o", str(library)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False)
-        if done.returncode:
-            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-            first = next((line for line in lines if "error" in line), lines[0] if lines else "")
-            raise OSError(f"{Path(compiler[0]).name} failed (exit {done.returncode}){': ' * bool(first)}{first}")
-        os.replace(library, target)
-
-
-def _load() -> _Kernel:
-    """Build (unless cached), load and check the compiled kernel."""
-    compiler = _compiler()
-    path = _library_path(compiler)
-    if not path.is_file():
-        _build(compiler, path)
-    kernel = _Kernel(ctypes.CDLL(str(path)))
-    _self_check(kernel)
-    return kernel
-
-
-def _self_check(kernel: _Kernel) -> None:
-    """``RuntimeError`` unless the kernel's forward and gradients match the reference on a small input that
-    covers its vector and scalar channel paths, edges and register tiles.
-
-    The check runs in a thread of its own: the first call may come from inside a checkpointed forward pass
-    (activation recomputation), whose saved-tensor hooks are thread-local state. On the caller's thread they would
-    capture the check's own graph, and its ``backward`` would re-run that checkpoint, which calls this kernel again
-    while :data:`_lock` is held: a deadlock. A new thread also starts outside inference mode, no-grad and autocast.
-    """
-    failure: list[BaseException] = []
-
-    def check() -> None:
-        try:
-            _compare_with_reference(kernel)
-        except BaseException as error:  # re-raised on the caller's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=check, name="convunext-depthwise-check")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
 def _compare_with_reference(kernel: _Kernel) -> None:
     generator = torch.Generator().manual_seed(0)
     c = kernel.lanes + 3
@@ -594,3 +412,14 @@ def _compare_with_reference(kernel: _Kernel) -> None:
     for got, expected in pairs:
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
             raise RuntimeError("the compiled kernel failed its check against PyTorch's convolution")
+
+
+LIBRARY = CompiledLibrary(
+    "depthwise",
+    _SOURCE,
+    _Kernel,
+    _compare_with_reference,
+    what="the compiled depthwise convolution",
+    fallback="PyTorch's convolution",
+)
+"""The compiled kernel's build, load and check (:mod:`.compiled`)."""

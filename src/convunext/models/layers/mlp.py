@@ -6,8 +6,9 @@ One signature, three ways to run it, all on pixel rows (``P x C``: :func:`~.band
 * :func:`banded_mlp` — band by band over the rows. With gradients it is a custom autograd function whose forward
   saves only its inputs and whose backward recomputes each band's hidden activation in cache (+17% of the MLP's
   FLOPs) and accumulates the weight gradients band by band: the ``4 x dim`` pre-activation, activation and their
-  gradients (four full-size tensors in autograd's version) never exist. Without gradients it is the inference
-  kernel;
+  gradients (four full-size tensors in autograd's version) never exist. On float32 CPU rows that function is the
+  compiled kernel of :mod:`.compiled_mlp` (the same scheme in tiles of rows, one C++ pass per tile) where it loads,
+  else PyTorch's operators. Without gradients it is the inference kernel;
 * :func:`mlp_rows_` — one band of the inference kernel into caller-owned buffers (the fused blocks run it on
   each band of rows right after the band's depthwise convolution).
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from ...utils.threads import ranges, run_tasks, workers
 from .activations import ActivationKind, activation, activation_
 from .banding import DEFAULT_BAND_ELEMENTS, sum_partials
+from .compiled_mlp import compiled_mlp
 
 __all__ = ["banded_mlp", "mlp_reference", "mlp_rows_"]
 
@@ -160,10 +162,17 @@ def banded_mlp(
     band_elements: int = DEFAULT_BAND_ELEMENTS,
 ) -> Tensor:
     """:func:`mlp_reference` computed band by band (same arguments and shapes), about ``band_elements`` values in
-    a band's hidden activation; differentiable (see the module docstring) when gradients are needed."""
+    a band's hidden activation; differentiable (see the module docstring) when gradients are needed.
+
+    Raises:
+        ConvUNeXtError: with gradients, an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the compiled kernel
+            cannot be loaded.
+    """
     band = max(64, band_elements // w1.shape[1])
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2)):
-        y = _BandedMLP.apply(x, w1, b1, w2, b2, act, band)
+        y = compiled_mlp(x, w1, b1, w2, b2, act)
+        if y is None:
+            y = _BandedMLP.apply(x, w1, b1, w2, b2, act, band)
         if residual is not None:
             y = y + residual
         return activation(act)(y) if out_act else y

@@ -1,0 +1,319 @@
+"""The ConvNeXt block's per-pixel MLP in training, ``act(x W1 + b1) W2 + b2`` on ``P x C`` rows, as one compiled CPU
+kernel (forward and backward), with :func:`~.mlp.banded_mlp`'s PyTorch path as its reference and fallback.
+
+After the compiled depthwise convolution, the matrix products of the blocks' 1x1 layers took about 60% of
+ConvUNeXt's CPU training step, GELU and its gradient 9% (issue 34). PyTorch runs them as separate library calls on
+bands of rows: each call streams the band's ``P x 4C`` hidden activation (or its gradient) through memory, and the
+matrix library's CPU dispatch does not reach the machine's peak on these thin shapes (32 to 256 channels). This
+kernel walks the rows in tiles of :data:`TILE_ROWS`: per tile it computes the pre-activation, the activation and its
+derivative in one pass (GELU's ``erf`` and its density share one ``exp``), both weight gradients, the bias gradient
+and the input gradient, so the hidden tensors never leave the core's cache; the matrix products are register-tiled
+(up to 24 vector accumulators) with the machine's SIMD width. docs/speed.md has its measured speed.
+
+Like the PyTorch path, the backward pass recomputes the hidden activation from the saved input instead of storing
+it, so the forward saves only ``x`` and the weights. Per-thread weight-gradient sums are added in thread order: the
+result depends on the thread count within float32 rounding (as the PyTorch path's does).
+
+It runs where :func:`~.mlp.banded_mlp` records gradients on float32 CPU rows (ConvUNeXt's blocks while fused training
+is on); the ``kernels`` setting of :mod:`convunext.runtime` chooses (:mod:`.compiled`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .activations import ActivationKind, activation
+from .compiled import CompiledLibrary
+
+__all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "takes"]
+
+TILE_ROWS = 48
+"""Rows per tile: the tile's three ``TILE_ROWS x 4C`` hidden buffers stay in the core's L2 cache up to C = 256."""
+
+_SOURCE = (
+    f"#include <cmath>\n#include <vector>\nstatic const int TILE_ROWS = {TILE_ROWS};\n"
+    + r"""
+// out[i, n] (=, or +=) sum_k a[i * ai + k * ak] * b[k * ldb + n] (+ bias[n]), for i < MI and NV vectors of n.
+template <int MI, int NV, class T>
+static inline void block(const float* a, i64 ai, i64 ak, const float* b, i64 ldb, i64 kk, float* out, i64 ldo,
+                         const float* bias, bool accumulate) {
+  T acc[MI][NV];
+  for (int i = 0; i < MI; ++i)
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? ld<T>(out + i * ldo + v * width<T>()) : bias ? ld<T>(bias + v * width<T>()) : T{};
+  for (i64 k = 0; k < kk; ++k) {
+    T bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = ld<T>(b + k * ldb + v * width<T>());
+#pragma GCC unroll 16
+    for (int i = 0; i < MI; ++i) {
+      const T av = splat<T>(a[i * ai + k * ak]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int v = 0; v < NV; ++v) st<T>(out + i * ldo + v * width<T>(), acc[i][v]);
+}
+
+template <int NV, int MI, class T>
+static inline void rows_of(const float* a, i64 ai, i64 ak, i64 m, const float* b, i64 ldb, i64 kk, float* out,
+                           i64 ldo, const float* bias, bool accumulate) {
+  i64 i = 0;
+  for (; i + MI <= m; i += MI) block<MI, NV, T>(a + i * ai, ai, ak, b, ldb, kk, out + i * ldo, ldo, bias, accumulate);
+  for (; i < m; ++i) block<1, NV, T>(a + i * ai, ai, ak, b, ldb, kk, out + i * ldo, ldo, bias, accumulate);
+}
+
+// out[m x n] (=, or +=) A[m x kk] B[kk x n] (+ bias[n]): A addressed by strides (ai, ak), B and out row-major.
+// Register tiles: 6 rows x 4 vectors, 12 x 2 or 12 x 1, then single columns.
+static void gemm(const float* a, i64 ai, i64 ak, i64 m, const float* b, i64 ldb, i64 kk, i64 n, float* out, i64 ldo,
+                 const float* bias, bool accumulate) {
+  i64 c = 0;
+#define COLUMNS(NV, MI, T, STEP)                                                                                  \
+  for (; c + (STEP) <= n; c += (STEP))                                                                            \
+    rows_of<NV, MI, T>(a, ai, ak, m, b + c, ldb, kk, out + c, ldo, bias ? bias + c : nullptr, accumulate);
+  COLUMNS(4, 6, vec, 4 * LANES)
+  COLUMNS(2, 12, vec, 2 * LANES)
+  COLUMNS(1, 12, vec, LANES)
+  COLUMNS(1, 4, float, 1)
+#undef COLUMNS
+}
+
+// exp(x) for -87 <= x <= 0 (smaller x is clamped): 2^n p(r), r = x - n ln2, |r| <= ln2 / 2 (Cephes' expf polynomial)
+static inline vec exp_nonpositive(vec x) {
+  x = x < splat<vec>(-87.f) ? splat<vec>(-87.f) : x;
+  const ivec n = __builtin_convertvector(x * 1.44269504f - 0.5f, ivec);  // truncation: round(x log2 e) for x <= 0
+  const vec nf = __builtin_convertvector(n, vec);
+  const vec r = x - nf * 0.693145751953125f - nf * 1.428606765330187e-06f;
+  vec p = splat<vec>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const ivec bits = (n + 127) << 23;
+  vec scale;
+  __builtin_memcpy(&scale, &bits, sizeof(vec));
+  return p * scale;
+}
+
+// One tile's activation: act = f(pre); with `derivative`, pre is overwritten by f'(pre).
+// GELU(x) = x Phi(x), GELU'(x) = Phi(x) + x phi(x); erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), whose
+// exp(-x^2 / 2) is also the density's.
+static void activate(float* pre, float* act, i64 count, bool gelu, bool derivative) {
+  i64 e = 0;
+  for (; e + LANES <= count; e += LANES) {
+    const vec x = ld<vec>(pre + e);
+    if (!gelu) {
+      st<vec>(act + e, x > 0 ? x : vec{});
+      if (derivative) st<vec>(pre + e, x > 0 ? splat<vec>(1.f) : vec{});
+      continue;
+    }
+    const vec z = (x < 0 ? -x : x) * 0.7071067811865476f;
+    const vec t = 1.f / (1.f + 0.3275911f * z);
+    const vec g = exp_nonpositive(-z * z);
+    vec poly = splat<vec>(1.061405429f);
+    poly = poly * t - 1.453152027f;
+    poly = poly * t + 1.421413741f;
+    poly = poly * t - 0.284496736f;
+    poly = poly * t + 0.254829592f;
+    const vec erf_abs = 1.f - poly * t * g;
+    const vec cdf = 0.5f + 0.5f * (x < 0 ? -erf_abs : erf_abs);
+    st<vec>(act + e, x * cdf);
+    if (derivative) st<vec>(pre + e, cdf + x * g * 0.3989422804014327f);
+  }
+  for (; e < count; ++e) {
+    const float x = pre[e];
+    if (!gelu) {
+      act[e] = x > 0 ? x : 0.f;
+      if (derivative) pre[e] = x > 0 ? 1.f : 0.f;
+      continue;
+    }
+    const float cdf = 0.5f * (1.f + std::erf(x * 0.7071067811865476f));
+    act[e] = x * cdf;
+    if (derivative) pre[e] = cdf + x * std::exp(-0.5f * x * x) * 0.3989422804014327f;
+  }
+}
+
+// this thread's rows of [0, P): contiguous ranges in thread order
+static inline void my_rows(i64 P, i64* first, i64* last) {
+  const int thread = team_thread(), threads = team_size();
+  *first = P * thread / threads;
+  *last = P * (thread + 1) / threads;
+}
+
+extern "C" {
+int mlp_lanes(void) { return LANES; }
+
+// y = act(x w1 + b1) w2 + b2: x P x C, w1 C x H, b1 H, w2 H x D, b2 D, y P x D
+void mlp_forward(const float* x, const float* w1, const float* b1, const float* w2, const float* b2, float* y, i64 P,
+                 i64 C, i64 H, i64 D, int gelu, int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    i64 first, last;
+    my_rows(P, &first, &last);
+    std::vector<float> pre(TILE_ROWS * H), act(TILE_ROWS * H);
+    for (i64 r0 = first; r0 < last; r0 += TILE_ROWS) {
+      const i64 m = std::min<i64>(TILE_ROWS, last - r0);
+      gemm(x + r0 * C, C, 1, m, w1, H, C, H, pre.data(), H, b1, false);
+      activate(pre.data(), act.data(), m * H, gelu, false);
+      gemm(act.data(), H, 1, m, w2, D, H, D, y + r0 * D, D, b2, false);
+    }
+  }
+}
+
+// The backward pass from the output gradient g (P x D), recomputing each tile's hidden activation.
+// w1t (H x C) and w2t (D x H): the transposed weights. gx: P x C, or null (not needed).
+// sums: threads x (C*H + H + H*D), each thread's sums of the gradients of w1, b1 and w2 (in that order).
+void mlp_backward(const float* x, const float* w1, const float* b1, const float* w1t, const float* w2t, const float* g,
+                  float* gx, float* sums, i64 P, i64 C, i64 H, i64 D, int gelu, int threads) {
+  const i64 size = C * H + H + H * D;
+  std::fill(sums, sums + threads * size, 0.f);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    i64 first, last;
+    my_rows(P, &first, &last);
+    float* gw1 = sums + team_thread() * size;
+    float* gb1 = gw1 + C * H;
+    float* gw2 = gb1 + H;
+    std::vector<float> pre(TILE_ROWS * H), act(TILE_ROWS * H), gh(TILE_ROWS * H);
+    for (i64 r0 = first; r0 < last; r0 += TILE_ROWS) {
+      const i64 m = std::min<i64>(TILE_ROWS, last - r0);
+      const float* xt = x + r0 * C;
+      const float* gt = g + r0 * D;
+      gemm(xt, C, 1, m, w1, H, C, H, pre.data(), H, b1, false);
+      activate(pre.data(), act.data(), m * H, gelu, true);           // pre now holds act'(pre)
+      gemm(act.data(), 1, H, H, gt, D, m, D, gw2, D, nullptr, true);  // gw2 += act^T g
+      gemm(gt, D, 1, m, w2t, H, D, H, gh.data(), H, nullptr, false);  // gh = g w2^T
+      for (i64 e = 0; e < m * H; ++e) gh[e] *= pre[e];                // the pre-activation's gradient
+      for (i64 r = 0; r < m; ++r)
+        for (i64 h = 0; h < H; ++h) gb1[h] += gh[r * H + h];
+      gemm(xt, 1, C, C, gh.data(), H, m, H, gw1, H, nullptr, true);  // gw1 += x^T gh
+      if (gx) gemm(gh.data(), H, 1, m, w1t, C, H, C, gx + r0 * C, C, nullptr, false);  // gx = gh w1^T
+    }
+  }
+}
+}
+"""
+)
+
+
+class _Kernel:
+    """The loaded library's entry points on tensors (raw pointers, and the caller's intra-op thread count)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        library.mlp_lanes.argtypes, library.mlp_lanes.restype = [], c_int
+        library.mlp_forward.argtypes = [ptr] * 6 + [i64] * 4 + [c_int, c_int]
+        library.mlp_forward.restype = None
+        library.mlp_backward.argtypes = [ptr] * 8 + [i64] * 4 + [c_int, c_int]
+        library.mlp_backward.restype = None
+        self.library = library
+        self.lanes = int(library.mlp_lanes())
+
+    def forward(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, gelu: bool) -> Tensor:
+        """``act(x w1 + b1) w2 + b2``; all contiguous float32 CPU tensors: ``P x C``, ``C x H``, ``H``, ``H x D``,
+        ``D`` -> ``P x D``."""
+        (p, c), (h, d) = x.shape, w2.shape
+        y = x.new_empty(p, d)
+        pointers = (t.data_ptr() for t in (x, w1, b1, w2, b2, y))
+        self.library.mlp_forward(*pointers, p, c, h, d, int(gelu), torch.get_num_threads())
+        return y
+
+    def backward(
+        self, x: Tensor, w1: Tensor, b1: Tensor, w2t: Tensor, grad: Tensor, gelu: bool, input_grad: bool
+    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """The gradients of ``x`` (None unless ``input_grad``), ``w1``, ``b1`` and ``w2`` from the output gradient
+        ``grad`` (``P x D``); ``w2t`` is ``w2`` transposed (``D x H``), all contiguous."""
+        (p, c), (d, h) = x.shape, w2t.shape
+        threads = torch.get_num_threads()
+        w1t = w1.t().contiguous()
+        grad_x = x.new_empty(p, c) if input_grad else None
+        sums = x.new_empty(threads, c * h + h + h * d)
+        pointers = [t.data_ptr() for t in (x, w1, b1, w1t, w2t, grad)]
+        gx_pointer = None if grad_x is None else grad_x.data_ptr()
+        self.library.mlp_backward(*pointers, gx_pointer, sums.data_ptr(), p, c, h, d, int(gelu), threads)
+        total = sums.sum(0) if threads > 1 else sums[0]
+        return grad_x, total[: c * h].view(c, h), total[c * h : c * h + h], total[c * h + h :].view(h, d)
+
+
+class _CompiledMLP(torch.autograd.Function):
+    """:func:`compiled_mlp`'s autograd: the forward saves ``x`` and the weights, the backward recomputes."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: ActivationKind, kernel: _Kernel
+    ) -> Tensor:
+        x, w1, b1, w2 = (t.detach().contiguous() for t in (x, w1, b1, w2))
+        w2t = w2.t().contiguous()
+        ctx.save_for_backward(x, w1, b1, w2t)
+        ctx.gelu, ctx.kernel = act == "gelu", kernel
+        return kernel.forward(x, w1, b1, w2, b2.detach().contiguous(), ctx.gelu)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, w1, b1, w2t = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x, grad_w1, grad_b1, grad_w2 = ctx.kernel.backward(
+            x, w1, b1, w2t, grad, ctx.gelu, input_grad=ctx.needs_input_grad[0]
+        )
+        return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None, None
+
+
+def takes(*tensors: Tensor) -> bool:
+    """Whether the compiled kernel takes these tensors: all float32 on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def compiled_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: ActivationKind) -> Tensor | None:
+    """``act(x w1 + b1) w2 + b2`` through the compiled kernel, differentiable (first order), or None where it does
+    not run: tensors it does not take (:func:`takes`), the ``reference`` setting, or (``auto``) a kernel that cannot
+    be loaded (after one notice).
+
+    Shapes: ``x`` ``P x C``, ``w1`` ``C x H``, ``b1`` ``H``, ``w2`` ``H x D``, ``b2`` ``D`` -> ``P x D``.
+
+    Raises:
+        ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
+    """
+    kernel = LIBRARY.for_call(stacklevel=4) if takes(x, w1, b1, w2, b2) else None
+    if kernel is None:
+        return None
+    return _CompiledMLP.apply(x, w1, b1, w2, b2, act, kernel)
+
+
+def _compare_with_reference(kernel: _Kernel) -> None:
+    """``RuntimeError`` unless the kernel's output and gradients match PyTorch's on a small input that covers its
+    register tiles, its vector and scalar columns and a partial tile of rows, for both activations."""
+    generator = torch.Generator().manual_seed(0)
+    c, h = kernel.lanes + 3, 4 * kernel.lanes + 5
+    shapes = ((2 * TILE_ROWS + 7, c), (c, h), (h,), (h, c), (c,))
+    tensors = [torch.randn(shape, generator=generator) for shape in shapes]
+    grad = torch.randn(2 * TILE_ROWS + 7, c, generator=generator)
+    for act in ("gelu", "relu"):
+        leaves = [[t.clone().requires_grad_(True) for t in tensors] for _ in range(2)]
+        x, w1, b1, w2, b2 = leaves[0]
+        outputs = [activation(act)(x @ w1 + b1) @ w2 + b2, _CompiledMLP.apply(*leaves[1], act, kernel)]
+        for output in outputs:
+            output.backward(grad)
+        pairs = [(outputs[1], outputs[0])] + [(b.grad, a.grad) for a, b in zip(*leaves)]
+        for got, expected in pairs:
+            if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
+                raise RuntimeError("the compiled kernel failed its check against PyTorch's operators")
+
+
+LIBRARY = CompiledLibrary(
+    "mlp",
+    _SOURCE,
+    _Kernel,
+    _compare_with_reference,
+    what="the compiled MLP kernel",
+    fallback="PyTorch's matrix products",
+)
+"""The compiled kernel's build, load and check (:mod:`.compiled`)."""
