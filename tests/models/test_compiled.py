@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from convunext.errors import ConvUNeXtError
-from convunext.models.layers import compiled, compiled_mlp, depthwise
+from convunext.models.layers import compiled, compiled_gate, compiled_mlp, depthwise
 from convunext.models.layers.compiled import CompiledLibrary
+from convunext.models.layers.gate import GateWeights, banded_gate, gate_reference
 from convunext.models.layers.mlp import mlp_reference
 
 CHANNELS_LAST = torch.channels_last
@@ -56,6 +57,22 @@ def _mlp_call() -> torch.Tensor:
     return banded_mlp(*leaves, "gelu")
 
 
+def _gate_inputs() -> list[torch.Tensor]:
+    g = _generator()
+    shapes = ((50, 5), (50, 5), (5, 20), (20,), (5, 5), (5, 5), (5,))  # u, s, then GateWeights' (3c + D = 20)
+    return [torch.randn(shape, generator=g) for shape in shapes]
+
+
+def _gate_call() -> torch.Tensor:
+    u, s, *weights = (t.requires_grad_(True) for t in _gate_inputs())
+    return banded_gate(u, s, GateWeights(*weights))
+
+
+def _gate_reference() -> torch.Tensor:
+    u, s, *weights = _gate_inputs()
+    return gate_reference(u, s, GateWeights(*weights))
+
+
 KERNELS = {
     "depthwise": Kernel(
         depthwise.LIBRARY,
@@ -71,6 +88,14 @@ KERNELS = {
         "compiled_mlp",
         "y = banded_mlp(flat(t), *(torch.randn(s, requires_grad=True) for s in ((8, 32), (32,), (32, 8), (8,))), "
         "'gelu')",
+    ),
+    "gate": Kernel(
+        compiled_gate.LIBRARY,
+        _gate_call,
+        _gate_reference,
+        "compiled_gate",
+        "y = banded_gate(flat(t), flat(t), GateWeights(*(torch.randn(s, requires_grad=True) "
+        "for s in ((8, 32), (32,), (8, 8), (8, 8), (8,)))))",
     ),
 }
 
@@ -191,6 +216,7 @@ from torch.utils.checkpoint import checkpoint
 from convunext.models.layers import {module} as layer
 from convunext.models.layers import depthwise
 from convunext.models.layers.banding import flat
+from convunext.models.layers.gate import GateWeights, banded_gate
 from convunext.models.layers.mlp import banded_mlp
 def forward(t):
     {first_call}

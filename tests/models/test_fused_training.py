@@ -14,7 +14,7 @@ import torch
 
 from convunext import create_model, runtime
 from convunext.models.blocks import ConvNeXtBlock
-from convunext.models.layers import compiled_mlp, depthwise
+from convunext.models.layers import compiled_gate, compiled_mlp, depthwise
 
 CHANNELS_LAST = torch.channels_last
 
@@ -102,13 +102,14 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 KERNELS = {
     "depthwise": (depthwise.LIBRARY, depthwise._CompiledDepthwise),
     "mlp": (compiled_mlp.LIBRARY, compiled_mlp._CompiledMLP),
+    "gate": (compiled_gate.LIBRARY, compiled_gate._CompiledGate),
 }
 
 
 @pytest.fixture
 def compiled_runs(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Calls of each compiled kernel (``depthwise``, ``mlp``), counted (skipped where they do not load: where a
-    compiler is found, and in CI, tests/models/test_compiled.py fails then)."""
+    """Calls of each compiled kernel (``depthwise``, ``mlp``, ``gate``), counted (skipped where they do not load:
+    where a compiler is found, and in CI, tests/models/test_compiled.py fails then)."""
     runs: Counter[str] = Counter()
     for name, (library, function) in KERNELS.items():
         if not library.available():
@@ -173,12 +174,14 @@ def test_model_step_with_compiled_kernels_matches_reference(
     compiled, reference = model, copy.deepcopy(model)
     set_kernels("compiled")
     loss = _step(compiled, x, target)
-    # every block's depthwise conv and MLP, and under recomputation again when the checkpoint re-runs each block
-    calls = 22 if recompute else 11
-    assert compiled_runs == {"depthwise": calls, "mlp": calls}
+    # every block's depthwise conv and MLP, every decoder stage's gate, and under recomputation again when the
+    # checkpoint re-runs each stage
+    calls = {"depthwise": 11, "mlp": 11, "gate": 4}
+    expected = {name: count * (2 if recompute else 1) for name, count in calls.items()}
+    assert compiled_runs == expected
     set_kernels("reference")
     assert loss == pytest.approx(_step(reference, x, target), rel=1e-5)
-    assert compiled_runs == {"depthwise": calls, "mlp": calls}
+    assert compiled_runs == expected
     _assert_same_gradients(compiled, reference, rtol=1e-4)  # through 11 blocks: the tolerance of the tests above
 
 
@@ -232,6 +235,7 @@ def test_model_step_falls_back_where_the_kernels_cannot_load(
     assert [str(w.message) for w in caught] == [
         f"convunext: the compiled depthwise convolution is unavailable {why}; using PyTorch's convolution",
         f"convunext: the compiled MLP kernel is unavailable {why}; using PyTorch's matrix products",
+        f"convunext: the compiled gate kernel is unavailable {why}; using PyTorch's matrix products",
     ]
     assert loss == pytest.approx(_step(plain, x, target), rel=1e-5)
     _assert_same_gradients(fused, plain, rtol=1e-4)

@@ -12,7 +12,7 @@ import torch
 
 from convunext.errors import ConvUNeXtError
 from convunext.models import blocks, create_model, list_models
-from convunext.models.layers import compiled_mlp, depthwise
+from convunext.models.layers import compiled_gate, compiled_mlp, depthwise
 from convunext.models.layers.mlp import banded_mlp
 from convunext.training.config import ExperimentConfig, TrainConfig
 from convunext.training.fast_paths import compiled_kernels, resolve_fast_paths, supports_fused_training
@@ -34,8 +34,8 @@ def test_auto_resolves_per_model_and_device(name: str) -> None:
     assert (cuda.channels_last, cuda.fused_kernels, cuda.tune_malloc, cuda.fast_validation) == (False,) * 3 + (True,)
     off = resolve_fast_paths(TrainConfig(channels_last="off"), model, torch.device("cpu"))
     assert not off.channels_last and not off.fused_kernels  # the kernels need channels-last: auto leaves them off
-    loaded = depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available()
-    assert cpu.compiled_kernels == (("depthwise", "mlp") if fused and loaded else ())
+    loaded = depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available() and compiled_gate.LIBRARY.available()
+    assert cpu.compiled_kernels == (("depthwise", "mlp", "gate") if fused and loaded else ())
     assert cuda.compiled_kernels == off.compiled_kernels == ()
 
 
@@ -115,15 +115,15 @@ def test_fast_validation_equals_eager_validation(
 
 
 def test_compiled_kernels_need_the_fused_kernels_float32_and_a_model_that_has_them(set_kernels: Callable) -> None:
-    if not (depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available()):
+    if not (depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available() and compiled_gate.LIBRARY.available()):
         pytest.skip("the compiled kernels do not load here: tests/models/test_compiled.py")
     cpu = torch.device("cpu")
     model = create_model("convunext", width=8)
     dense = create_model("convunext", width=8, depthwise=False)
-    assert compiled_kernels(model) == ("depthwise", "mlp") and compiled_kernels(dense) == ("mlp",)
+    assert compiled_kernels(model) == ("depthwise", "mlp", "gate") and compiled_kernels(dense) == ("mlp", "gate")
     assert compiled_kernels(create_model("unet", width=8)) == ()
-    assert resolve_fast_paths(TrainConfig(), model, cpu).compiled_kernels == ("depthwise", "mlp")
-    assert resolve_fast_paths(TrainConfig(), dense, cpu).compiled_kernels == ("mlp",)
+    assert resolve_fast_paths(TrainConfig(), model, cpu).compiled_kernels == ("depthwise", "mlp", "gate")
+    assert resolve_fast_paths(TrainConfig(), dense, cpu).compiled_kernels == ("mlp", "gate")
     assert resolve_fast_paths(TrainConfig(fused_kernels="off"), model, cpu).compiled_kernels == ()
     assert resolve_fast_paths(TrainConfig(cpu_bf16=True), model, cpu).compiled_kernels == ()  # autocast: bf16
     assert resolve_fast_paths(TrainConfig(recompute_activations=True), model, cpu).compiled_kernels
@@ -153,15 +153,15 @@ def test_the_trainers_steps_run_the_compiled_kernels_by_default(
     """The default ``convunext train`` on a CPU runs them in every block; ``CONVUNEXT_KERNELS=reference`` and
     ``train.fused_kernels=off`` keep PyTorch's operators. The run records which (``summary.json``'s
     ``fast_paths``, :mod:`tests.training.test_trainer`)."""
-    if not (depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available()):
+    if not (depthwise.compiled_in_use() and compiled_mlp.LIBRARY.available() and compiled_gate.LIBRARY.available()):
         pytest.skip("the compiled kernels do not load here: tests/models/test_compiled.py")
     set_kernels("reference" if setting == "reference" else "auto")
     trainer = Trainer(tiny_run(*SHORT, *(["train.fused_kernels=off"] if setting == "fused_kernels=off" else [])))
     expected = setting == "default"
-    assert trainer.fast_paths.compiled_kernels == (("depthwise", "mlp") if expected else ())
+    assert trainer.fast_paths.compiled_kernels == (("depthwise", "mlp", "gate") if expected else ())
     assert not hasattr(trainer.config.train, "compiled_kernels")  # config.yaml holds the switches only
     runs: list[int] = []
-    for function in (depthwise._CompiledDepthwise, compiled_mlp._CompiledMLP):
+    for function in (depthwise._CompiledDepthwise, compiled_mlp._CompiledMLP, compiled_gate._CompiledGate):
         apply = function.apply
         monkeypatch.setattr(function, "apply", lambda *args, apply=apply: runs.append(1) or apply(*args))
     loop = trainer._prepare(time.perf_counter())
@@ -169,4 +169,4 @@ def test_the_trainers_steps_run_the_compiled_kernels_by_default(
     trainer.train_model.train()
     loss = trainer.step.loss(trainer.train_model, batch["image"], batch["mask"])
     trainer.step.update(trainer.model, loop.optimizer, loss, loop.scaler, loop.scheduler, loop.ema)
-    assert len(runs) == (22 if expected else 0)  # one of each per block
+    assert len(runs) == (26 if expected else 0)  # two per block (depthwise, MLP), one per decoder stage (gate)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from convunext.checkpoint import load_checkpoint
 from convunext.errors import ConvUNeXtError
-from convunext.models.layers import compiled_mlp, depthwise
+from convunext.models.layers import compiled_gate, compiled_mlp, depthwise
 from convunext.training import run_log
 from convunext.training.config import ExperimentConfig
 from convunext.training.trainer import Trainer
@@ -74,7 +74,8 @@ def test_training_writes_a_complete_run_folder(tmp_path: Path) -> None:
     device = summary["device"]
     assert device.startswith("CPU ") and f"({torch.backends.cpu.get_cpu_capability()}, " in device
     # and the compiled kernels its steps ran: each wherever it loads
-    loaded = {"depthwise": depthwise.LIBRARY.available(), "mlp": compiled_mlp.LIBRARY.available()}
+    libraries = {"depthwise": depthwise.LIBRARY, "mlp": compiled_mlp.LIBRARY, "gate": compiled_gate.LIBRARY}
+    loaded = {name: library.available() for name, library in libraries.items()}
     assert summary["fast_paths"]["compiled_kernels"] == [name for name, ok in loaded.items() if ok]
 
 

@@ -333,9 +333,9 @@ class GatedUpStage(nn.Module):
     """ConvUNeXt's decoder stage: upsample the deep input, gate the skip, fuse, one block.
 
     ``x1 <- upsample_to(norm(x1), x2)``; ``x2 <- SkipGate(x1, x2)`` (or unchanged with ``attention_gate=False``);
-    ``concat[x2, x1] -> conv 1x1 (in -> out) -> ConvNeXtBlock(out)``. Switches: ``exportable``,
-    ``fused_training`` (gate and fusion through :func:`~convunext.models.layers.gate.banded_gate` on channels-last
-    inputs).
+    ``concat[x2, x1] -> conv 1x1 (in -> out) -> ConvNeXtBlock(out)``. Switches: ``exportable`` (plain PyTorch
+    operators only), ``fused_training`` (gate and fusion through :func:`~convunext.models.layers.gate.banded_gate`
+    on channels-last inputs, unless exportable).
 
     Shape: deep ``N x in/2 x h x w`` and skip ``N x in/2 x H x W`` -> ``N x out_channels x H x W``.
     """
@@ -366,7 +366,7 @@ class GatedUpStage(nn.Module):
 
     def _forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x1 = upsample_to(self.norm(x1), x2, self.exportable)
-        if self.fused_training and rows_eligible(self.fuse.weight.dtype, x1, x2):
+        if self.fused_training and not self.exportable and rows_eligible(self.fuse.weight.dtype, x1, x2):
             z = from_rows(banded_gate(flat(x1), flat(x2), self.gate_weights(), self.band_elements), x2)
         else:
             if self.gate is not None:

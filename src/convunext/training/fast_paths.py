@@ -24,9 +24,9 @@ would hold far more than it uses (ConvUNeXt, batch 4 at 480x480: 1,467 MB in use
 model's: it is resolved here and applied by the trainer's :func:`convunext.runtime.configure` call.
 
 The fused kernels include ConvUNeXt's compiled CPU kernels (:mod:`convunext.models.layers.compiled`: the depthwise
-convolution and the block MLP), which the ``kernels`` setting of :mod:`convunext.runtime` (``CONVUNEXT_KERNELS``)
-can turn back to PyTorch's operators; :attr:`FastPaths.compiled_kernels` records which of them the run's float32
-CPU steps use (each is built, or found, while the switches are resolved).
+convolution, the block MLP and the decoder's gate), which the ``kernels`` setting of :mod:`convunext.runtime`
+(``CONVUNEXT_KERNELS``) can turn back to PyTorch's operators; :attr:`FastPaths.compiled_kernels` records which of
+them the run's float32 CPU steps use (each is built, or found, while the switches are resolved).
 """
 
 from __future__ import annotations
@@ -37,21 +37,22 @@ import torch
 from torch import nn
 
 from ..errors import ConvUNeXtError
-from ..models.blocks import ConvNeXtBlock
-from ..models.layers import compiled_mlp, depthwise
+from ..models.blocks import ConvNeXtBlock, GatedUpStage
+from ..models.layers import compiled_gate, compiled_mlp, depthwise
 from ..models.layers.activations import activation_kind
 from ..runtime import runs_on_glibc
 from .config import TrainConfig
 
 __all__ = ["FastPaths", "compiled_kernels", "enable_fast_paths", "resolve_fast_paths", "supports_fused_training"]
 
-_LIBRARIES = {"depthwise": depthwise.LIBRARY, "mlp": compiled_mlp.LIBRARY}
+_LIBRARIES = {"depthwise": depthwise.LIBRARY, "mlp": compiled_mlp.LIBRARY, "gate": compiled_gate.LIBRARY}
 
 
 @dataclass(frozen=True)
 class FastPaths:
     """The resolved switches of one run (each ``True`` = on), and the compiled kernels its training steps run
-    (``depthwise``, ``mlp``: part of the fused kernels; recorded in the run's ``summary.json`` with the switches)."""
+    (``depthwise``, ``mlp``, ``gate``: part of the fused kernels; recorded in the run's ``summary.json`` with the
+    switches)."""
 
     channels_last: bool
     fused_kernels: bool
@@ -103,11 +104,13 @@ def resolve_fast_paths(train: TrainConfig, model: nn.Module, device: torch.devic
 
 def compiled_kernels(model: nn.Module) -> tuple[str, ...]:
     """The compiled kernels ``model``'s fused float32 CPU training can run: ``depthwise`` (the depthwise ``k x k``
-    convolutions of ConvUNeXt's blocks) and ``mlp`` (their MLPs, with GELU or ReLU), in that order."""
+    convolutions of ConvUNeXt's blocks), ``mlp`` (their MLPs, with GELU or ReLU) and ``gate`` (the skip gate and
+    fusion conv of its decoder stages), in that order."""
     blocks = [module for module in model.modules() if isinstance(module, ConvNeXtBlock)]
     uses = {
         "depthwise": any(block.dwconv.compiled_depthwise for block in blocks),
         "mlp": any(activation_kind(block.act) is not None for block in blocks),
+        "gate": any(isinstance(module, GatedUpStage) for module in model.modules()),
     }
     return tuple(name for name, used in uses.items() if used)
 

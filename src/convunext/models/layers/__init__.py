@@ -10,12 +10,13 @@ use them):
 * :mod:`.mlp` — the ConvNeXt block's MLP (+ residual, + output activation): :func:`~.mlp.mlp_reference`,
   :func:`~.mlp.banded_mlp` (autograd forward/backward, or the no-grad inference kernel), :func:`~.mlp.mlp_rows_`;
 * :mod:`.gate` — the decoder's skip gate and fusion conv on folded weights: :func:`~.gate.gate_reference`,
-  :func:`~.gate.banded_gate`, :func:`~.gate.gate_rows_`;
+  :func:`~.gate.banded_gate`, :func:`~.gate.gate_rows_` (the weights and the reference in :mod:`.gate_definition`);
 * :mod:`.depthwise` — the depthwise ``k x k`` convolution as a compiled CPU kernel for training
   (:func:`~.depthwise.depthwise_conv7`), PyTorch's as reference and fallback (:func:`~.depthwise.depthwise_reference`);
-* :mod:`.compiled_mlp` — the block's MLP in training as one compiled CPU kernel (:func:`~.compiled_mlp.compiled_mlp`,
-  which :func:`~.mlp.banded_mlp` tries first); :mod:`.compiled` — building, loading, checking and choosing the
-  compiled kernels (:class:`~.compiled.CompiledLibrary`, the ``kernels`` setting);
+* :mod:`.compiled_mlp` and :mod:`.compiled_gate` — the block's MLP and the decoder's gate in training, each as one
+  compiled CPU kernel (:func:`~.compiled_mlp.compiled_mlp`, :func:`~.compiled_gate.compiled_gate`, which
+  :func:`~.mlp.banded_mlp` and :func:`~.gate.banded_gate` try first); :mod:`.compiled` — building, loading,
+  checking and choosing the compiled kernels (:class:`~.compiled.CompiledLibrary`, the ``kernels`` setting);
 * :mod:`.folding` — BatchNorm folding arithmetic; :mod:`.activations` — the fusable activations;
   :mod:`.banding` — band sizes, pixel-row views, the per-thread workspace; :mod:`.recompute` — recomputing
   one call's activations in backward (activation checkpointing).

@@ -1,7 +1,8 @@
 """The compiled CPU kernels' shared machinery: build at first use, cache, load with ctypes, check, fall back.
 
-ConvUNeXt's training step has two kernels compiled from C++ (issue 34): the depthwise ``k x k`` convolution
-(:mod:`.depthwise`) and the block's MLP (:mod:`.compiled_mlp`). Each is a :class:`CompiledLibrary`: a C++ source
+ConvUNeXt's training step has three kernels compiled from C++ (issue 34): the depthwise ``k x k`` convolution
+(:mod:`.depthwise`), the block's MLP (:mod:`.compiled_mlp`) and the decoder's skip gate with its fusion conv
+(:mod:`.compiled_gate`). Each is a :class:`CompiledLibrary`: a C++ source
 (:data:`PRELUDE` + its own), its ctypes binding and a self-check against its PyTorch reference.
 
 **Why C++ built at first use, loaded with ctypes.** A plain shared library with C entry points on raw pointers
@@ -44,7 +45,7 @@ from typing import Generic, TypeVar
 from ...errors import ConvUNeXtError
 from ...runtime import KERNELS_ENV, KernelMode, settings
 
-__all__ = ["FLAGS", "PRELUDE", "CompiledLibrary", "compiler", "kernel_mode"]
+__all__ = ["FLAGS", "MATRIX_PRODUCTS", "PRELUDE", "CompiledLibrary", "compiler", "kernel_mode"]
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 _BUILD_TIMEOUT_S = 300
@@ -91,6 +92,86 @@ static inline int team_size() {
 }
 """
 """The C++ every kernel starts from: the SIMD width (``LANES``), the vector types and unaligned loads and stores."""
+
+MATRIX_PRODUCTS = r"""
+#include <cmath>
+#include <vector>
+
+// out[i, n] (=, or +=) sum_k a[i * ai + k * ak] * b[k * ldb + n] (+ bias[n]), for i < MI and NV vectors of n.
+template <int MI, int NV, class T>
+static inline void block(const float* a, i64 ai, i64 ak, const float* b, i64 ldb, i64 kk, float* out, i64 ldo,
+                         const float* bias, bool accumulate) {
+  T acc[MI][NV];
+  for (int i = 0; i < MI; ++i)
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? ld<T>(out + i * ldo + v * width<T>()) : bias ? ld<T>(bias + v * width<T>()) : T{};
+  for (i64 k = 0; k < kk; ++k) {
+    T bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = ld<T>(b + k * ldb + v * width<T>());
+#pragma GCC unroll 16
+    for (int i = 0; i < MI; ++i) {
+      const T av = splat<T>(a[i * ai + k * ak]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int v = 0; v < NV; ++v) st<T>(out + i * ldo + v * width<T>(), acc[i][v]);
+}
+
+template <int NV, int MI, class T>
+static inline void rows_of(const float* a, i64 ai, i64 ak, i64 m, const float* b, i64 ldb, i64 kk, float* out,
+                           i64 ldo, const float* bias, bool accumulate) {
+  i64 i = 0;
+  for (; i + MI <= m; i += MI) block<MI, NV, T>(a + i * ai, ai, ak, b, ldb, kk, out + i * ldo, ldo, bias, accumulate);
+  for (; i < m; ++i) block<1, NV, T>(a + i * ai, ai, ak, b, ldb, kk, out + i * ldo, ldo, bias, accumulate);
+}
+
+// out[m x n] (=, or +=) A[m x kk] B[kk x n] (+ bias[n]): A addressed by strides (ai, ak), B and out row-major.
+// Register tiles: 6 rows x 4 vectors, 12 x 2 or 12 x 1, then single columns.
+static void gemm(const float* a, i64 ai, i64 ak, i64 m, const float* b, i64 ldb, i64 kk, i64 n, float* out, i64 ldo,
+                 const float* bias, bool accumulate) {
+  i64 c = 0;
+#define COLUMNS(NV, MI, T, STEP)                                                                                  \
+  for (; c + (STEP) <= n; c += (STEP))                                                                            \
+    rows_of<NV, MI, T>(a, ai, ak, m, b + c, ldb, kk, out + c, ldo, bias ? bias + c : nullptr, accumulate);
+  COLUMNS(4, 6, vec, 4 * LANES)
+  COLUMNS(2, 12, vec, 2 * LANES)
+  COLUMNS(1, 12, vec, LANES)
+  COLUMNS(1, 4, float, 1)
+#undef COLUMNS
+}
+
+// exp(x) for -87 <= x <= 0 (smaller x is clamped): 2^n p(r), r = x - n ln2, |r| <= ln2 / 2 (Cephes' expf polynomial)
+static inline vec exp_nonpositive(vec x) {
+  x = x < splat<vec>(-87.f) ? splat<vec>(-87.f) : x;
+  const ivec n = __builtin_convertvector(x * 1.44269504f - 0.5f, ivec);  // truncation: round(x log2 e) for x <= 0
+  const vec nf = __builtin_convertvector(n, vec);
+  const vec r = x - nf * 0.693145751953125f - nf * 1.428606765330187e-06f;
+  vec p = splat<vec>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const ivec bits = (n + 127) << 23;
+  vec scale;
+  __builtin_memcpy(&scale, &bits, sizeof(vec));
+  return p * scale;
+}
+
+// this thread's rows of [0, P): contiguous ranges in thread order
+static inline void my_rows(i64 P, i64* first, i64* last) {
+  const int thread = team_thread(), threads = team_size();
+  *first = P * thread / threads;
+  *last = P * (thread + 1) / threads;
+}
+"""
+"""C++ for the kernels built on matrix products (after :data:`PRELUDE`): ``gemm`` (register-tiled, A by strides,
+accumulating or not, with a bias), ``exp_nonpositive`` (vector ``exp`` of ``x <= 0``) and ``my_rows`` (a thread's
+share of the rows)."""
 
 Kernel = TypeVar("Kernel")
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import ActivationKind, activation
-from .compiled import CompiledLibrary
+from .compiled import MATRIX_PRODUCTS, CompiledLibrary
 
 __all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "takes"]
 
@@ -36,73 +36,9 @@ TILE_ROWS = 48
 """Rows per tile: the tile's three ``TILE_ROWS x 4C`` hidden buffers stay in the core's L2 cache up to C = 256."""
 
 _SOURCE = (
-    f"#include <cmath>\n#include <vector>\nstatic const int TILE_ROWS = {TILE_ROWS};\n"
+    MATRIX_PRODUCTS
+    + f"static const int TILE_ROWS = {TILE_ROWS};\n"
     + r"""
-// out[i, n] (=, or +=) sum_k a[i * ai + k * ak] * b[k * ldb + n] (+ bias[n]), for i < MI and NV vectors of n.
-template <int MI, int NV, class T>
-static inline void block(const float* a, i64 ai, i64 ak, const float* b, i64 ldb, i64 kk, float* out, i64 ldo,
-                         const float* bias, bool accumulate) {
-  T acc[MI][NV];
-  for (int i = 0; i < MI; ++i)
-    for (int v = 0; v < NV; ++v)
-      acc[i][v] = accumulate ? ld<T>(out + i * ldo + v * width<T>()) : bias ? ld<T>(bias + v * width<T>()) : T{};
-  for (i64 k = 0; k < kk; ++k) {
-    T bv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = ld<T>(b + k * ldb + v * width<T>());
-#pragma GCC unroll 16
-    for (int i = 0; i < MI; ++i) {
-      const T av = splat<T>(a[i * ai + k * ak]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
-    }
-  }
-  for (int i = 0; i < MI; ++i)
-    for (int v = 0; v < NV; ++v) st<T>(out + i * ldo + v * width<T>(), acc[i][v]);
-}
-
-template <int NV, int MI, class T>
-static inline void rows_of(const float* a, i64 ai, i64 ak, i64 m, const float* b, i64 ldb, i64 kk, float* out,
-                           i64 ldo, const float* bias, bool accumulate) {
-  i64 i = 0;
-  for (; i + MI <= m; i += MI) block<MI, NV, T>(a + i * ai, ai, ak, b, ldb, kk, out + i * ldo, ldo, bias, accumulate);
-  for (; i < m; ++i) block<1, NV, T>(a + i * ai, ai, ak, b, ldb, kk, out + i * ldo, ldo, bias, accumulate);
-}
-
-// out[m x n] (=, or +=) A[m x kk] B[kk x n] (+ bias[n]): A addressed by strides (ai, ak), B and out row-major.
-// Register tiles: 6 rows x 4 vectors, 12 x 2 or 12 x 1, then single columns.
-static void gemm(const float* a, i64 ai, i64 ak, i64 m, const float* b, i64 ldb, i64 kk, i64 n, float* out, i64 ldo,
-                 const float* bias, bool accumulate) {
-  i64 c = 0;
-#define COLUMNS(NV, MI, T, STEP)                                                                                  \
-  for (; c + (STEP) <= n; c += (STEP))                                                                            \
-    rows_of<NV, MI, T>(a, ai, ak, m, b + c, ldb, kk, out + c, ldo, bias ? bias + c : nullptr, accumulate);
-  COLUMNS(4, 6, vec, 4 * LANES)
-  COLUMNS(2, 12, vec, 2 * LANES)
-  COLUMNS(1, 12, vec, LANES)
-  COLUMNS(1, 4, float, 1)
-#undef COLUMNS
-}
-
-// exp(x) for -87 <= x <= 0 (smaller x is clamped): 2^n p(r), r = x - n ln2, |r| <= ln2 / 2 (Cephes' expf polynomial)
-static inline vec exp_nonpositive(vec x) {
-  x = x < splat<vec>(-87.f) ? splat<vec>(-87.f) : x;
-  const ivec n = __builtin_convertvector(x * 1.44269504f - 0.5f, ivec);  // truncation: round(x log2 e) for x <= 0
-  const vec nf = __builtin_convertvector(n, vec);
-  const vec r = x - nf * 0.693145751953125f - nf * 1.428606765330187e-06f;
-  vec p = splat<vec>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const ivec bits = (n + 127) << 23;
-  vec scale;
-  __builtin_memcpy(&scale, &bits, sizeof(vec));
-  return p * scale;
-}
-
 // One tile's activation: act = f(pre); with `derivative`, pre is overwritten by f'(pre).
 // GELU(x) = x Phi(x), GELU'(x) = Phi(x) + x phi(x); erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), whose
 // exp(-x^2 / 2) is also the density's.
@@ -139,13 +75,6 @@ static void activate(float* pre, float* act, i64 count, bool gelu, bool derivati
     act[e] = x * cdf;
     if (derivative) pre[e] = cdf + x * std::exp(-0.5f * x * x) * 0.3989422804014327f;
   }
-}
-
-// this thread's rows of [0, P): contiguous ranges in thread order
-static inline void my_rows(i64 P, i64* first, i64* last) {
-  const int thread = team_thread(), threads = team_size();
-  *first = P * thread / threads;
-  *last = P * (thread + 1) / threads;
 }
 
 extern "C" {

@@ -11,9 +11,10 @@ With ``u`` the upsampled deep features and ``s`` the skip (pixel rows, ``P x c``
 (without a gate: ``z = u w_u + b_u + s w_s``), so the concatenation is never built. The ways to run it:
 
 * :func:`gate_reference` — plain differentiable torch ops (the definition);
-* :func:`banded_gate` — band by band; with gradients a custom autograd function that saves only its inputs and
-  recomputes each band in backward (a dozen full-size temporaries and as many gradients in autograd's version,
-  none here), without gradients the inference kernel;
+* :func:`banded_gate` — band by band; with gradients the compiled kernel of :mod:`.compiled_gate` where it runs,
+  else a custom autograd function that saves only its inputs and recomputes each band in backward (a dozen
+  full-size temporaries and as many gradients in autograd's version, none here); without gradients the inference
+  kernel;
 * :func:`gate_rows_` — one band of the inference kernel into caller-owned buffers.
 
 ``tanh`` is computed as ``2 sigmoid(2x) - 1`` (within 2e-7, 4x faster on CPU).
@@ -22,8 +23,7 @@ With ``u`` the upsampled deep features and ``s`` the skip (pixel rows, ``P x c``
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,50 +31,10 @@ from torch import Tensor
 from ...utils.threads import ranges, run_tasks, workers
 from .activations import fast_tanh
 from .banding import DEFAULT_BAND_ELEMENTS, sum_partials
+from .compiled_gate import compiled_gate
+from .gate_definition import GateWeights, fold_gate, gate_reference
 
 __all__ = ["GateWeights", "banded_gate", "fold_gate", "gate_reference", "gate_rows_"]
-
-
-class GateWeights(NamedTuple):
-    """The folded weights (see the module docstring); ``w_f``/``b_f`` are ``None`` for a stage without a gate.
-
-    Shapes: ``w_u`` ``c x (3c + D)`` (``c x D`` without gate), ``b_u`` its width, ``w_s`` ``c x D``, ``w_f``
-    ``c x c``, ``b_f`` ``c``.
-    """
-
-    w_u: Tensor
-    b_u: Tensor
-    w_s: Tensor
-    w_f: Tensor | None = None
-    b_f: Tensor | None = None
-
-    def map(self, fn: Callable[[Tensor], Tensor]) -> GateWeights:
-        """The same weights with ``fn`` applied to each tensor."""
-        return GateWeights(*(None if t is None else fn(t) for t in self))
-
-
-def fold_gate(
-    fuse_w: Tensor, fuse_b: Tensor, gate: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor] | None
-) -> GateWeights:
-    """Fold ``fuse`` (``D x 2c`` over ``[skip, upsampled]``, bias ``D``) and ``gate = (W_g 3c x c, b_g, W_f c x c,
-    b_f, W_o c x c, b_o)`` (or ``None``) into :class:`GateWeights`; differentiable."""
-    c = fuse_w.shape[1] // 2
-    w_skip, w_up = fuse_w[:, :c], fuse_w[:, c:]
-    if gate is None:
-        return GateWeights(w_up.t(), fuse_b, w_skip.t())
-    wg, bg, wf, bf, wo, bo = gate
-    return GateWeights(torch.cat([wg, w_up]).t(), torch.cat([bg, fuse_b + w_skip @ bo]), (w_skip @ wo).t(), wf.t(), bf)
-
-
-def gate_reference(u: Tensor, s: Tensor, weights: GateWeights) -> Tensor:
-    """``z`` of the module docstring. Shapes: ``u``, ``s`` ``P x c`` -> ``P x D``."""
-    g = u @ weights.w_u + weights.b_u
-    if weights.w_f is None:
-        return g + s @ weights.w_s
-    c = u.shape[1]
-    g1, g2, g3, f = g[:, :c], g[:, c : 2 * c], g[:, 2 * c : 3 * c], g[:, 3 * c :]
-    gated = torch.sigmoid((g1 + s) @ weights.w_f + weights.b_f) * s + torch.sigmoid(g2) * torch.tanh(g3)
-    return f + gated @ weights.w_s
 
 
 class GateBuffers:
@@ -185,5 +145,6 @@ def banded_gate(u: Tensor, s: Tensor, weights: GateWeights, band_elements: int =
     band = max(64, band_elements // (weights.w_u.shape[1] + u.shape[1]))
     tensors = [t for t in weights if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, s, *tensors)):
-        return _BandedGate.apply(u, s, band, *tensors)
+        z = compiled_gate(u, s, weights)
+        return _BandedGate.apply(u, s, band, *tensors) if z is None else z
     return _forward(u, s, weights, band)
