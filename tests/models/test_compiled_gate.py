@@ -5,7 +5,7 @@ tests/models/test_compiled.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,14 +18,6 @@ from convunext.models.layers.gate import GateWeights, banded_gate, fold_gate, ga
 pytestmark = pytest.mark.skipif(
     not compiled_gate.LIBRARY.available(), reason="no C++ compiler here: tests/models/test_compiled.py fails in CI"
 )
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-threads")
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

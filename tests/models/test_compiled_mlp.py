@@ -4,7 +4,7 @@ float32 CPU rows, and nowhere else. Its loading and fallback are tested in tests
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,14 +17,6 @@ from convunext.models.layers.mlp import banded_mlp, mlp_reference
 pytestmark = pytest.mark.skipif(
     not compiled_mlp.LIBRARY.available(), reason="no C++ compiler here: tests/models/test_compiled.py fails in CI"
 )
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-threads")
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

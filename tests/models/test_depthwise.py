@@ -18,14 +18,6 @@ from convunext.models.layers.depthwise import depthwise_conv7, depthwise_referen
 CHANNELS_LAST = torch.channels_last
 
 
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-threads")
-def threads(request: pytest.FixtureRequest):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def compiled() -> bool:
     """Whether the compiled kernel runs here (it must wherever a compiler is found: tests/models/test_compiled.py)."""

@@ -7,7 +7,7 @@ import copy
 import functools
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -88,15 +88,6 @@ def test_fused_training_with_two_threads(mode: runtime.FusedParallelism) -> None
     assert got == pytest.approx(expected, rel=1e-5)
     for (key, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
         assert (a.grad - b.grad).abs().max().item() <= 1e-4 * max(a.grad.abs().max().item(), 1e-2), key
-
-
-@pytest.fixture
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
-    """``torch.set_num_threads(request.param)`` for the test (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 KERNELS = {
