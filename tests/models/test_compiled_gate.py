@@ -102,10 +102,11 @@ def test_folded_weights_as_the_stage_passes_them() -> None:
     u, s, grad = torch.randn(rows, c, generator=g), torch.randn(rows, c, generator=g), torch.randn(rows, out)
     results = []
     for fn in (run_compiled, gate_reference):
-        leaves = [t.clone().requires_grad_(True) for t in (fuse_w, fuse_b, *gate)]
-        fn(u, s, fold_gate(leaves[0], leaves[1], tuple(leaves[2:]))).backward(grad)
-        results.append([leaf.grad for leaf in leaves])
-    for a, b in zip(*results):
+        leaves = [t.clone().requires_grad_(True) for t in (u, s, fuse_w, fuse_b, *gate)]
+        z = fn(leaves[0], leaves[1], fold_gate(leaves[2], leaves[3], tuple(leaves[4:])))
+        z.backward(grad)
+        results.append([z.detach(), *(leaf.grad for leaf in leaves)])
+    for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
@@ -142,3 +143,23 @@ def test_inputs_it_does_not_take() -> None:
     u, s, *weights, _ = inputs(10, 4, 4)
     assert run_compiled(u.double(), s.double(), GateWeights(*(w.double() for w in weights))) is None
     assert run_compiled(u.half(), s, GateWeights(*weights)) is None
+
+
+@pytest.mark.parametrize("case", ["narrow w_u", "wide w_u", "short s", "w_f without b_f", "b_f without w_f", "3-D u"])
+def test_shapes_that_do_not_fit_are_refused(case: str) -> None:
+    """The kernel reads and writes by raw pointers: a wrong shape would read or write out of bounds."""
+    u, s, w_u, b_u, w_s, w_f, b_f, _ = inputs(20, 4, 3)
+    if case == "narrow w_u":
+        w_u, b_u = w_u[:, :-1], b_u[:-1]
+    elif case == "wide w_u":
+        w_u, b_u = torch.cat([w_u, w_u[:, :1]], 1), torch.cat([b_u, b_u[:1]])
+    elif case == "short s":
+        s = s[:-1]
+    elif case == "w_f without b_f":
+        b_f = None
+    elif case == "b_f without w_f":
+        w_f = None
+    else:
+        u = u.unsqueeze(0)
+    with pytest.raises(ValueError, match=r"^compiled_gate: shapes u \("):
+        run_compiled(u, s, GateWeights(w_u, b_u, w_s, w_f, b_f))

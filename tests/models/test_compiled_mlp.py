@@ -159,3 +159,12 @@ def test_inputs_it_does_not_take() -> None:
     x, w1, b1, w2, b2, _ = inputs(10, 4, 16)
     assert run_compiled(x.double(), w1.double(), b1.double(), w2.double(), b2.double(), "gelu") is None
     assert run_compiled(x.half(), w1, b1, w2, b2, "gelu") is None
+
+
+def test_shapes_that_do_not_chain_are_refused() -> None:
+    """The kernel reads and writes by raw pointers: a wrong shape would read or write out of bounds."""
+    x, w1, b1, w2, b2, _ = inputs(10, 4, 16)
+    with pytest.raises(ValueError, match=r"^compiled_mlp: shapes x \(10, 4\), w1 \(4, 16\), b1 \(16,\), w2 \(15, 4\)"):
+        run_compiled(x, w1, b1, w2[1:], b2, "gelu")
+    with pytest.raises(ValueError, match=r"do not fit x P x C, w1 C x H, b1 H, w2 H x D, b2 D$"):
+        run_compiled(x, w1, b1[1:], w2, b2, "gelu")

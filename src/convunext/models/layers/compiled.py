@@ -42,10 +42,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from torch import Tensor
+
 from ...errors import ConvUNeXtError
 from ...runtime import KERNELS_ENV, KernelMode, settings
 
-__all__ = ["FLAGS", "MATRIX_PRODUCTS", "PRELUDE", "CompiledLibrary", "compiler", "kernel_mode"]
+__all__ = [
+    "FLAGS",
+    "MATRIX_PRODUCTS",
+    "PRELUDE",
+    "CompiledLibrary",
+    "check_shapes",
+    "compiler",
+    "kernel_mode",
+    "matrix_shape",
+]
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 _BUILD_TIMEOUT_S = 300
@@ -174,6 +185,27 @@ accumulating or not, with a bias), ``exp_nonpositive`` (vector ``exp`` of ``x <=
 share of the rows)."""
 
 Kernel = TypeVar("Kernel")
+
+
+def check_shapes(
+    operator: str, layout: str, got: dict[str, Tensor | None], expected: dict[str, tuple[int, ...]]
+) -> None:
+    """``ValueError`` naming every shape unless each tensor of ``got`` has its ``expected`` shape (a missing entry:
+    the tensor must be None). A kernel on raw pointers would read or write out of bounds on a wrong shape.
+
+    >>> check_shapes("op", "P x C", {"x": torch.zeros(2, 3)}, {"x": (2, 4)})
+    Traceback (most recent call last):
+    ValueError: op: shapes x (2, 3) do not fit P x C
+    """
+    shapes = {name: None if tensor is None else tuple(tensor.shape) for name, tensor in got.items()}
+    if any(shapes[name] != expected.get(name) for name in shapes):
+        described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"{operator}: shapes {described} do not fit {layout}")
+
+
+def matrix_shape(tensor: Tensor) -> tuple[int, int]:
+    """The rows and columns of a matrix; (-1, -1) for another shape, which then fits no layout."""
+    return (tensor.shape[0], tensor.shape[1]) if tensor.dim() == 2 else (-1, -1)
 
 
 def kernel_mode() -> KernelMode:

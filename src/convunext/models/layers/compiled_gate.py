@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .compiled import MATRIX_PRODUCTS, CompiledLibrary
+from .compiled import MATRIX_PRODUCTS, CompiledLibrary, check_shapes, matrix_shape
 from .gate_definition import GateWeights, gate_reference
 
 __all__ = ["LIBRARY", "TILE_ROWS", "compiled_gate"]
@@ -219,15 +219,12 @@ class _Kernel:
         pointers = [_pointer(t) for t in (u, s, w_u, b_u, w_f, b_f, *transposed, grad, grad_u, grad_s, sums)]
         self.library.gate_backward(*pointers, p, c, width, d, threads)
         total = sums.sum(0) if threads > 1 else sums[0]
-        return grad_u, grad_s, *(part.view(shape) for part, shape in zip(_split(total, shapes), shapes, strict=True))
+        parts = total.split([shape.numel() for shape in shapes])
+        return grad_u, grad_s, *(part.view(shape) for part, shape in zip(parts, shapes, strict=True))
 
 
 def _pointer(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
-
-
-def _split(flat: Tensor, shapes: list[torch.Size]) -> tuple[Tensor, ...]:
-    return flat.split([shape.numel() for shape in shapes])
 
 
 class _CompiledGate(torch.autograd.Function):
@@ -257,12 +254,19 @@ def compiled_gate(u: Tensor, s: Tensor, weights: GateWeights) -> Tensor | None:
 
     Raises:
         ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
+        ValueError: shapes that do not fit together.
     """
     tensors = [t for t in weights if t is not None]
     takes = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (u, s, *tensors))
     kernel = LIBRARY.for_call(stacklevel=4) if takes else None
     if kernel is None:
         return None
+    (p, c), (_, d) = matrix_shape(u), matrix_shape(weights.w_s)
+    gated = weights.w_f is not None
+    expected = {"u": (p, c), "s": (p, c), "w_u": (c, 3 * c + d if gated else d), "b_u": (3 * c + d if gated else d,)}
+    expected |= {"w_s": (c, d)} | ({"w_f": (c, c), "b_f": (c,)} if gated else {})
+    layout = "u and s P x c, w_u c x (3c + D) (c x D without a gate), b_u its width, w_s c x D, w_f c x c, b_f c"
+    check_shapes("compiled_gate", layout, {"u": u, "s": s, **weights._asdict()}, expected)
     return _CompiledGate.apply(u, s, kernel, *tensors)
 
 

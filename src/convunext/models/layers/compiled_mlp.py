@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import ActivationKind, activation
-from .compiled import MATRIX_PRODUCTS, CompiledLibrary
+from .compiled import MATRIX_PRODUCTS, CompiledLibrary, check_shapes, matrix_shape
 
 __all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "takes"]
 
@@ -210,10 +210,15 @@ def compiled_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act:
 
     Raises:
         ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
+        ValueError: shapes that do not chain.
     """
     kernel = LIBRARY.for_call(stacklevel=4) if takes(x, w1, b1, w2, b2) else None
     if kernel is None:
         return None
+    (p, c), (h, d) = matrix_shape(x), matrix_shape(w2)
+    expected = {"x": (p, c), "w1": (c, h), "b1": (h,), "w2": (h, d), "b2": (d,)}
+    check_shapes("compiled_mlp", "x P x C, w1 C x H, b1 H, w2 H x D, b2 D", dict(zip(expected, (x, w1, b1, w2, b2))),
+                 expected)  # fmt: skip
     return _CompiledMLP.apply(x, w1, b1, w2, b2, act, kernel)
 
 
