@@ -193,6 +193,7 @@ def check_shapes(
     """``ValueError`` naming every shape unless each tensor of ``got`` has its ``expected`` shape (a missing entry:
     the tensor must be None). A kernel on raw pointers would read or write out of bounds on a wrong shape.
 
+    >>> import torch
     >>> check_shapes("op", "P x C", {"x": torch.zeros(2, 3)}, {"x": (2, 4)})
     Traceback (most recent call last):
     ValueError: op: shapes x (2, 3) do not fit P x C
