@@ -163,3 +163,28 @@ def test_shapes_that_do_not_fit_are_refused(case: str) -> None:
         u = u.unsqueeze(0)
     with pytest.raises(ValueError, match=r"^compiled_gate: shapes u \("):
         run_compiled(u, s, GateWeights(w_u, b_u, w_s, w_f, b_f))
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gate", "no-gate"])
+def test_inference_rows_match_reference(threads: int, gated: bool) -> None:
+    u, s, *weights, _ = inputs(2 * TILE_ROWS + 7, 19, 17, gated)
+    expected = gate_reference(u.double(), s.double(), GateWeights(*(w.double() for w in weights)))
+    out = torch.empty(2 * TILE_ROWS + 7, 17)
+    with torch.inference_mode():
+        assert compiled_gate.compiled_gate_rows_(u, s, GateWeights(*weights), out)
+    assert (out.double() - expected).abs().max().item() <= 2e-5 * expected.abs().max().item()
+
+
+def test_inference_rows_need_contiguous_float32() -> None:
+    u, s, *weights, _ = inputs(30, 4, 4)
+    out = torch.empty(30, 4)
+    transposed = GateWeights(weights[0].t().contiguous().t(), *weights[1:])
+    assert not compiled_gate.compiled_gate_rows_(u, s, transposed, out)
+    assert not compiled_gate.compiled_gate_rows_(u.double(), s.double(), GateWeights(*weights), out.double())
+    with pytest.raises(ValueError, match=r"^compiled_gate_rows_: shapes u \(30, 4\), .*, out \(30, 3\) do not fit"):
+        compiled_gate.compiled_gate_rows_(u, s, GateWeights(*weights), out[:, :3].contiguous())
+
+
+def test_the_fast_path_runs_it(fast_path_runs: Callable[[type], None]) -> None:
+    """``optimize_for_inference``'s decoder stages go through the compiled kernel, with the eager model's logits."""
+    fast_path_runs(compiled_gate._Kernel)

@@ -168,3 +168,32 @@ def test_shapes_that_do_not_chain_are_refused() -> None:
         run_compiled(x, w1, b1, w2[1:], b2, "gelu")
     with pytest.raises(ValueError, match=r"do not fit x P x C, w1 C x H, b1 H, w2 H x D, b2 D$"):
         run_compiled(x, w1, b1[1:], w2, b2, "gelu")
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+@pytest.mark.parametrize(("residual", "out_act"), [(False, False), (True, False), (True, True)], ids=str)
+def test_inference_rows_match_reference(threads: int, act: str, residual: bool, out_act: bool) -> None:
+    """The fast path's blocks (:func:`~convunext.models.layers.mlp.mlp_rows_`): residual and output activation
+    inside the kernel, the output written over the input."""
+    x, w1, b1, w2, b2, r = inputs(2 * TILE_ROWS + 7, 19, 76)
+    skip = r if residual else None
+    expected = mlp_reference(x.double(), w1.double(), b1.double(), w2.double(), b2.double(), act,
+                             None if skip is None else skip.double(), out_act)  # fmt: skip
+    out = x.clone()
+    with torch.inference_mode():
+        assert compiled_mlp.compiled_mlp_rows_(out, w1, b1, w2, b2, act, skip, out_act, out)  # in place
+    assert (out.double() - expected).abs().max().item() <= 2e-5 * expected.abs().max().item()
+
+
+def test_inference_rows_need_contiguous_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, w1, b1, w2, b2, _ = inputs(30, 4, 16)
+    out = torch.empty(30, 4)
+    assert not compiled_mlp.compiled_mlp_rows_(x, w1.t().contiguous().t(), b1, w2, b2, "gelu", None, False, out)
+    assert not compiled_mlp.compiled_mlp_rows_(x.double(), w1, b1, w2, b2, "gelu", None, False, out.double())
+    with pytest.raises(ValueError, match=r"^compiled_mlp_rows_: shapes x \(30, 4\), .*, out \(29, 4\) do not fit"):
+        compiled_mlp.compiled_mlp_rows_(x, w1, b1, w2, b2, "gelu", None, False, out[:29])
+
+
+def test_the_fast_path_runs_it(fast_path_runs: Callable[[type], None]) -> None:
+    """``optimize_for_inference``'s blocks go through the compiled kernel, with the eager model's logits."""
+    fast_path_runs(compiled_mlp._Kernel)

@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from .compiled import MATRIX_PRODUCTS, CompiledLibrary, check_shapes, matrix_shape
 from .gate_definition import GateWeights, gate_reference
 
-__all__ = ["LIBRARY", "TILE_ROWS", "compiled_gate"]
+__all__ = ["LIBRARY", "TILE_ROWS", "compiled_gate", "compiled_gate_rows_"]
 
 TILE_ROWS = 48
 """Rows per tile: a tile's temporaries (about ``TILE_ROWS x 2 (3c + D)`` values) stay in L2 up to c = D = 128."""
@@ -198,10 +198,11 @@ class _Kernel:
         self.library = library
         self.lanes = int(library.gate_lanes())
 
-    def forward(self, u: Tensor, s: Tensor, weights: GateWeights) -> Tensor:
-        """:func:`~.gate.gate_reference`; contiguous float32 CPU tensors (``u``, ``s``: ``P x c``) -> ``P x D``."""
+    def forward(self, u: Tensor, s: Tensor, weights: GateWeights, out: Tensor | None = None) -> Tensor:
+        """:func:`~.gate.gate_reference` into ``out`` (new unless given); contiguous float32 CPU tensors (``u``,
+        ``s``: ``P x c``) -> ``P x D``."""
         (p, c), (width, d) = u.shape, (weights.w_u.shape[1], weights.w_s.shape[1])
-        z = u.new_empty(p, d)
+        z = u.new_empty(p, d) if out is None else out
         pointers = [_pointer(t) for t in (u, s, *weights, z)]
         self.library.gate_forward(*pointers, p, c, width, d, torch.get_num_threads())
         return z
@@ -257,17 +258,47 @@ def compiled_gate(u: Tensor, s: Tensor, weights: GateWeights) -> Tensor | None:
         ValueError: shapes that do not fit together.
     """
     tensors = [t for t in weights if t is not None]
-    takes = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (u, s, *tensors))
-    kernel = LIBRARY.for_call(stacklevel=4) if takes else None
+    kernel = LIBRARY.for_call(stacklevel=4) if _takes(u, s, *tensors) else None
     if kernel is None:
         return None
+    _check_shapes("compiled_gate", u, s, weights)
+    return _CompiledGate.apply(u, s, kernel, *tensors)
+
+
+def compiled_gate_rows_(u: Tensor, s: Tensor, weights: GateWeights, out: Tensor) -> bool:
+    """One band of :func:`~.gate.gate_rows_` (inference: no gradients) into ``out`` (``P x D``) through the compiled
+    kernel; False, with nothing done, where it does not run: tensors other than contiguous float32 on the CPU, the
+    ``reference`` setting, or (``auto``) a kernel that cannot be loaded (after one notice).
+
+    Raises:
+        ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
+        ValueError: shapes that do not fit together.
+    """
+    tensors = [u, s, out, *(t for t in weights if t is not None)]
+    if not (_takes(*tensors) and all(t.is_contiguous() for t in tensors)):
+        return False
+    kernel = LIBRARY.for_call(stacklevel=4)
+    if kernel is None:
+        return False
+    _check_shapes("compiled_gate_rows_", u, s, weights, out)
+    kernel.forward(u, s, weights, out)
+    return True
+
+
+def _takes(*tensors: Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _check_shapes(operator: str, u: Tensor, s: Tensor, weights: GateWeights, out: Tensor | None = None) -> None:
     (p, c), (_, d) = matrix_shape(u), matrix_shape(weights.w_s)
     gated = weights.w_f is not None
     expected = {"u": (p, c), "s": (p, c), "w_u": (c, 3 * c + d if gated else d), "b_u": (3 * c + d if gated else d,)}
     expected |= {"w_s": (c, d)} | ({"w_f": (c, c), "b_f": (c,)} if gated else {})
+    given = {"u": u, "s": s, **weights._asdict()}
+    if out is not None:
+        given["out"], expected["out"] = out, (p, d)
     layout = "u and s P x c, w_u c x (3c + D) (c x D without a gate), b_u its width, w_s c x D, w_f c x c, b_f c"
-    check_shapes("compiled_gate", layout, {"u": u, "s": s, **weights._asdict()}, expected)
-    return _CompiledGate.apply(u, s, kernel, *tensors)
+    check_shapes(operator, layout + (", out P x D" if out is not None else ""), given, expected)
 
 
 def _compare_with_reference(kernel: _Kernel) -> None:

@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from .activations import ActivationKind, activation
 from .compiled import MATRIX_PRODUCTS, CompiledLibrary, check_shapes, matrix_shape
 
-__all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "takes"]
+__all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "compiled_mlp_rows_", "takes"]
 
 TILE_ROWS = 48
 """Rows per tile: the tile's three ``TILE_ROWS x 4C`` hidden buffers stay in the core's L2 cache up to C = 256."""
@@ -80,9 +80,10 @@ static void activate(float* pre, float* act, i64 count, bool gelu, bool derivati
 extern "C" {
 int mlp_lanes(void) { return LANES; }
 
-// y = act(x w1 + b1) w2 + b2: x P x C, w1 C x H, b1 H, w2 H x D, b2 D, y P x D
-void mlp_forward(const float* x, const float* w1, const float* b1, const float* w2, const float* b2, float* y, i64 P,
-                 i64 C, i64 H, i64 D, int gelu, int threads) {
+// y = [act](act(x w1 + b1) w2 + b2 [+ residual]): x P x C, w1 C x H, b1 H, w2 H x D, b2 D, residual (or null) and
+// y P x D; the output activation with out_act. y may be x (each tile's rows of x are read before they are written).
+void mlp_forward(const float* x, const float* w1, const float* b1, const float* w2, const float* b2,
+                 const float* residual, float* y, i64 P, i64 C, i64 H, i64 D, int gelu, int out_act, int threads) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     i64 first, last;
@@ -90,9 +91,13 @@ void mlp_forward(const float* x, const float* w1, const float* b1, const float* 
     std::vector<float> pre(TILE_ROWS * H), act(TILE_ROWS * H);
     for (i64 r0 = first; r0 < last; r0 += TILE_ROWS) {
       const i64 m = std::min<i64>(TILE_ROWS, last - r0);
+      float* yt = y + r0 * D;
       gemm(x + r0 * C, C, 1, m, w1, H, C, H, pre.data(), H, b1, false);
       activate(pre.data(), act.data(), m * H, gelu, false);
-      gemm(act.data(), H, 1, m, w2, D, H, D, y + r0 * D, D, b2, false);
+      gemm(act.data(), H, 1, m, w2, D, H, D, yt, D, b2, false);
+      if (residual)
+        for (i64 e = 0; e < m * D; ++e) yt[e] += residual[r0 * D + e];
+      if (out_act) activate(yt, yt, m * D, gelu, false);
     }
   }
 }
@@ -139,20 +144,32 @@ class _Kernel:
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
         library.mlp_lanes.argtypes, library.mlp_lanes.restype = [], c_int
-        library.mlp_forward.argtypes = [ptr] * 6 + [i64] * 4 + [c_int, c_int]
+        library.mlp_forward.argtypes = [ptr] * 7 + [i64] * 4 + [c_int, c_int, c_int]
         library.mlp_forward.restype = None
         library.mlp_backward.argtypes = [ptr] * 8 + [i64] * 4 + [c_int, c_int]
         library.mlp_backward.restype = None
         self.library = library
         self.lanes = int(library.mlp_lanes())
 
-    def forward(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, gelu: bool) -> Tensor:
-        """``act(x w1 + b1) w2 + b2``; all contiguous float32 CPU tensors: ``P x C``, ``C x H``, ``H``, ``H x D``,
+    def forward(
+        self,
+        x: Tensor,
+        w1: Tensor,
+        b1: Tensor,
+        w2: Tensor,
+        b2: Tensor,
+        gelu: bool,
+        residual: Tensor | None = None,
+        out_act: bool = False,
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """``[act](act(x w1 + b1) w2 + b2 [+ residual])``, the output activation with ``out_act``, into ``out`` (new
+        unless given; may be ``x``); all contiguous float32 CPU tensors: ``P x C``, ``C x H``, ``H``, ``H x D``,
         ``D`` -> ``P x D``."""
         (p, c), (h, d) = x.shape, w2.shape
-        y = x.new_empty(p, d)
-        pointers = (t.data_ptr() for t in (x, w1, b1, w2, b2, y))
-        self.library.mlp_forward(*pointers, p, c, h, d, int(gelu), torch.get_num_threads())
+        y = x.new_empty(p, d) if out is None else out
+        pointers = [None if t is None else t.data_ptr() for t in (x, w1, b1, w2, b2, residual, y)]
+        self.library.mlp_forward(*pointers, p, c, h, d, int(gelu), int(out_act), torch.get_num_threads())
         return y
 
     def backward(
@@ -220,6 +237,43 @@ def compiled_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act:
     check_shapes("compiled_mlp", "x P x C, w1 C x H, b1 H, w2 H x D, b2 D", dict(zip(expected, (x, w1, b1, w2, b2))),
                  expected)  # fmt: skip
     return _CompiledMLP.apply(x, w1, b1, w2, b2, act, kernel)
+
+
+def compiled_mlp_rows_(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    act: ActivationKind,
+    residual: Tensor | None,
+    out_act: bool,
+    out: Tensor,
+) -> bool:
+    """One band of :func:`~.mlp.mlp_rows_` (inference: no gradients) into ``out`` through the compiled kernel; False,
+    with nothing done, where it does not run: tensors other than contiguous float32 on the CPU, the ``reference``
+    setting, or (``auto``) a kernel that cannot be loaded (after one notice). Shapes as :func:`compiled_mlp`'s,
+    ``residual`` and ``out`` like the output; ``out`` may be ``x``.
+
+    Raises:
+        ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
+        ValueError: shapes that do not chain.
+    """
+    tensors = [t for t in (x, w1, b1, w2, b2, residual, out) if t is not None]
+    if not (takes(*tensors) and all(t.is_contiguous() for t in tensors)):
+        return False
+    kernel = LIBRARY.for_call(stacklevel=4)
+    if kernel is None:
+        return False
+    (p, c), (h, d) = matrix_shape(x), matrix_shape(w2)
+    expected = {"x": (p, c), "w1": (c, h), "b1": (h,), "w2": (h, d), "b2": (d,), "out": (p, d)}
+    expected |= {"residual": (p, d)} if residual is not None else {}
+    given = {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "residual": residual, "out": out}
+    check_shapes(
+        "compiled_mlp_rows_", "x P x C, w1 C x H, b1 H, w2 H x D, b2 D, residual and out P x D", given, expected
+    )
+    kernel.forward(x, w1, b1, w2, b2, act == "gelu", residual, out_act, out)
+    return True
 
 
 def _compare_with_reference(kernel: _Kernel) -> None:

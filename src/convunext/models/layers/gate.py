@@ -31,7 +31,7 @@ from torch import Tensor
 from ...utils.threads import ranges, run_tasks, workers
 from .activations import fast_tanh
 from .banding import DEFAULT_BAND_ELEMENTS, sum_partials
-from .compiled_gate import compiled_gate
+from .compiled_gate import compiled_gate, compiled_gate_rows_
 from .gate_definition import GateWeights, fold_gate, gate_reference
 
 __all__ = ["GateWeights", "banded_gate", "fold_gate", "gate_reference", "gate_rows_"]
@@ -47,7 +47,10 @@ class GateBuffers:
 
 
 def gate_rows_(u: Tensor, s: Tensor, weights: GateWeights, out: Tensor, buffers: GateBuffers) -> Tensor:
-    """:func:`gate_reference` of one band into ``out`` (``P x D``) with ``buffers`` as scratch; no allocation."""
+    """:func:`gate_reference` of one band into ``out`` (``P x D``) with ``buffers`` as scratch; no allocation. The
+    compiled kernel runs it where it can (:func:`~.compiled_gate.compiled_gate_rows_`)."""
+    if compiled_gate_rows_(u, s, weights, out):
+        return out
     m = u.shape[0]
     g = torch.addmm(weights.b_u, u, weights.w_u, out=buffers.g[:m])
     if weights.w_f is None:

@@ -27,7 +27,7 @@ from torch import Tensor
 from ...utils.threads import ranges, run_tasks, workers
 from .activations import ActivationKind, activation, activation_
 from .banding import DEFAULT_BAND_ELEMENTS, sum_partials
-from .compiled_mlp import compiled_mlp
+from .compiled_mlp import compiled_mlp, compiled_mlp_rows_
 
 __all__ = ["banded_mlp", "mlp_reference", "mlp_rows_"]
 
@@ -67,7 +67,10 @@ def mlp_rows_(
     hidden: Tensor,
 ) -> Tensor:
     """:func:`mlp_reference` of one band into ``out`` (``P x D``, may alias ``x``: ``x`` is read first), with
-    ``hidden`` (``P x H``) as scratch. In-place activations; no allocation."""
+    ``hidden`` (``P x H``) as scratch. In-place activations; no allocation. The compiled kernel runs it where it can
+    (:func:`~.compiled_mlp.compiled_mlp_rows_`: contiguous float32 CPU tensors, the ``kernels`` setting)."""
+    if compiled_mlp_rows_(x, w1, b1, w2, b2, act, residual, out_act, out):
+        return out
     act_ = activation_(act)
     h = act_(torch.addmm(b1, x, w1, out=hidden))
     if residual is None:
