@@ -11,7 +11,8 @@ Like the PyTorch path, the forward saves only its inputs and the backward recomp
 weight-gradient sums are added in thread order (the result depends on the thread count within float32 rounding).
 
 It runs where :func:`~.gate.banded_gate` records gradients on float32 CPU rows (ConvUNeXt's decoder stages while
-fused training is on); the ``kernels`` setting of :mod:`convunext.runtime` chooses (:mod:`.compiled`).
+fused training is on), and its forward pass in the inference fast path's decoder stages (:func:`compiled_gate_rows_`,
+from :func:`~.gate.gate_rows_`); the ``kernels`` setting of :mod:`convunext.runtime` chooses (:mod:`.compiled`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ it, so the forward saves only ``x`` and the weights. Per-thread weight-gradient 
 result depends on the thread count within float32 rounding (as the PyTorch path's does).
 
 It runs where :func:`~.mlp.banded_mlp` records gradients on float32 CPU rows (ConvUNeXt's blocks while fused training
-is on); the ``kernels`` setting of :mod:`convunext.runtime` chooses (:mod:`.compiled`).
+is on), and its forward pass, with the block's residual sum and output activation, in the inference fast path's
+blocks (:func:`compiled_mlp_rows_`, from :func:`~.mlp.mlp_rows_`); the ``kernels`` setting of
+:mod:`convunext.runtime` chooses (:mod:`.compiled`).
 """
 
 from __future__ import annotations
