@@ -12,10 +12,11 @@ a setting is first needed; :func:`configure` changes them (it never writes ``os.
   has several intra-op threads) or ``openmp`` (:mod:`convunext.utils.threads`);
 * ``max_image_pixels`` (``CONVUNEXT_MAX_IMAGE_PIXELS``): the largest image convunext reads, checked on the file's
   header before anything is decoded (default :data:`DEFAULT_MAX_IMAGE_PIXELS`; ``0`` = no limit);
-* ``kernels`` (``CONVUNEXT_KERNELS``): whether ConvUNeXt's training steps run the compiled CPU kernels
-  (:mod:`convunext.models.layers.compiled`: the depthwise convolution and the block MLP), ``auto`` (default: each
-  kernel where it loads, else its PyTorch reference after one notice), ``compiled`` (an error where a kernel cannot be
-  loaded) or ``reference`` (PyTorch's operators only).
+* ``kernels`` (``CONVUNEXT_KERNELS``): whether ConvUNeXt runs the compiled CPU kernels
+  (:mod:`convunext.models.layers.compiled`: the depthwise convolution, the block MLP and the decoder's gate in
+  training; the MLP and gate forwards in the inference fast path), ``auto`` (default: each kernel where it loads,
+  else its PyTorch reference after one notice), ``compiled`` (an error where a kernel cannot be loaded) or
+  ``reference`` (PyTorch's operators only).
 
 **Process tuning** (:func:`configure`): the intra-op thread count, glibc's ``malloc`` thresholds and Pillow's own
 decompression-bomb guard. These are the process's, not convunext's, so nothing changes them unless asked.

@@ -7,7 +7,7 @@ A switch is a plain attribute that the layers supporting it set in ``__init__`` 
   (:func:`~convunext.models.layers.recompute.maybe_recompute`; a unit inside one that recomputes runs plainly);
 * ``fused_training`` (with ``band_elements``) — ConvUNeXt's block MLP and gated fusion run the banded training
   kernels (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`) on channels-last inputs, and
-  in float32 CPU training its blocks' depthwise convolutions and MLPs the compiled kernels
+  in float32 CPU training its blocks' depthwise convolutions and MLPs and its decoder's gates the compiled kernels
   (:mod:`convunext.models.layers.compiled`);
 * ``exportable`` — the shape-dependent branches take their general form for graph export (reflect padding
   without the replicate fallback, the zero padding after upsampling always applied), and the blocks run plain
@@ -83,9 +83,9 @@ class SegmentationModel(nn.Module):
         """Run ConvUNeXt's block MLPs and gated fusions through the banded training kernels on channels-last
         inputs (:mod:`convunext.models.layers.mlp`, :mod:`~convunext.models.layers.gate`; other models have none),
         and, on channels-last float32 CPU inputs whose gradient is recorded, its blocks' depthwise convolutions and
-        MLPs through the compiled kernels (:mod:`convunext.models.layers.depthwise`, whose weight gradient ran 9-13x
-        as fast as oneDNN's side by side, and :mod:`~convunext.models.layers.compiled_mlp`;
-        ``CONVUNEXT_KERNELS=reference`` keeps PyTorch's operators).
+        MLPs and its decoder's gates through the compiled kernels (:mod:`convunext.models.layers.depthwise`, whose
+        weight gradient ran 9-13x as fast as oneDNN's side by side, :mod:`~convunext.models.layers.compiled_mlp` and
+        :mod:`~convunext.models.layers.compiled_gate`; ``CONVUNEXT_KERNELS=reference`` keeps PyTorch's operators).
 
         The MLP and the gated fusion dominate ConvUNeXt's activation memory. Their kernels are custom autograd
         functions on bands of pixels whose forward saves only the inputs and whose backward recomputes each

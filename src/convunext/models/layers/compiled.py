@@ -38,10 +38,11 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import torch
 from torch import Tensor
 
 from ...errors import ConvUNeXtError
@@ -202,6 +203,35 @@ def check_shapes(
     if any(shapes[name] != expected.get(name) for name in shapes):
         described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
         raise ValueError(f"{operator}: shapes {described} do not fit {layout}")
+
+
+def cpu_float32(*tensors: Tensor) -> bool:
+    """Whether every tensor is float32 on the CPU: what the compiled kernels take."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def check_against_reference(
+    reference: Callable[..., Tensor],
+    compiled: Callable[..., Tensor],
+    tensors: Sequence[Tensor],
+    grad: Tensor,
+    against: str,
+) -> None:
+    """A kernel's self-check: ``RuntimeError`` ("... failed its check against ``against``") unless ``compiled`` gives
+    ``reference``'s output and, for the output gradient ``grad``, its gradient of every one of ``tensors``."""
+    leaves = [[t.clone().requires_grad_(True) for t in tensors] for _ in range(2)]
+    outputs = [reference(*leaves[0]), compiled(*leaves[1])]
+    for output in outputs:
+        output.backward(grad)
+    pairs = [(outputs[1], outputs[0])] + [(b.grad, a.grad) for a, b in zip(*leaves, strict=True)]
+    for got, expected in pairs:
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
+            raise RuntimeError(f"the compiled kernel failed its check against {against}")
+
+
+def data_pointer(tensor: Tensor | None) -> int | None:
+    """A tensor's address for a kernel's pointer argument; None (a null pointer) for None."""
+    return None if tensor is None else tensor.data_ptr()
 
 
 def matrix_shape(tensor: Tensor) -> tuple[int, int]:

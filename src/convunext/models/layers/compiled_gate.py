@@ -24,7 +24,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .compiled import MATRIX_PRODUCTS, CompiledLibrary, check_shapes, matrix_shape
+from .compiled import (
+    MATRIX_PRODUCTS,
+    CompiledLibrary,
+    check_against_reference,
+    check_shapes,
+    cpu_float32,
+    data_pointer,
+    matrix_shape,
+)
 from .gate_definition import GateWeights, gate_reference
 
 __all__ = ["LIBRARY", "TILE_ROWS", "compiled_gate", "compiled_gate_rows_"]
@@ -204,7 +212,7 @@ class _Kernel:
         ``s``: ``P x c``) -> ``P x D``."""
         (p, c), (width, d) = u.shape, (weights.w_u.shape[1], weights.w_s.shape[1])
         z = u.new_empty(p, d) if out is None else out
-        pointers = [_pointer(t) for t in (u, s, *weights, z)]
+        pointers = [data_pointer(t) for t in (u, s, *weights, z)]
         self.library.gate_forward(*pointers, p, c, width, d, torch.get_num_threads())
         return z
 
@@ -218,15 +226,11 @@ class _Kernel:
         shapes = [w.shape for w in weights if w is not None]
         sums = u.new_empty(threads, sum(shape.numel() for shape in shapes))
         w_u, b_u, _, w_f, b_f = weights
-        pointers = [_pointer(t) for t in (u, s, w_u, b_u, w_f, b_f, *transposed, grad, grad_u, grad_s, sums)]
+        pointers = [data_pointer(t) for t in (u, s, w_u, b_u, w_f, b_f, *transposed, grad, grad_u, grad_s, sums)]
         self.library.gate_backward(*pointers, p, c, width, d, threads)
         total = sums.sum(0) if threads > 1 else sums[0]
         parts = total.split([shape.numel() for shape in shapes])
         return grad_u, grad_s, *(part.view(shape) for part, shape in zip(parts, shapes, strict=True))
-
-
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
 
 
 class _CompiledGate(torch.autograd.Function):
@@ -259,7 +263,7 @@ def compiled_gate(u: Tensor, s: Tensor, weights: GateWeights) -> Tensor | None:
         ValueError: shapes that do not fit together.
     """
     tensors = [t for t in weights if t is not None]
-    kernel = LIBRARY.for_call(stacklevel=4) if _takes(u, s, *tensors) else None
+    kernel = LIBRARY.for_call(stacklevel=4) if cpu_float32(u, s, *tensors) else None
     if kernel is None:
         return None
     _check_shapes("compiled_gate", u, s, weights)
@@ -276,7 +280,7 @@ def compiled_gate_rows_(u: Tensor, s: Tensor, weights: GateWeights, out: Tensor)
         ValueError: shapes that do not fit together.
     """
     tensors = [u, s, out, *(t for t in weights if t is not None)]
-    if not (_takes(*tensors) and all(t.is_contiguous() for t in tensors)):
+    if not (cpu_float32(*tensors) and all(t.is_contiguous() for t in tensors)):
         return False
     kernel = LIBRARY.for_call(stacklevel=4)
     if kernel is None:
@@ -284,10 +288,6 @@ def compiled_gate_rows_(u: Tensor, s: Tensor, weights: GateWeights, out: Tensor)
     _check_shapes("compiled_gate_rows_", u, s, weights, out)
     kernel.forward(u, s, weights, out)
     return True
-
-
-def _takes(*tensors: Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 def _check_shapes(operator: str, u: Tensor, s: Tensor, weights: GateWeights, out: Tensor | None = None) -> None:
@@ -312,17 +312,13 @@ def _compare_with_reference(kernel: _Kernel) -> None:
         shapes = [(rows, c), (rows, c), (c, width), (width,), (c, d)] + ([(c, c), (c,)] if gated else [])
         tensors = [torch.randn(shape, generator=generator) for shape in shapes]
         grad = torch.randn(rows, d, generator=generator)
-        leaves = [[t.clone().requires_grad_(True) for t in tensors] for _ in range(2)]
-        outputs = [
-            gate_reference(leaves[0][0], leaves[0][1], GateWeights(*leaves[0][2:])),
-            _CompiledGate.apply(leaves[1][0], leaves[1][1], kernel, *leaves[1][2:]),
-        ]
-        for output in outputs:
-            output.backward(grad)
-        pairs = [(outputs[1], outputs[0])] + [(b.grad, a.grad) for a, b in zip(*leaves, strict=True)]
-        for got, expected in pairs:
-            if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
-                raise RuntimeError("the compiled kernel failed its check against PyTorch's operators")
+        check_against_reference(
+            lambda u, s, *weights: gate_reference(u, s, GateWeights(*weights)),
+            lambda u, s, *weights: _CompiledGate.apply(u, s, kernel, *weights),
+            tensors,
+            grad,
+            "PyTorch's operators",
+        )
 
 
 LIBRARY = CompiledLibrary(

@@ -30,9 +30,17 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .activations import ActivationKind, activation
-from .compiled import MATRIX_PRODUCTS, CompiledLibrary, check_shapes, matrix_shape
+from .compiled import (
+    MATRIX_PRODUCTS,
+    CompiledLibrary,
+    check_against_reference,
+    check_shapes,
+    cpu_float32,
+    data_pointer,
+    matrix_shape,
+)
 
-__all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "compiled_mlp_rows_", "takes"]
+__all__ = ["LIBRARY", "TILE_ROWS", "compiled_mlp", "compiled_mlp_rows_"]
 
 TILE_ROWS = 48
 """Rows per tile: the tile's three ``TILE_ROWS x 4C`` hidden buffers stay in the core's L2 cache up to C = 256."""
@@ -170,7 +178,7 @@ class _Kernel:
         ``D`` -> ``P x D``."""
         (p, c), (h, d) = x.shape, w2.shape
         y = x.new_empty(p, d) if out is None else out
-        pointers = [None if t is None else t.data_ptr() for t in (x, w1, b1, w2, b2, residual, y)]
+        pointers = [data_pointer(t) for t in (x, w1, b1, w2, b2, residual, y)]
         self.library.mlp_forward(*pointers, p, c, h, d, int(gelu), int(out_act), torch.get_num_threads())
         return y
 
@@ -184,9 +192,8 @@ class _Kernel:
         w1t = w1.t().contiguous()
         grad_x = x.new_empty(p, c) if input_grad else None
         sums = x.new_empty(threads, c * h + h + h * d)
-        pointers = [t.data_ptr() for t in (x, w1, b1, w1t, w2t, grad)]
-        gx_pointer = None if grad_x is None else grad_x.data_ptr()
-        self.library.mlp_backward(*pointers, gx_pointer, sums.data_ptr(), p, c, h, d, int(gelu), threads)
+        pointers = [data_pointer(t) for t in (x, w1, b1, w1t, w2t, grad, grad_x, sums)]
+        self.library.mlp_backward(*pointers, p, c, h, d, int(gelu), threads)
         total = sums.sum(0) if threads > 1 else sums[0]
         return grad_x, total[: c * h].view(c, h), total[c * h : c * h + h], total[c * h + h :].view(h, d)
 
@@ -215,14 +222,9 @@ class _CompiledMLP(torch.autograd.Function):
         return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None, None
 
 
-def takes(*tensors: Tensor) -> bool:
-    """Whether the compiled kernel takes these tensors: all float32 on the CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-
-
 def compiled_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: ActivationKind) -> Tensor | None:
     """``act(x w1 + b1) w2 + b2`` through the compiled kernel, differentiable (first order), or None where it does
-    not run: tensors it does not take (:func:`takes`), the ``reference`` setting, or (``auto``) a kernel that cannot
+    not run: tensors other than float32 on the CPU, the ``reference`` setting, or (``auto``) a kernel that cannot
     be loaded (after one notice).
 
     Shapes: ``x`` ``P x C``, ``w1`` ``C x H``, ``b1`` ``H``, ``w2`` ``H x D``, ``b2`` ``D`` -> ``P x D``.
@@ -231,13 +233,10 @@ def compiled_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act:
         ConvUNeXtError: an invalid ``CONVUNEXT_KERNELS``, or ``compiled`` where the kernel cannot be loaded.
         ValueError: shapes that do not chain.
     """
-    kernel = LIBRARY.for_call(stacklevel=4) if takes(x, w1, b1, w2, b2) else None
+    kernel = LIBRARY.for_call(stacklevel=4) if cpu_float32(x, w1, b1, w2, b2) else None
     if kernel is None:
         return None
-    (p, c), (h, d) = matrix_shape(x), matrix_shape(w2)
-    expected = {"x": (p, c), "w1": (c, h), "b1": (h,), "w2": (h, d), "b2": (d,)}
-    check_shapes("compiled_mlp", "x P x C, w1 C x H, b1 H, w2 H x D, b2 D", dict(zip(expected, (x, w1, b1, w2, b2))),
-                 expected)  # fmt: skip
+    _check_shapes("compiled_mlp", x, w1, b1, w2, b2)
     return _CompiledMLP.apply(x, w1, b1, w2, b2, act, kernel)
 
 
@@ -262,20 +261,37 @@ def compiled_mlp_rows_(
         ValueError: shapes that do not chain.
     """
     tensors = [t for t in (x, w1, b1, w2, b2, residual, out) if t is not None]
-    if not (takes(*tensors) and all(t.is_contiguous() for t in tensors)):
+    if not (cpu_float32(*tensors) and all(t.is_contiguous() for t in tensors)):
         return False
     kernel = LIBRARY.for_call(stacklevel=4)
     if kernel is None:
         return False
-    (p, c), (h, d) = matrix_shape(x), matrix_shape(w2)
-    expected = {"x": (p, c), "w1": (c, h), "b1": (h,), "w2": (h, d), "b2": (d,), "out": (p, d)}
-    expected |= {"residual": (p, d)} if residual is not None else {}
-    given = {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "residual": residual, "out": out}
-    check_shapes(
-        "compiled_mlp_rows_", "x P x C, w1 C x H, b1 H, w2 H x D, b2 D, residual and out P x D", given, expected
-    )
+    _check_shapes("compiled_mlp_rows_", x, w1, b1, w2, b2, residual, out)
     kernel.forward(x, w1, b1, w2, b2, act == "gelu", residual, out_act, out)
     return True
+
+
+def _check_shapes(
+    operator: str,
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    residual: Tensor | None = None,
+    out: Tensor | None = None,
+) -> None:
+    """``ValueError`` unless the shapes chain: ``x`` ``P x C``, ``w1`` ``C x H``, ``b1`` ``H``, ``w2`` ``H x D``,
+    ``b2`` ``D`` (and ``residual``, ``out`` ``P x D`` where given)."""
+    (p, c), (h, d) = matrix_shape(x), matrix_shape(w2)
+    given = {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2}
+    expected = {"x": (p, c), "w1": (c, h), "b1": (h,), "w2": (h, d), "b2": (d,)}
+    layout = "x P x C, w1 C x H, b1 H, w2 H x D, b2 D"
+    if out is not None:
+        given |= {"residual": residual, "out": out}
+        expected |= {"out": (p, d)} | ({"residual": (p, d)} if residual is not None else {})
+        layout += ", residual and out P x D"
+    check_shapes(operator, layout, given, expected)
 
 
 def _compare_with_reference(kernel: _Kernel) -> None:
@@ -287,15 +303,13 @@ def _compare_with_reference(kernel: _Kernel) -> None:
     tensors = [torch.randn(shape, generator=generator) for shape in shapes]
     grad = torch.randn(2 * TILE_ROWS + 7, c, generator=generator)
     for act in ("gelu", "relu"):
-        leaves = [[t.clone().requires_grad_(True) for t in tensors] for _ in range(2)]
-        x, w1, b1, w2, b2 = leaves[0]
-        outputs = [activation(act)(x @ w1 + b1) @ w2 + b2, _CompiledMLP.apply(*leaves[1], act, kernel)]
-        for output in outputs:
-            output.backward(grad)
-        pairs = [(outputs[1], outputs[0])] + [(b.grad, a.grad) for a, b in zip(*leaves)]
-        for got, expected in pairs:
-            if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
-                raise RuntimeError("the compiled kernel failed its check against PyTorch's operators")
+        check_against_reference(
+            lambda x, w1, b1, w2, b2, act=act: activation(act)(x @ w1 + b1) @ w2 + b2,
+            lambda *leaves, act=act: _CompiledMLP.apply(*leaves, act, kernel),
+            tensors,
+            grad,
+            "PyTorch's operators",
+        )
 
 
 LIBRARY = CompiledLibrary(

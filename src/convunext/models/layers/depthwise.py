@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .compiled import CompiledLibrary
+from .compiled import CompiledLibrary, check_against_reference, cpu_float32
 
 __all__ = ["KERNEL_SIZES", "compiled_available", "compiled_in_use", "depthwise_conv7", "depthwise_reference"]
 
@@ -309,8 +309,7 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int | None) 
 def _takes(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether the compiled kernel applies: float32 CPU tensors and a kernel size it is built for."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    cpu_float32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-    return cpu_float32 and weight.shape[-1] in KERNEL_SIZES
+    return cpu_float32(*tensors) and weight.shape[-1] in KERNEL_SIZES
 
 
 def _nhwc(t: Tensor) -> Tensor:
@@ -404,14 +403,13 @@ def _compare_with_reference(kernel: _Kernel) -> None:
     x = torch.randn(2, c, 5, 21, generator=generator).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(c, 1, 7, 7, generator=generator), torch.randn(c, generator=generator)
     grad = torch.randn(x.shape, generator=generator)
-    leaves = [[t.clone().requires_grad_(True) for t in (x, weight, bias)] for _ in range(2)]
-    outputs = [depthwise_reference(*leaves[0], 3), _CompiledDepthwise.apply(*leaves[1], 3, kernel)]
-    for output in outputs:
-        output.backward(grad)
-    pairs = [(outputs[1], outputs[0])] + [(b.grad, a.grad) for a, b in zip(*leaves)]
-    for got, expected in pairs:
-        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
-            raise RuntimeError("the compiled kernel failed its check against PyTorch's convolution")
+    check_against_reference(
+        lambda x, weight, bias: depthwise_reference(x, weight, bias, 3),
+        lambda x, weight, bias: _CompiledDepthwise.apply(x, weight, bias, 3, kernel),
+        (x, weight, bias),
+        grad,
+        "PyTorch's convolution",
+    )
 
 
 LIBRARY = CompiledLibrary(
