@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown kernel {unknown[0]!r}; choose from {', '.join(KERNELS)}", file=sys.stderr)
         return 2
+    counts = [t.strip() for t in args.threads.split(",")]
+    if not all(t.isdigit() and int(t) > 0 for t in counts):
+        print(f"--threads {args.threads!r}: expected positive whole numbers separated by commas", file=sys.stderr)
+        return 2
     runtime.configure(kernels="compiled")
     for kernel in kernels:
         loaded = KERNELS[kernel][0].loaded()
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kernel in kernels:
         _, _, stages, flops = KERNELS[kernel]
-        for threads in (int(t) for t in args.threads.split(",")):
+        for threads in map(int, counts):
             for channels, side in stages:
                 points = BATCH * side * side // args.scale
                 seconds = measure(kernel, channels, points, threads, args.repeats)

@@ -57,3 +57,9 @@ def test_refuses_where_a_kernel_cannot_load(script, monkeypatch: pytest.MonkeyPa
 def test_unknown_kernel(script, capsys) -> None:
     assert script.main(["--kernels", "mlp,conv"]) == 2
     assert capsys.readouterr().err == "unknown kernel 'conv'; choose from mlp, gate\n"
+
+
+@pytest.mark.parametrize("threads", ["two", "1,0", "1,,2"])
+def test_bad_thread_counts(script, capsys, threads: str) -> None:
+    assert script.main(["--threads", threads]) == 2
+    assert capsys.readouterr().err == f"--threads {threads!r}: expected positive whole numbers separated by commas\n"
